@@ -1,0 +1,40 @@
+#!/usr/bin/env node
+// Entry point of `npm start` and `npm test` on a fresh clone: installs the npm
+// dependencies when they are missing or older than the lockfile, then hands over
+// to the TypeScript script of the same name. Plain JavaScript because nothing
+// (not even tsx) is installed when it runs.
+import { spawn, spawnSync } from "node:child_process";
+import { existsSync, statSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+const [command, ...rest] = process.argv.slice(2);
+if (!command || command === "--help" || command === "-h") {
+  console.log(
+    "usage: node scripts/bootstrap.mjs <start|test> [args...]\n\nInstalls npm dependencies when needed, then runs scripts/<command>.ts.",
+  );
+  process.exit(command ? 0 : 2);
+}
+
+const marker = join(root, "node_modules", ".package-lock.json");
+const lock = join(root, "package-lock.json");
+if (!existsSync(marker) || statSync(marker).mtimeMs < statSync(lock).mtimeMs) {
+  console.log("chatbus: installing npm dependencies (npm ci) ...");
+  const npm = spawnSync("npm", ["ci", "--no-audit", "--no-fund"], { cwd: root, stdio: "inherit" });
+  if (npm.status !== 0) {
+    console.error(
+      `chatbus: npm ci failed with exit code ${npm.status}; check that the npm registry is reachable and try again.`,
+    );
+    process.exit(1);
+  }
+}
+
+const tsx = join(root, "node_modules", ".bin", "tsx");
+const child = spawn(tsx, ["--conditions=@chatbus/source", join(root, "scripts", `${command}.ts`), ...rest], {
+  cwd: root,
+  stdio: "inherit",
+});
+// Forward stop signals so that the script can shut down what it started.
+for (const signal of ["SIGINT", "SIGTERM"]) process.on(signal, () => child.kill(signal));
+child.on("exit", (code, signal) => process.exit(code ?? (signal ? 1 : 0)));

@@ -1,0 +1,32 @@
+/**
+ * Vitest global setup for the integration and end-to-end tiers: makes sure a Kafka
+ * broker and the PostgreSQL database exist before any test file runs.
+ *
+ * KAFKA_BROKERS set → that cluster is used as is (and must answer).
+ * Unset → the local broker of scripts/kafka.ts is started unless it already runs,
+ * and stopped again at teardown only if this setup started it.
+ */
+import { ensureDatabase } from "../../consumer-runtime/src/database/migrate.ts";
+import { kafkaAnswers, startKafka, stopKafka } from "../../scripts/kafka.ts";
+import { databaseUrl } from "./env.ts";
+
+export default async function setup(): Promise<() => Promise<void>> {
+  let startedPort: number | undefined;
+  if (process.env.KAFKA_BROKERS) {
+    const brokers = process.env.KAFKA_BROKERS.split(",");
+    if (!(await kafkaAnswers(brokers, 5000))) {
+      throw new Error(
+        `KAFKA_BROKERS=${process.env.KAFKA_BROKERS} does not answer; start that cluster or unset KAFKA_BROKERS.`,
+      );
+    }
+  } else {
+    const port = Number(process.env.KAFKA_PORT ?? 9092);
+    const broker = await startKafka(port);
+    if (broker.started) startedPort = port;
+    process.env.KAFKA_BROKERS = broker.brokers.join(",");
+  }
+  await ensureDatabase(databaseUrl());
+  return async () => {
+    if (startedPort !== undefined) await stopKafka(startedPort);
+  };
+}

@@ -1,0 +1,68 @@
+/**
+ * Per-test-file isolation on the shared broker and database: unique topic names and
+ * a fresh PostgreSQL schema (migrated), dropped again by `cleanup()`.
+ */
+import { randomBytes } from "node:crypto";
+import { Kafka, logLevel } from "kafkajs";
+import pg from "pg";
+import { migrate } from "../../consumer-runtime/src/database/migrate.ts";
+import { databaseUrl, kafkaBrokers } from "./env.ts";
+
+/** A name unique to this run, safe as a topic, group or schema name. */
+export function uniqueName(prefix: string): string {
+  return `${prefix}_${Date.now().toString(36)}_${randomBytes(4).toString("hex")}`;
+}
+
+/** Creates a topic and waits until every partition has a leader. */
+export async function createTestTopic(prefix: string, partitions = 12): Promise<string> {
+  const topic = uniqueName(prefix);
+  const admin = new Kafka({
+    clientId: "chatbus-test",
+    brokers: kafkaBrokers(),
+    logLevel: logLevel.NOTHING,
+  }).admin();
+  await admin.connect();
+  try {
+    await admin.createTopics({
+      topics: [{ topic, numPartitions: partitions, replicationFactor: 1 }],
+      waitForLeaders: true,
+    });
+  } finally {
+    await admin.disconnect();
+  }
+  return topic;
+}
+
+export interface TestSchema {
+  /** The schema name, also the pool's search_path. */
+  schema: string;
+  /** DATABASE_URL-style connection string whose connections use the schema. */
+  url: string;
+  pool: pg.Pool;
+  cleanup(): Promise<void>;
+}
+
+/** A fresh, migrated schema with a pool whose search_path points at it. */
+export async function createTestSchema(prefix = "t"): Promise<TestSchema> {
+  const schema = uniqueName(prefix).toLowerCase();
+  const url = new URL(databaseUrl());
+  url.searchParams.set("options", `-c search_path=${schema}`);
+  const admin = new pg.Client({ connectionString: databaseUrl() });
+  await admin.connect();
+  await admin.query(`CREATE SCHEMA "${schema}"`);
+  await admin.end();
+  const pool = new pg.Pool({ connectionString: url.toString(), max: 10 });
+  await migrate(pool);
+  return {
+    schema,
+    url: url.toString(),
+    pool,
+    async cleanup() {
+      await pool.end();
+      const client = new pg.Client({ connectionString: databaseUrl() });
+      await client.connect();
+      await client.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+      await client.end();
+    },
+  };
+}

@@ -1,0 +1,132 @@
+/**
+ * `npm start`: the whole stack on this machine. Brings up Kafka (unless
+ * KAFKA_BROKERS points at a running cluster), prepares the PostgreSQL database,
+ * starts the consumer runtime and the API as child processes, and stops everything
+ * it started on Ctrl-C or SIGTERM.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import pg from "pg";
+import { ensureDatabase, migrate } from "../consumer-runtime/src/database/migrate.ts";
+import { KafkaSetupError, kafkaAnswers, startKafka, stopKafka } from "./kafka.ts";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+
+if (process.argv.includes("--help")) {
+  console.log(`usage: npm start
+
+Starts Kafka (unless KAFKA_BROKERS is set), creates and migrates the database at
+DATABASE_URL, then runs the consumer runtime and the API on PORT (default 3000).
+Ctrl-C stops everything this command started. See README.md for every setting.`);
+  process.exit(0);
+}
+
+const say = (message: string) => console.log(`chatbus: ${message}`);
+const children: ChildProcess[] = [];
+let kafkaPortStarted: number | undefined;
+let stopping = false;
+
+async function shutdown(code: number): Promise<never> {
+  if (!stopping) {
+    stopping = true;
+    say("stopping ...");
+    await Promise.all(
+      children.map(
+        (child) =>
+          new Promise<void>((resolve) => {
+            if (child.exitCode !== null || child.signalCode !== null) return resolve();
+            const timer = setTimeout(() => child.kill("SIGKILL"), 20_000);
+            child.once("exit", () => {
+              clearTimeout(timer);
+              resolve();
+            });
+            child.kill("SIGTERM");
+          }),
+      ),
+    );
+    if (kafkaPortStarted !== undefined) await stopKafka(kafkaPortStarted);
+    say("stopped");
+  }
+  process.exit(code);
+}
+
+function run(name: string, entry: string, env: NodeJS.ProcessEnv): ChildProcess {
+  const child = spawn(
+    join(root, "node_modules", ".bin", "tsx"),
+    ["--conditions=@chatbus/source", join(root, entry)],
+    {
+      cwd: root,
+      env,
+      stdio: ["ignore", "inherit", "inherit"],
+    },
+  );
+  child.once("exit", (code, signal) => {
+    if (stopping) return;
+    console.error(`chatbus: ${name} exited (${signal ?? `code ${code}`}); stopping the stack.`);
+    void shutdown(1);
+  });
+  children.push(child);
+  return child;
+}
+
+async function waitForHttp(url: string, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline && !stopping) {
+    try {
+      if ((await fetch(url)).ok) return true;
+    } catch {
+      // not listening yet
+    }
+    await new Promise((r) => setTimeout(r, 300));
+  }
+  return false;
+}
+
+async function main(): Promise<void> {
+  process.on("SIGINT", () => void shutdown(0));
+  process.on("SIGTERM", () => void shutdown(0));
+
+  const env: NodeJS.ProcessEnv = { ...process.env };
+  if (env.KAFKA_BROKERS) {
+    if (!(await kafkaAnswers(env.KAFKA_BROKERS.split(","), 5000))) {
+      throw new KafkaSetupError(
+        `no Kafka broker answers at KAFKA_BROKERS=${env.KAFKA_BROKERS}; start it, or unset KAFKA_BROKERS to let chatbus run its own.`,
+      );
+    }
+    say(`using Kafka at ${env.KAFKA_BROKERS}`);
+  } else {
+    const port = Number(env.KAFKA_PORT ?? 9092);
+    const broker = await startKafka(port);
+    if (broker.started) kafkaPortStarted = port;
+    env.KAFKA_BROKERS = broker.brokers.join(",");
+  }
+
+  env.DATABASE_URL ??= "postgres://postgres@127.0.0.1:5432/chatbus";
+  const { created } = await ensureDatabase(env.DATABASE_URL);
+  const pool = new pg.Pool({ connectionString: env.DATABASE_URL });
+  const { applied } = await migrate(pool);
+  await pool.end();
+  say(
+    `database ${new URL(env.DATABASE_URL).pathname.slice(1)} ${created ? "created" : "ready"}${applied.length ? `, applied ${applied.join(", ")}` : ""}`,
+  );
+
+  const port = env.PORT ?? "3000";
+  run("consumer runtime", "consumer-runtime/src/main.ts", env);
+  run("api", "api/src/main.ts", env);
+  const base = `http://127.0.0.1:${port}`;
+  if (!(await waitForHttp(`${base}/readyz`, 60_000))) {
+    throw new Error(`the API did not become ready at ${base}/readyz within 60 s; see its log lines above.`);
+  }
+  say(`stack is up:
+  Kafka       ${env.KAFKA_BROKERS} (topic ${env.CHATBUS_TOPIC ?? "chat.events"})
+  PostgreSQL  ${new URL(env.DATABASE_URL).host}/${new URL(env.DATABASE_URL).pathname.slice(1)}
+  API         ${base}/v1   (OpenAPI at ${base}/docs, metrics at ${base}/metrics)
+  Runtime     subscriptions: materialiser, notifications
+Press Ctrl-C to stop.`);
+}
+
+main().catch((error: unknown) => {
+  console.error(`chatbus: ${error instanceof Error ? error.message : String(error)}`);
+  void shutdown(1);
+});

@@ -6,7 +6,7 @@
  * to them, keyed by port, so any clone of the repository can stop a broker another
  * one started. Used by `npm start`, the test setup and by hand:
  *
- *   npx tsx scripts/kafka.ts start|stop|status|install [--port 9092]
+ *   npx tsx scripts/kafka.ts start|stop|status|install [--port 9092] [--nodes 3]
  */
 import { spawn, spawnSync } from "node:child_process";
 import { randomUUID } from "node:crypto";
@@ -133,23 +133,38 @@ export async function kafkaAnswers(brokers: string[], timeoutMs = 3000): Promise
   }
 }
 
-function serverProperties(dir: string, port: number, controllerPort: number): string {
-  return `# Written by scripts/kafka.ts: a single-node KRaft broker for development and tests.
+/** One KRaft node: a combined broker and controller. */
+interface NodeSpec {
+  nodeId: number;
+  port: number;
+  /** All voters of the quorum, e.g. `1@127.0.0.1:9093,2@127.0.0.1:9095`. */
+  voters: string;
+  /** Number of nodes in the cluster: sets internal topics' replication. */
+  clusterSize: number;
+}
+
+function serverProperties(dir: string, node: NodeSpec): string {
+  const replication = Math.min(node.clusterSize, 3);
+  const minIsr = node.clusterSize >= 3 ? 2 : 1;
+  return `# Written by scripts/kafka.ts: a KRaft node (broker + controller) for development and tests.
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:${controllerPort}
-listeners=PLAINTEXT://127.0.0.1:${port},CONTROLLER://127.0.0.1:${controllerPort}
-advertised.listeners=PLAINTEXT://127.0.0.1:${port}
+node.id=${node.nodeId}
+controller.quorum.voters=${node.voters}
+listeners=PLAINTEXT://127.0.0.1:${node.port},CONTROLLER://127.0.0.1:${node.port + 1}
+advertised.listeners=PLAINTEXT://127.0.0.1:${node.port}
 controller.listener.names=CONTROLLER
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
 log.dirs=${join(dir, "data")}
 num.partitions=1
-# One node: internal topics must have replication factor 1 or groups never find a coordinator.
-offsets.topic.replication.factor=1
+default.replication.factor=${replication}
+min.insync.replicas=${minIsr}
+# Internal topics must not ask for more replicas than there are brokers, or groups
+# never find a coordinator (kafkajs #1752).
+offsets.topic.replication.factor=${replication}
 offsets.topic.num.partitions=12
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
+transaction.state.log.replication.factor=${replication}
+transaction.state.log.min.isr=${minIsr}
 # Tests create and join many groups; do not wait 3 s for more members to arrive.
 group.initial.rebalance.delay.ms=0
 # Topics are provisioned explicitly (producer SDK), so a typo never creates one.
@@ -195,36 +210,35 @@ export interface StartedBroker {
   logFile: string;
 }
 
-/**
- * Starts the single-node broker on 127.0.0.1:port unless a Kafka broker already
- * answers there, and resolves once it answers metadata requests.
- */
-export async function startKafka(port = 9092): Promise<StartedBroker> {
-  const controllerPort = port + 1;
-  const dir = brokerDir(port);
-  const logFile = join(dir, "kafka.log");
-  const brokers = [`127.0.0.1:${port}`];
+/** Refuses ports held by something that is not our broker. */
+async function checkPortsFree(port: number): Promise<void> {
   if (await portOpen("127.0.0.1", port)) {
-    if (await kafkaAnswers(brokers, 5000)) {
-      say(`Kafka already answers on 127.0.0.1:${port}; reusing it`);
-      return { brokers, started: false, logFile };
-    }
     throw new KafkaSetupError(
       `port ${port} on 127.0.0.1 is taken by something that is not a Kafka broker; stop it, or set KAFKA_PORT to a free port.`,
     );
   }
-  if (await portOpen("127.0.0.1", controllerPort)) {
+  if (await portOpen("127.0.0.1", port + 1)) {
     throw new KafkaSetupError(
-      `the KRaft controller port ${controllerPort} on 127.0.0.1 is taken; stop what uses it, or set KAFKA_PORT to a free port.`,
+      `the KRaft controller port ${port + 1} on 127.0.0.1 is taken; stop what uses it, or set KAFKA_PORT to a free port.`,
     );
   }
-  const classpath = installKafka();
+}
+
+/** Writes a node's config and formats its storage once; returns the java arguments that run it. */
+function prepareNode(node: NodeSpec, classpath: string, clusterId: string): string[] {
+  const dir = brokerDir(node.port);
   mkdirSync(dir, { recursive: true });
   const config = join(dir, "server.properties");
-  writeFileSync(config, serverProperties(dir, port, controllerPort));
+  writeFileSync(config, serverProperties(dir, node));
   writeFileSync(join(dir, "log4j.properties"), log4jProperties);
   const log4j = `-Dlog4j.configuration=file:${join(dir, "log4j.properties")}`;
-  if (!existsSync(join(dir, "data", "meta.properties"))) {
+  const meta = join(dir, "data", "meta.properties");
+  // Storage formatted for another cluster (another size or id) cannot join this one.
+  if (existsSync(meta) && !readFileSync(meta, "utf8").includes(`cluster.id=${clusterId}`)) {
+    rmSync(join(dir, "data"), { recursive: true });
+  }
+  writeFileSync(join(dir, "cluster"), `${node.clusterSize}:${clusterId}`);
+  if (!existsSync(meta)) {
     say(`formatting KRaft storage in ${join(dir, "data")}`);
     const format = spawnSync(
       "java",
@@ -235,7 +249,7 @@ export async function startKafka(port = 9092): Promise<StartedBroker> {
         "kafka.tools.StorageTool",
         "format",
         "-t",
-        randomUUID().replaceAll("-", "").slice(0, 22),
+        clusterId,
         "-c",
         config,
         "--ignore-formatted",
@@ -248,45 +262,113 @@ export async function startKafka(port = 9092): Promise<StartedBroker> {
       );
     }
   }
-  say(`starting Kafka ${KAFKA_VERSION} on 127.0.0.1:${port} (log: ${logFile})`);
-  const out = openSync(logFile, "a");
-  const child = spawn(
-    "java",
-    [
-      "-Xms256m",
-      "-Xmx1g",
-      "-XX:+UseG1GC",
-      "-Djava.awt.headless=true",
-      log4j,
-      "-cp",
-      classpath,
-      "kafka.Kafka",
-      config,
-    ],
-    { detached: true, stdio: ["ignore", out, out] },
-  );
+  return [
+    "-Xms256m",
+    "-Xmx1g",
+    "-XX:+UseG1GC",
+    "-Djava.awt.headless=true",
+    log4j,
+    "-cp",
+    classpath,
+    "kafka.Kafka",
+    config,
+  ];
+}
+
+/** Starts a prepared node's JVM detached, logging to its folder; returns its pid. */
+function launchNode(port: number, javaArgs: string[]): number {
+  const dir = brokerDir(port);
+  const out = openSync(join(dir, "kafka.log"), "a");
+  const child = spawn("java", javaArgs, { detached: true, stdio: ["ignore", out, out] });
   child.unref();
   writeFileSync(join(dir, "broker.pid"), String(child.pid));
+  writeFileSync(join(dir, "java.args"), JSON.stringify(javaArgs));
+  return child.pid!;
+}
+
+/** Resolves once every broker answers; fails early when a JVM exits. */
+async function waitReady(ports: number[], pids: number[]): Promise<void> {
   const deadline = Date.now() + readyTimeoutMs;
+  const brokers = ports.map((p) => `127.0.0.1:${p}`);
   while (Date.now() < deadline) {
-    if (child.exitCode !== null || !alive(child.pid!)) {
-      throw new KafkaSetupError(
-        `the Kafka broker exited during start-up; see ${logFile}:\n${lastLines(logFile, 5)}`,
-      );
-    }
-    if (await kafkaAnswers(brokers, 2000)) {
-      say(`Kafka is ready on 127.0.0.1:${port}`);
-      return { brokers, started: true, logFile };
-    }
+    pids.forEach((pid, i) => {
+      if (!alive(pid)) {
+        const log = join(brokerDir(ports[i]!), "kafka.log");
+        throw new KafkaSetupError(
+          `the Kafka broker on port ${ports[i]} exited during start-up; see ${log}:\n${lastLines(log, 5)}`,
+        );
+      }
+    });
+    const answers = await Promise.all(brokers.map((b) => kafkaAnswers([b], 2000)));
+    if (answers.every(Boolean)) return;
     await new Promise((r) => setTimeout(r, 500));
   }
   throw new KafkaSetupError(
-    `Kafka did not answer on 127.0.0.1:${port} within ${readyTimeoutMs / 1000} s; see ${logFile}`,
+    `Kafka did not answer on ${brokers.join(",")} within ${readyTimeoutMs / 1000} s; see ${join(brokerDir(ports[0]!), "kafka.log")}`,
   );
 }
 
-/** Stops the broker this script started on the port (SIGTERM, then SIGKILL after 30 s). */
-export async function stopKafka(port = 9092): Promise<boolean> {
+/** A Kafka cluster id: 16 random bytes, URL-safe base64 without padding. */
+function newClusterId(): string {
+  return Buffer.from(randomUUID().replaceAll("-", ""), "hex").toString("base64url");
+}
+
+/**
+ * Starts a KRaft cluster of `size` nodes on 127.0.0.1 (node i listens on
+ * basePort + 2(i-1), its controller one port above) unless Kafka already answers
+ * on the first port, and resolves once every node answers metadata requests.
+ * Size 1 is the default single-node broker; size 3 gives replication factor 3 and
+ * min.insync.replicas=2.
+ */
+export async function startKafka(basePort = 9092, size = 1): Promise<StartedBroker> {
+  const ports = Array.from({ length: size }, (_, i) => basePort + 2 * i);
+  const brokers = ports.map((p) => `127.0.0.1:${p}`);
+  const logFile = join(brokerDir(basePort), "kafka.log");
+  if (await portOpen("127.0.0.1", basePort)) {
+    if (await kafkaAnswers([brokers[0]!], 5000)) {
+      say(`Kafka already answers on ${brokers[0]}; reusing it`);
+      return { brokers, started: false, logFile };
+    }
+  }
+  for (const port of ports) await checkPortsFree(port);
+  const classpath = installKafka();
+  const voters = ports.map((p, i) => `${i + 1}@127.0.0.1:${p + 1}`).join(",");
+  // Keep the cluster id (and so the data) across restarts of a cluster of the same size.
+  const marker = join(brokerDir(basePort), "cluster");
+  const [previousSize, previousId] = existsSync(marker) ? readFileSync(marker, "utf8").split(":") : [];
+  const clusterId = previousSize === String(size) && previousId ? previousId : newClusterId();
+  const args = ports.map((port, i) =>
+    prepareNode({ nodeId: i + 1, port, voters, clusterSize: size }, classpath, clusterId),
+  );
+  say(`starting Kafka ${KAFKA_VERSION} on ${brokers.join(",")} (log: ${logFile})`);
+  const pids = ports.map((port, i) => launchNode(port, args[i]!));
+  await waitReady(ports, pids);
+  say(`Kafka is ready on ${brokers.join(",")}`);
+  return { brokers, started: true, logFile };
+}
+
+/** Kills one node of a running cluster at once (failover tests). */
+export function killBroker(port: number): void {
+  const pid = readPid(brokerDir(port));
+  if (pid !== undefined && alive(pid)) process.kill(pid, "SIGKILL");
+}
+
+/** Starts again a node that was killed or stopped, with the config it had; resolves when it answers. */
+export async function restartBroker(port: number): Promise<void> {
+  const argsFile = join(brokerDir(port), "java.args");
+  if (!existsSync(argsFile))
+    throw new KafkaSetupError(`no broker was ever started on port ${port}; start it with startKafka first.`);
+  const pid = launchNode(port, JSON.parse(readFileSync(argsFile, "utf8")) as string[]);
+  await waitReady([port], [pid]);
+}
+
+/** Stops the nodes this script started from basePort (SIGTERM, then SIGKILL after 30 s). */
+export async function stopKafka(basePort = 9092, size = 1): Promise<boolean> {
+  const stopped = await Promise.all(Array.from({ length: size }, (_, i) => stopNode(basePort + 2 * i)));
+  return stopped.some(Boolean);
+}
+
+async function stopNode(port: number): Promise<boolean> {
   const dir = brokerDir(port);
   const pid = readPid(dir);
   if (pid === undefined || !alive(pid)) {
@@ -302,7 +384,7 @@ export async function stopKafka(port = 9092): Promise<boolean> {
   return true;
 }
 
-const usage = `usage: tsx scripts/kafka.ts <command> [--port N]
+const usage = `usage: tsx scripts/kafka.ts <command> [--port N] [--nodes N]
 
 Runs the local Apache Kafka ${KAFKA_VERSION} broker (KRaft, single node) used by npm start and npm test.
 
@@ -311,6 +393,10 @@ commands:
   start     start the broker on 127.0.0.1:PORT (default 9092, or KAFKA_PORT) unless one answers there
   stop      stop the broker this script started on PORT
   status    say whether a broker answers on PORT
+
+options:
+  --port N   first broker port (default 9092, or KAFKA_PORT); node i uses PORT+2(i-1), its controller one above
+  --nodes N  cluster size (default 1, or KAFKA_NODES); 3 gives replication factor 3 and min.insync.replicas=2
 
 exit codes: 0 ok, 1 failed (one line says why), 2 bad usage`;
 
@@ -321,8 +407,10 @@ async function main(argv: string[]): Promise<number> {
     return command ? 0 : 2;
   }
   let port = Number(process.env.KAFKA_PORT ?? 9092);
+  let nodes = Number(process.env.KAFKA_NODES ?? 1);
   for (let i = 0; i < rest.length; i++) {
     if (rest[i] === "--port") port = Number(rest[++i]);
+    else if (rest[i] === "--nodes") nodes = Number(rest[++i]);
     else {
       console.error(`unknown option ${rest[i]}\n\n${usage}`);
       return 2;
@@ -332,15 +420,19 @@ async function main(argv: string[]): Promise<number> {
     console.error(`--port must be an integer between 1 and 65534; got ${port}`);
     return 2;
   }
+  if (!Number.isInteger(nodes) || nodes < 1 || nodes > 5) {
+    console.error(`--nodes must be an integer between 1 and 5; got ${nodes}`);
+    return 2;
+  }
   switch (command) {
     case "install":
       installKafka();
       return 0;
     case "start":
-      await startKafka(port);
+      await startKafka(port, nodes);
       return 0;
     case "stop":
-      if (!(await stopKafka(port))) say(`no broker started by chatbus runs on port ${port}`);
+      if (!(await stopKafka(port, nodes))) say(`no broker started by chatbus runs on port ${port}`);
       return 0;
     case "status": {
       const up = await kafkaAnswers([`127.0.0.1:${port}`]);

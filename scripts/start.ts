@@ -16,7 +16,8 @@ const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 if (process.argv.includes("--help")) {
   console.log(`usage: npm start
 
-Starts Kafka (unless KAFKA_BROKERS is set), creates and migrates the database at
+Starts Kafka (unless KAFKA_BROKERS is set; KAFKA_NODES=3 for a three-node
+cluster), creates and migrates the database at
 DATABASE_URL, then runs the consumer runtime and the API on PORT (default 3000).
 Ctrl-C stops everything this command started. See README.md for every setting.`);
   process.exit(0);
@@ -24,7 +25,7 @@ Ctrl-C stops everything this command started. See README.md for every setting.`)
 
 const say = (message: string) => console.log(`chatbus: ${message}`);
 const children: ChildProcess[] = [];
-let kafkaPortStarted: number | undefined;
+let kafkaStarted: { port: number; nodes: number } | undefined;
 let stopping = false;
 
 async function shutdown(code: number): Promise<never> {
@@ -45,7 +46,7 @@ async function shutdown(code: number): Promise<never> {
           }),
       ),
     );
-    if (kafkaPortStarted !== undefined) await stopKafka(kafkaPortStarted);
+    if (kafkaStarted) await stopKafka(kafkaStarted.port, kafkaStarted.nodes);
     say("stopped");
   }
   process.exit(code);
@@ -97,8 +98,9 @@ async function main(): Promise<void> {
     say(`using Kafka at ${env.KAFKA_BROKERS}`);
   } else {
     const port = Number(env.KAFKA_PORT ?? 9092);
-    const broker = await startKafka(port);
-    if (broker.started) kafkaPortStarted = port;
+    const nodes = Number(env.KAFKA_NODES ?? 1);
+    const broker = await startKafka(port, nodes);
+    if (broker.started) kafkaStarted = { port, nodes };
     env.KAFKA_BROKERS = broker.brokers.join(",");
   }
 

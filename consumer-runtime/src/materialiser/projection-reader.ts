@@ -1,0 +1,303 @@
+/**
+ * Read functions over the projection for the API: conversations, members, history,
+ * inboxes and the event log behind SSE resume. Every query is unqualified, so the
+ * pool's `search_path` picks the projection (and a rebuild's switch is seen at once).
+ */
+import type { MessageContent } from "@chatbus/producer-sdk";
+import type pg from "pg";
+import type {
+  ConversationView,
+  EventCursor,
+  HistoryOptions,
+  InboxEntry,
+  LoggedEvent,
+  MemberView,
+  MessageView,
+} from "./types.ts";
+
+/** The read side of the projection; see `createProjectionReader`. */
+export interface ProjectionReader {
+  /** The conversation, or null when it does not exist (yet). */
+  conversation(id: string): Promise<ConversationView | null>;
+  /** True when the user is a current member (joined and not left). */
+  isMember(conversationId: string, userId: string): Promise<boolean>;
+  /** Current members, ordered by user id; `{ includeFormer: true }` adds those who left. */
+  members(conversationId: string, options?: { includeFormer?: boolean }): Promise<MemberView[]>;
+  /** A page of messages in sequence order (see HistoryOptions). */
+  history(conversationId: string, options: HistoryOptions): Promise<MessageView[]>;
+  /** The user's current conversations, newest activity first, with unread counts and last message. */
+  inbox(userId: string, options: { limit: number }): Promise<InboxEntry[]>;
+  /**
+   * Events of the user's conversations after `cursor`, in (partition, offset) order,
+   * limited to the span of the user's membership (from the event that added them to
+   * the event that removed them). Returns the events and the cursor advanced past them.
+   */
+  eventsAfter(
+    cursor: EventCursor,
+    userId: string,
+    limit: number,
+  ): Promise<{ events: LoggedEvent[]; cursor: EventCursor }>;
+  /**
+   * The events of one partition with `from <= offset <= to` (the range a NOTIFY
+   * names), of every conversation: the API fans them out to its streams.
+   */
+  eventsInRange(partition: number, from: string, to: string): Promise<LoggedEvent[]>;
+  /** A message by its id (the eventId of its chat.message.sent), or null. */
+  messageByEventId(eventId: string): Promise<MessageView | null>;
+}
+
+interface ConversationRow {
+  conversation_id: string;
+  kind: "direct" | "group";
+  title: string | null;
+  created_by: string;
+  created_at: Date;
+  partition: number;
+  last_seq: string;
+  last_message_at: Date | null;
+  last_activity_at: Date;
+}
+interface MemberRow {
+  conversation_id: string;
+  user_id: string;
+  role: string;
+  joined_at: Date;
+  left_at: Date | null;
+  last_delivered_seq: string;
+  last_read_seq: string;
+  unread_count: number;
+}
+interface MessageRow {
+  conversation_id: string;
+  seq: string;
+  event_id: string;
+  sender_id: string;
+  client_msg_id: string | null;
+  content: MessageContent;
+  priority: "high" | "normal" | "low";
+  sent_at: Date;
+  materialised_at: Date;
+  edited_at: Date | null;
+  edit_count: number;
+  recalled_at: Date | null;
+  recalled_by: string | null;
+  partition: number;
+  offset: string;
+}
+interface EventRow {
+  partition: number;
+  offset: string;
+  conversation_id: string;
+  event_id: string;
+  type: string;
+  seq: string | null;
+  payload: Record<string, unknown>;
+  event_time: Date;
+  materialised_at: Date;
+}
+
+const conversationColumns =
+  "c.conversation_id, c.kind, c.title, c.created_by, c.created_at, c.partition, c.last_seq, c.last_message_at, c.last_activity_at";
+const memberColumns =
+  "m.conversation_id, m.user_id, m.role, m.joined_at, m.left_at, m.last_delivered_seq, m.last_read_seq, m.unread_count";
+const messageColumns =
+  'g.conversation_id, g.seq, g.event_id, g.sender_id, g.client_msg_id, g.content, g.priority, g.sent_at, g.materialised_at, g.edited_at, g.edit_count, g.recalled_at, g.recalled_by, g.partition, g."offset"';
+const eventColumns =
+  'e.partition, e."offset", e.conversation_id, e.event_id, e.type, e.seq, e.payload, e.event_time, e.materialised_at';
+
+function toConversation(r: ConversationRow): ConversationView {
+  return {
+    id: r.conversation_id,
+    kind: r.kind,
+    title: r.title,
+    createdBy: r.created_by,
+    createdAt: r.created_at,
+    partition: r.partition,
+    lastSeq: Number(r.last_seq),
+    lastMessageAt: r.last_message_at,
+    lastActivityAt: r.last_activity_at,
+  };
+}
+function toMember(r: MemberRow): MemberView {
+  return {
+    conversationId: r.conversation_id,
+    userId: r.user_id,
+    role: r.role,
+    joinedAt: r.joined_at,
+    leftAt: r.left_at,
+    lastDeliveredSeq: Number(r.last_delivered_seq),
+    lastReadSeq: Number(r.last_read_seq),
+    unreadCount: r.unread_count,
+  };
+}
+function toMessage(r: MessageRow): MessageView {
+  return {
+    conversationId: r.conversation_id,
+    seq: Number(r.seq),
+    eventId: r.event_id,
+    senderId: r.sender_id,
+    clientMsgId: r.client_msg_id,
+    content: r.recalled_at ? null : r.content,
+    priority: r.priority,
+    sentAt: r.sent_at,
+    materialisedAt: r.materialised_at,
+    editedAt: r.edited_at,
+    editCount: r.edit_count,
+    recalledAt: r.recalled_at,
+    recalledBy: r.recalled_by,
+    partition: r.partition,
+    offset: String(r.offset),
+  };
+}
+function toEvent(r: EventRow): LoggedEvent {
+  return {
+    partition: r.partition,
+    offset: String(r.offset),
+    conversationId: r.conversation_id,
+    eventId: r.event_id,
+    type: r.type,
+    seq: r.seq === null ? null : Number(r.seq),
+    payload: r.payload,
+    eventTime: r.event_time,
+    materialisedAt: r.materialised_at,
+  };
+}
+
+function checkLimit(limit: number, max: number): number {
+  if (!Number.isInteger(limit) || limit < 1 || limit > max) {
+    throw new RangeError(`limit must be an integer from 1 to ${max}; got ${limit}.`);
+  }
+  return limit;
+}
+
+/**
+ * The projection's read functions over `pool` (whose search_path names the schema).
+ * Plain queries (no named prepared statements) so that a rebuild's table switch is
+ * picked up by the next query.
+ */
+export function createProjectionReader(pool: pg.Pool): ProjectionReader {
+  return {
+    async conversation(id) {
+      const { rows } = await pool.query<ConversationRow>(
+        `SELECT ${conversationColumns} FROM conversations c WHERE c.conversation_id = $1`,
+        [id],
+      );
+      return rows[0] ? toConversation(rows[0]) : null;
+    },
+
+    async isMember(conversationId, userId) {
+      const { rowCount } = await pool.query(
+        "SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $2 AND left_at IS NULL",
+        [conversationId, userId],
+      );
+      return (rowCount ?? 0) > 0;
+    },
+
+    async members(conversationId, options = {}) {
+      const { rows } = await pool.query<MemberRow>(
+        `SELECT ${memberColumns} FROM members m WHERE m.conversation_id = $1 ${
+          options.includeFormer ? "" : "AND m.left_at IS NULL"
+        } ORDER BY m.user_id`,
+        [conversationId],
+      );
+      return rows.map(toMember);
+    },
+
+    async history(conversationId, options) {
+      const limit = checkLimit(options.limit, 1000);
+      if (options.after !== undefined) {
+        const { rows } = await pool.query<MessageRow>(
+          `SELECT ${messageColumns} FROM messages g
+            WHERE g.conversation_id = $1 AND g.seq > $2 ${options.before !== undefined ? "AND g.seq < $4" : ""}
+            ORDER BY g.seq LIMIT $3`,
+          options.before !== undefined
+            ? [conversationId, options.after, limit, options.before]
+            : [conversationId, options.after, limit],
+        );
+        return rows.map(toMessage);
+      }
+      const { rows } = await pool.query<MessageRow>(
+        `SELECT ${messageColumns} FROM messages g
+          WHERE g.conversation_id = $1 ${options.before !== undefined ? "AND g.seq < $3" : ""}
+          ORDER BY g.seq DESC LIMIT $2`,
+        options.before !== undefined ? [conversationId, limit, options.before] : [conversationId, limit],
+      );
+      return rows.reverse().map(toMessage);
+    },
+
+    async inbox(userId, options) {
+      const limit = checkLimit(options.limit, 1000);
+      const { rows } = await pool.query<
+        ConversationRow & { member: MemberRow; last_message: MessageRow | null }
+      >(
+        `SELECT ${conversationColumns}, to_jsonb(m) AS member, to_jsonb(g) AS last_message
+           FROM members m
+           JOIN conversations c ON c.conversation_id = m.conversation_id
+           LEFT JOIN messages g ON g.conversation_id = c.conversation_id AND g.seq = c.last_seq
+          WHERE m.user_id = $1 AND m.left_at IS NULL
+          ORDER BY c.last_activity_at DESC, c.conversation_id
+          LIMIT $2`,
+        [userId, limit],
+      );
+      // to_jsonb turns timestamps into strings; bring them back to Dates.
+      const date = (v: unknown) => (v === null || v === undefined ? null : new Date(v as string));
+      return rows.map((r) => ({
+        conversation: toConversation(r),
+        membership: toMember({
+          ...r.member,
+          joined_at: date(r.member.joined_at)!,
+          left_at: date(r.member.left_at),
+        }),
+        lastMessage: r.last_message
+          ? toMessage({
+              ...r.last_message,
+              sent_at: date(r.last_message.sent_at)!,
+              materialised_at: date(r.last_message.materialised_at)!,
+              edited_at: date(r.last_message.edited_at),
+              recalled_at: date(r.last_message.recalled_at),
+            })
+          : null,
+      }));
+    },
+
+    async eventsAfter(cursor, userId, limit) {
+      checkLimit(limit, 10_000);
+      const partitions = Object.keys(cursor).map(Number);
+      const offsets = partitions.map((p) => cursor[p]!);
+      const { rows } = await pool.query<EventRow>(
+        `SELECT ${eventColumns}
+           FROM members m
+           JOIN event_log e ON e.conversation_id = m.conversation_id
+           LEFT JOIN unnest($2::int[], $3::bigint[]) AS c(partition, "offset") ON c.partition = e.partition
+          WHERE m.user_id = $1
+            AND e."offset" > coalesce(c."offset", -1)
+            AND e."offset" >= m.joined_offset
+            AND (m.left_offset IS NULL OR e."offset" <= m.left_offset)
+          ORDER BY e.partition, e."offset"
+          LIMIT $4`,
+        [userId, partitions, offsets, limit],
+      );
+      const events = rows.map(toEvent);
+      const next: EventCursor = { ...cursor };
+      for (const event of events) next[event.partition] = event.offset;
+      return { events, cursor: next };
+    },
+
+    async eventsInRange(partition, from, to) {
+      const { rows } = await pool.query<EventRow>(
+        `SELECT ${eventColumns} FROM event_log e
+          WHERE e.partition = $1 AND e."offset" BETWEEN $2 AND $3 ORDER BY e."offset"`,
+        [partition, from, to],
+      );
+      return rows.map(toEvent);
+    },
+
+    async messageByEventId(eventId) {
+      const { rows } = await pool.query<MessageRow>(
+        `SELECT ${messageColumns} FROM messages g WHERE g.event_id = $1`,
+        [eventId],
+      );
+      return rows[0] ? toMessage(rows[0]) : null;
+    },
+  };
+}

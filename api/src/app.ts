@@ -1,0 +1,238 @@
+/**
+ * `buildApp(deps)`: the fastify application without `listen`, so that tests use
+ * `inject` where sockets are not the point and `main.ts` owns the process.
+ */
+import { randomUUID } from "node:crypto";
+import { ChatBusError, RateLimitedError, ValidationError } from "@chatbus/producer-sdk";
+import fastifyJwt from "@fastify/jwt";
+import fastifySwagger from "@fastify/swagger";
+import fastifySwaggerUi from "@fastify/swagger-ui";
+import type { TypeBoxTypeProvider } from "@fastify/type-provider-typebox";
+import Fastify, {
+  type FastifyBaseLogger,
+  type FastifyError,
+  type FastifyInstance,
+  type FastifyReply,
+  type FastifyRequest,
+  type RawReplyDefaultExpression,
+  type RawRequestDefaultExpression,
+  type RawServerDefault,
+} from "fastify";
+import type { Logger } from "pino";
+import type { Registry } from "prom-client";
+import { installAuth } from "./auth.ts";
+import type { ApiConfig } from "./config.ts";
+import { ApiError } from "./errors.ts";
+import { type ApiMetrics, createApiMetrics } from "./metrics.ts";
+import { validatorCompiler } from "./request-validation.ts";
+import type { EventSender, ProjectionView } from "./types.ts";
+
+/** A readiness probe of one dependency: resolves when healthy, rejects with the reason. */
+export type ReadinessCheck = () => Promise<void>;
+
+/** Everything the app needs, passed in (no globals). */
+export interface ApiDeps {
+  config: ApiConfig;
+  logger: Logger;
+  /** Registry the API's metrics register on; `/metrics` serves it. */
+  registry: Registry;
+  /** Where events are sent (the producer SDK's bus). */
+  bus: EventSender;
+  /** Readiness probes by dependency name, e.g. `{ kafka, postgresql }`. */
+  readiness: Record<string, ReadinessCheck>;
+  /** The materialised projection (conversations, members, messages, event log). */
+  projection: ProjectionView;
+}
+
+/** The API's fastify instance with the TypeBox type provider. */
+export type ApiApp = FastifyInstance<
+  RawServerDefault,
+  RawRequestDefaultExpression,
+  RawReplyDefaultExpression,
+  FastifyBaseLogger,
+  TypeBoxTypeProvider
+> & { metrics: ApiMetrics };
+
+const redactedQuery = /([?&]access_token=)[^&]*/g;
+
+/** The request line as logged: the SSE token is cut out of the query string. */
+export function redactUrl(url: string): string {
+  return url.replace(redactedQuery, "$1[redacted]");
+}
+
+/** The standard error body. */
+export function errorBody(code: string, message: string, field?: string) {
+  return { error: field === undefined ? { code, message } : { code, message, field } };
+}
+
+function sendError(reply: FastifyReply, status: number, code: string, message: string, field?: string) {
+  return reply
+    .status(status)
+    .type("application/json")
+    .send(errorBody(code, message, field));
+}
+
+function handleError(error: unknown, request: FastifyRequest, reply: FastifyReply) {
+  if (error instanceof ApiError) {
+    if (error.statusCode === 429) {
+      const ms = (error as ApiError & { retryAfterMs?: number }).retryAfterMs ?? 1000;
+      reply.header("retry-after", String(Math.max(1, Math.ceil(ms / 1000))));
+    }
+    return sendError(reply, error.statusCode, error.code, error.message, error.field);
+  }
+  if (error instanceof ValidationError) {
+    return sendError(reply, 400, error.code, error.message, error.field);
+  }
+  if (error instanceof RateLimitedError) {
+    reply.header("retry-after", String(Math.max(1, Math.ceil(error.retryAfterMs / 1000))));
+    return sendError(reply, 429, error.code, error.message);
+  }
+  if (error instanceof ChatBusError && error.retryable) {
+    request.log.warn({ err: error }, "dependency unavailable");
+    return sendError(reply, 503, error.code, error.message);
+  }
+  const fastifyError = error as FastifyError;
+  switch (fastifyError.code) {
+    case "FST_ERR_CTP_BODY_TOO_LARGE":
+      return sendError(
+        reply,
+        413,
+        "CHATBUS_PAYLOAD_TOO_LARGE",
+        `the request body is larger than the limit of ${request.routeOptions.bodyLimit ?? "the configured"} bytes; send less.`,
+        "(body)",
+      );
+    case "FST_ERR_CTP_INVALID_MEDIA_TYPE":
+      return sendError(
+        reply,
+        415,
+        "CHATBUS_UNSUPPORTED_MEDIA_TYPE",
+        "send the body as JSON with `Content-Type: application/json`.",
+      );
+    case "FST_ERR_CTP_EMPTY_JSON_BODY":
+    case "FST_ERR_CTP_INVALID_JSON_BODY":
+      return sendError(reply, 400, "CHATBUS_VALIDATION", "the request body is not valid JSON.", "(body)");
+  }
+  if (typeof fastifyError.statusCode === "number" && fastifyError.statusCode < 500) {
+    return sendError(reply, fastifyError.statusCode, "CHATBUS_BAD_REQUEST", fastifyError.message);
+  }
+  request.log.error({ err: error }, "unhandled error");
+  return sendError(
+    reply,
+    500,
+    "CHATBUS_INTERNAL",
+    `the server failed to handle the request; quote request id ${request.id} when reporting it.`,
+  );
+}
+
+/** Builds the app: plugins, auth, error format, docs, metrics, health. Routes are added by `registerRoutes`. */
+export async function buildBaseApp(deps: ApiDeps): Promise<ApiApp> {
+  const { config } = deps;
+  const logger = deps.logger.child(
+    {},
+    {
+      serializers: {
+        req: (req: { method: string; url: string; ip?: string }) => ({
+          method: req.method,
+          url: redactUrl(req.url),
+          remoteAddress: req.ip,
+        }),
+      },
+    },
+  );
+  const app = Fastify({
+    loggerInstance: logger as FastifyBaseLogger,
+    bodyLimit: config.bodyLimitBytes,
+    requestIdHeader: "x-request-id",
+    genReqId: () => randomUUID(),
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false } },
+    routerOptions: { maxParamLength: 20_000 },
+  }).withTypeProvider<TypeBoxTypeProvider>();
+  app.setValidatorCompiler(validatorCompiler);
+  const metrics = createApiMetrics(deps.registry);
+  app.decorate("metrics", metrics);
+
+  app.addHook("onSend", async (request, reply) => {
+    reply.header("x-request-id", request.id);
+  });
+  app.addHook("onResponse", async (request, reply) => {
+    if (request.routeOptions.config.sse) return; // a stream's lifetime is not a request duration
+    metrics.httpDuration.observe(
+      {
+        method: request.method,
+        route: request.routeOptions.url ?? "unmatched",
+        status_code: String(reply.statusCode),
+      },
+      reply.elapsedTime / 1000,
+    );
+  });
+
+  app.setErrorHandler(handleError);
+  app.setNotFoundHandler((request, reply) =>
+    sendError(
+      reply,
+      404,
+      "CHATBUS_NOT_FOUND",
+      `no route ${request.method} ${redactUrl(request.url).split("?")[0]}.`,
+    ),
+  );
+
+  await app.register(fastifyJwt, {
+    secret: config.jwtSecret,
+    sign: { algorithm: "HS256", expiresIn: config.tokenTtlSeconds * 1000 },
+    verify: { algorithms: ["HS256"] },
+  });
+  installAuth(app, config);
+
+  await app.register(fastifySwagger, {
+    openapi: {
+      info: {
+        title: "chatbus HTTP API",
+        version: "1",
+        description:
+          "Send chat events, read history and inboxes, receive events live over SSE, and operate subscriptions and dead letters.",
+      },
+      components: {
+        securitySchemes: {
+          bearer: {
+            type: "http",
+            scheme: "bearer",
+            description:
+              "A user token (POST /v1/dev/login in development), a service key or the operator key.",
+          },
+        },
+      },
+      security: [{ bearer: [] }],
+    },
+  });
+  await app.register(fastifySwaggerUi, { routePrefix: "/docs" });
+
+  app.get("/healthz", { schema: { hide: true } }, async () => ({ status: "ok" }));
+  app.get("/readyz", { schema: { hide: true } }, async (_request, reply) => {
+    const results = await Promise.all(
+      Object.entries(deps.readiness).map(async ([name, probe]) => {
+        try {
+          await probe();
+          return { name, ok: true as const };
+        } catch (error) {
+          return { name, ok: false as const, reason: (error as Error).message };
+        }
+      }),
+    );
+    const failed = results.filter((r) => !r.ok);
+    const checks = Object.fromEntries(results.map((r) => [r.name, r.ok ? "ok" : r.reason]));
+    if (failed.length === 0) return { status: "ready", checks };
+    return reply.status(503).send({
+      status: "not ready",
+      checks,
+      error: {
+        code: "CHATBUS_NOT_READY",
+        message: failed.map((f) => `${f.name}: ${f.reason}`).join("; "),
+      },
+    });
+  });
+  app.get("/metrics", { schema: { hide: true } }, async (_request, reply) => {
+    reply.type(deps.registry.contentType);
+    return deps.registry.metrics();
+  });
+  return app as unknown as ApiApp;
+}

@@ -1,0 +1,168 @@
+/**
+ * The API's settings: one strict schema, compiled once, defaults in one object with
+ * units, read from the environment by `loadConfig`. In production the server
+ * refuses to start without its secrets and names the one that is missing.
+ */
+import { randomBytes } from "node:crypto";
+import { type Static, Type } from "@sinclair/typebox";
+import { TypeCompiler } from "@sinclair/typebox/compiler";
+import { ConfigError } from "./errors.ts";
+
+/** Settings of the realtime (SSE) streams. */
+export const SseConfigSchema = Type.Object(
+  {
+    heartbeatMs: Type.Integer({ minimum: 10, description: "Comment line on idle streams, ms." }),
+    maxBufferedBytes: Type.Integer({
+      minimum: 1024,
+      description: "Bytes a client may have unread in its socket before it is disconnected (to resume).",
+    }),
+    presenceGraceMs: Type.Integer({ minimum: 0, description: "Delay before announcing offline, ms." }),
+    deliveredFlushMs: Type.Integer({ minimum: 10, description: "Batch window of delivered receipts, ms." }),
+    resumeMaxEvents: Type.Integer({
+      minimum: 1,
+      description: "A Last-Event-ID further behind than this many events gets a reset event.",
+    }),
+  },
+  { additionalProperties: false },
+);
+
+/** Every setting of the API process. */
+export const ApiConfigSchema = Type.Object(
+  {
+    nodeEnv: Type.Union([Type.Literal("development"), Type.Literal("production"), Type.Literal("test")]),
+    host: Type.String({ minLength: 1 }),
+    port: Type.Integer({ minimum: 0, maximum: 65_535 }),
+    kafkaBrokers: Type.Array(Type.String({ minLength: 1 }), { minItems: 1 }),
+    databaseUrl: Type.String({ minLength: 1 }),
+    topic: Type.String({ minLength: 1 }),
+    jwtSecret: Type.String({ minLength: 16 }),
+    tokenTtlSeconds: Type.Integer({ minimum: 1 }),
+    serviceKeys: Type.Array(Type.String({ minLength: 16 })),
+    operatorKey: Type.String({ minLength: 16 }),
+    bodyLimitBytes: Type.Integer({ minimum: 1024 }),
+    historyMaxLimit: Type.Integer({ minimum: 1 }),
+    sse: SseConfigSchema,
+  },
+  { additionalProperties: false },
+);
+
+/** The API's settings, validated. */
+export type ApiConfig = Static<typeof ApiConfigSchema>;
+
+/** Defaults, units in comments. Secrets have no defaults (see `loadConfig`). */
+export const configDefaults = {
+  nodeEnv: "development",
+  host: "0.0.0.0",
+  port: 3000,
+  kafkaBrokers: ["127.0.0.1:9092"],
+  databaseUrl: "postgres://postgres@127.0.0.1:5432/chatbus",
+  topic: "chat.events",
+  tokenTtlSeconds: 3600, // 1 h; SSE tokens travel in the URL, so keep them short-lived
+  serviceKeys: [] as string[],
+  bodyLimitBytes: 65_536, // 64 KiB: a 16 KiB text in UTF-8 JSON fits with room
+  historyMaxLimit: 200, // messages per history page
+  sse: {
+    heartbeatMs: 15_000, // 15 s, below common proxy idle timeouts (30–60 s)
+    maxBufferedBytes: 1_048_576, // 1 MiB unread per client
+    presenceGraceMs: 5_000, // 5 s: a reconnect within this does not flap
+    deliveredFlushMs: 1_000, // 1 s batch window for chat.receipt.delivered
+    resumeMaxEvents: 10_000, // further behind than this → reset event
+  },
+} satisfies Omit<ApiConfig, "jwtSecret" | "operatorKey">;
+
+const check = TypeCompiler.Compile(ApiConfigSchema);
+
+/** Validates a complete config object; throws a ConfigError naming the first bad field. */
+export function validateConfig(config: unknown): ApiConfig {
+  const first = check.Errors(config).First();
+  if (first) {
+    const field = first.path.split("/").filter(Boolean).join(".") || "(config)";
+    throw new ConfigError(field, `config \`${field}\` ${first.message}.`);
+  }
+  return config as ApiConfig;
+}
+
+/** What `loadConfig` noticed that a person should know about (logged at startup). */
+export interface ConfigNotes {
+  warnings: string[];
+}
+
+function integer(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return fallback;
+  if (!/^\d+$/.test(raw)) throw new ConfigError(name, `${name} must be a whole number; got "${raw}".`);
+  return Number(raw);
+}
+
+/**
+ * Reads the settings from environment variables. In production `CHATBUS_JWT_SECRET`,
+ * `CHATBUS_OPERATOR_KEY` and `CHATBUS_SERVICE_KEYS` are required; in development a
+ * missing secret is replaced by a random one for this process, with a warning.
+ */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): { config: ApiConfig; notes: ConfigNotes } {
+  const warnings: string[] = [];
+  const nodeEnv = (env.NODE_ENV || "development") as ApiConfig["nodeEnv"];
+  if (!["development", "production", "test"].includes(nodeEnv)) {
+    throw new ConfigError("NODE_ENV", `NODE_ENV must be development, production or test; got "${nodeEnv}".`);
+  }
+  const production = nodeEnv === "production";
+  const secret = (name: string, what: string): string => {
+    const value = env[name];
+    if (value) return value;
+    if (production) {
+      throw new ConfigError(
+        name,
+        `${name} is not set; in production the API needs it (${what}). Set it to a random string of at least 32 characters.`,
+      );
+    }
+    warnings.push(`${name} is not set: using a random value for this process only (${what}).`);
+    return randomBytes(32).toString("base64url");
+  };
+  const jwtSecret = secret("CHATBUS_JWT_SECRET", "it signs user tokens; tokens die with the process");
+  const operatorKey = secret("CHATBUS_OPERATOR_KEY", "it guards the operator endpoints");
+  const serviceKeys = (env.CHATBUS_SERVICE_KEYS ?? "")
+    .split(",")
+    .map((key) => key.trim())
+    .filter(Boolean);
+  if (production && serviceKeys.length === 0) {
+    throw new ConfigError(
+      "CHATBUS_SERVICE_KEYS",
+      "CHATBUS_SERVICE_KEYS is not set; in production the send endpoint needs at least one service key (comma-separated, each at least 16 characters).",
+    );
+  }
+  const config = {
+    ...configDefaults,
+    nodeEnv,
+    host: env.HOST || configDefaults.host,
+    port: integer(env, "PORT", configDefaults.port),
+    kafkaBrokers: (env.KAFKA_BROKERS || configDefaults.kafkaBrokers.join(","))
+      .split(",")
+      .map((b) => b.trim()),
+    databaseUrl: env.DATABASE_URL || configDefaults.databaseUrl,
+    topic: env.CHATBUS_TOPIC || configDefaults.topic,
+    jwtSecret,
+    tokenTtlSeconds: integer(env, "CHATBUS_TOKEN_TTL_SECONDS", configDefaults.tokenTtlSeconds),
+    serviceKeys,
+    operatorKey,
+  };
+  try {
+    return { config: validateConfig(config), notes: { warnings } };
+  } catch (error) {
+    if (error instanceof ConfigError && error.variable === "jwtSecret") {
+      throw new ConfigError("CHATBUS_JWT_SECRET", "CHATBUS_JWT_SECRET must be at least 16 characters long.");
+    }
+    if (error instanceof ConfigError && error.variable === "operatorKey") {
+      throw new ConfigError(
+        "CHATBUS_OPERATOR_KEY",
+        "CHATBUS_OPERATOR_KEY must be at least 16 characters long.",
+      );
+    }
+    if (error instanceof ConfigError && error.variable.startsWith("serviceKeys")) {
+      throw new ConfigError(
+        "CHATBUS_SERVICE_KEYS",
+        "each key in CHATBUS_SERVICE_KEYS must be at least 16 characters long.",
+      );
+    }
+    throw error;
+  }
+}

@@ -1,0 +1,59 @@
+/**
+ * The API's Prometheus metrics, registered on the registry the caller passes in.
+ * Labels never carry conversation or user ids (unbounded cardinality).
+ */
+import { Counter, Gauge, Histogram, type Registry } from "prom-client";
+
+/** Latency buckets shared by every chatbus histogram, in seconds. */
+export const latencyBuckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+
+/** The API's metric handles. */
+export interface ApiMetrics {
+  httpDuration: Histogram<"method" | "route" | "status_code">;
+  sseStreams: Gauge;
+  sseDelivered: Counter;
+  sseDeliveryLatency: Histogram;
+  sseDisconnects: Counter<"reason">;
+  deliveredReceipts: Counter;
+}
+
+/** Creates the API's metrics on `registry` (call once per registry). */
+export function createApiMetrics(registry: Registry): ApiMetrics {
+  const registers = [registry];
+  return {
+    httpDuration: new Histogram({
+      name: "chatbus_http_request_duration_seconds",
+      help: "HTTP request duration by method, route template and status code.",
+      labelNames: ["method", "route", "status_code"],
+      buckets: latencyBuckets,
+      registers,
+    }),
+    sseStreams: new Gauge({
+      name: "chatbus_sse_streams",
+      help: "Open Server-Sent Events streams on this process.",
+      registers,
+    }),
+    sseDelivered: new Counter({
+      name: "chatbus_sse_events_delivered_total",
+      help: "Events written to SSE streams (one per stream and event).",
+      registers,
+    }),
+    sseDeliveryLatency: new Histogram({
+      name: "chatbus_sse_delivery_latency_seconds",
+      help: "Time from an event being materialised to it being written to an SSE stream.",
+      buckets: latencyBuckets,
+      registers,
+    }),
+    sseDisconnects: new Counter({
+      name: "chatbus_sse_disconnects_total",
+      help: "SSE streams closed by the server, by reason (slow_client, shutdown).",
+      labelNames: ["reason"],
+      registers,
+    }),
+    deliveredReceipts: new Counter({
+      name: "chatbus_delivered_receipts_sent_total",
+      help: "chat.receipt.delivered events sent for SSE deliveries (batched per user and conversation).",
+      registers,
+    }),
+  };
+}

@@ -1,0 +1,162 @@
+import { createHash } from "node:crypto";
+import { UserId, uuidv7 } from "@chatbus/producer-sdk";
+import { Type } from "@sinclair/typebox";
+import type { ApiApp } from "../app.ts";
+import type { Principal } from "../auth.ts";
+import { conflict, forbidden, invalidField, notAMember } from "../errors.ts";
+import type { EventSender, ProjectionView } from "../types.ts";
+import {
+  Accepted,
+  AddMemberBody,
+  ConversationParams,
+  CreateConversationBody,
+  commonErrors,
+  MemberParams,
+} from "./schemas.ts";
+
+/** With a service key, the user the service acts for (member routes have no body field for it). */
+const ActingHeaders = Type.Object({ "x-chatbus-acting-user": Type.Optional(UserId) });
+
+/**
+ * The id of the direct conversation between two users: the same whoever creates it,
+ * so that creating it twice names one conversation. Readable when it fits the
+ * 128-character id limit, a hash otherwise.
+ */
+export function directConversationId(a: string, b: string): string {
+  const [x, y] = [a, b].sort();
+  const readable = `dm:${x}:${y}`;
+  if (readable.length <= 128) return readable;
+  return `dm-${createHash("sha256").update(`${x}\u0000${y}`).digest("hex").slice(0, 40)}`;
+}
+
+/** The user a request acts as: the token's user, or `field` of the body for a service. */
+export function actingUser(principal: Principal, claimed: string | undefined, field: string): string {
+  if (principal.kind === "user") {
+    if (claimed !== undefined && claimed !== principal.userId) {
+      throw forbidden(`\`${field}\` must be your own user id (or omitted) when you call with a user token.`);
+    }
+    return principal.userId;
+  }
+  if (claimed === undefined) {
+    throw invalidField(field, `body field \`${field}\` is required when a service key calls this route.`);
+  }
+  return claimed;
+}
+
+/** Throws the non-member 403 unless `userId` is a member of the conversation. */
+export async function requireMember(projection: ProjectionView, conversationId: string, userId: string) {
+  if (!(await projection.isMember(conversationId, userId))) throw notAMember();
+}
+
+/** Create conversations, add and remove members. */
+export function registerConversationRoutes(
+  app: ApiApp,
+  deps: { bus: EventSender; projection: ProjectionView },
+): void {
+  const { bus, projection } = deps;
+
+  app.post(
+    "/v1/conversations",
+    {
+      config: { access: "user-or-service" },
+      schema: {
+        tags: ["conversations"],
+        summary: "Create a direct or group conversation (emits chat.conversation.created).",
+        body: CreateConversationBody,
+        response: {
+          202: { ...Accepted, properties: { ...Accepted.properties, conversationId: { type: "string" } } },
+        },
+      },
+    },
+    async (request, reply) => {
+      const creator = actingUser(request.principal, request.body.createdBy, "createdBy");
+      const members = [creator, ...request.body.members.filter((m) => m !== creator)];
+      let conversationId: string;
+      if (request.body.kind === "direct") {
+        if (members.length !== 2) {
+          throw invalidField(
+            "members",
+            "body field `members` of a direct conversation must name exactly one other user.",
+          );
+        }
+        conversationId = directConversationId(members[0]!, members[1]!);
+      } else {
+        conversationId = `g-${uuidv7()}`;
+      }
+      const sent = await bus.send(conversationId, {
+        type: "chat.conversation.created",
+        kind: request.body.kind,
+        createdBy: creator,
+        members,
+        ...(request.body.title === undefined ? {} : { title: request.body.title }),
+      });
+      return reply.status(202).send({ conversationId, ...sent });
+    },
+  );
+
+  app.post(
+    "/v1/conversations/:id/members",
+    {
+      config: { access: "user-or-service" },
+      schema: {
+        tags: ["conversations"],
+        summary: "Add a member (emits chat.member.joined); the caller must be a member.",
+        params: ConversationParams,
+        body: AddMemberBody,
+        headers: ActingHeaders,
+        response: { 202: Accepted, ...commonErrors },
+      },
+    },
+    async (request, reply) => {
+      const actor = actingUser(request.principal, actingHeader(request.headers), "x-chatbus-acting-user");
+      await requireMember(projection, request.params.id, actor);
+      const conversation = await projection.conversation(request.params.id);
+      if (conversation?.kind === "direct") {
+        throw conflict("a direct conversation has exactly two members; create a group to add more people.");
+      }
+      const sent = await bus.send(request.params.id, {
+        type: "chat.member.joined",
+        userId: request.body.userId,
+        addedBy: actor,
+        ...(request.body.role === undefined ? {} : { role: request.body.role }),
+      });
+      return reply.status(202).send(sent);
+    },
+  );
+
+  app.delete(
+    "/v1/conversations/:id/members/:userId",
+    {
+      config: { access: "user-or-service" },
+      schema: {
+        tags: ["conversations"],
+        summary: "Remove a member or leave (emits chat.member.left); owners and admins may remove others.",
+        params: MemberParams,
+        headers: ActingHeaders,
+        response: { 202: Accepted, ...commonErrors },
+      },
+    },
+    async (request, reply) => {
+      const actor = actingUser(request.principal, actingHeader(request.headers), "x-chatbus-acting-user");
+      await requireMember(projection, request.params.id, actor);
+      if (actor !== request.params.userId) {
+        const members = await projection.members(request.params.id);
+        const role = members.find((m) => m.userId === actor)?.role;
+        if (role !== "owner" && role !== "admin") {
+          throw forbidden("only an owner or admin may remove another member; anyone may remove themselves.");
+        }
+      }
+      const sent = await bus.send(request.params.id, {
+        type: "chat.member.left",
+        userId: request.params.userId,
+        removedBy: actor,
+      });
+      return reply.status(202).send(sent);
+    },
+  );
+}
+
+function actingHeader(headers: Record<string, unknown>): string | undefined {
+  const value = headers["x-chatbus-acting-user"];
+  return typeof value === "string" ? value : undefined;
+}

@@ -1,0 +1,134 @@
+import type { ApiApp } from "../app.ts";
+import { forbidden, notFound } from "../errors.ts";
+import type { EventSender, ProjectionView } from "../types.ts";
+import { actingUser, requireMember } from "./conversations.ts";
+import {
+  Accepted,
+  ConversationParams,
+  commonErrors,
+  EditMessageBody,
+  ErrorResponse,
+  MessageParams,
+  ReadBody,
+  SendMessageBody,
+} from "./schemas.ts";
+
+/** Send, edit and recall messages; read receipts. */
+export function registerMessageRoutes(
+  app: ApiApp,
+  deps: { bus: EventSender; projection: ProjectionView },
+): void {
+  const { bus, projection } = deps;
+
+  app.post(
+    "/v1/conversations/:id/messages",
+    {
+      config: { access: "user-or-service" },
+      schema: {
+        tags: ["messages"],
+        summary: "Send a message (202 once Kafka has it; it shows in history once materialised).",
+        description:
+          "With a user token the sender is the caller; with a service key give `senderId`. The sender must be a member. 429 with Retry-After when the conversation is over its rate limit.",
+        params: ConversationParams,
+        body: SendMessageBody,
+        response: { 202: Accepted, ...commonErrors, 429: ErrorResponse },
+      },
+    },
+    async (request, reply) => {
+      const senderId = actingUser(request.principal, request.body.senderId, "senderId");
+      await requireMember(projection, request.params.id, senderId);
+      const { content, priority, clientMsgId } = request.body;
+      const sent = await bus.send(request.params.id, {
+        type: "chat.message.sent",
+        senderId,
+        content,
+        ...(priority === undefined ? {} : { priority }),
+        ...(clientMsgId === undefined ? {} : { clientMsgId }),
+      });
+      return reply.status(202).send(sent);
+    },
+  );
+
+  /** The message, when the caller (a member) may change it: only its sender may. */
+  async function ownMessage(conversationId: string, messageId: string, userId: string) {
+    await requireMember(projection, conversationId, userId);
+    const message = await projection.messageByEventId(messageId);
+    if (!message || message.conversationId !== conversationId) {
+      throw notFound(`message ${messageId} is not in this conversation (or not materialised yet).`);
+    }
+    if (message.senderId !== userId) throw forbidden("only the sender of a message may edit or recall it.");
+    return message;
+  }
+
+  app.patch(
+    "/v1/conversations/:id/messages/:messageId",
+    {
+      config: { access: "user" },
+      schema: {
+        tags: ["messages"],
+        summary: "Edit your message (emits chat.message.edited).",
+        params: MessageParams,
+        body: EditMessageBody,
+        response: { 202: Accepted, ...commonErrors, 404: ErrorResponse },
+      },
+    },
+    async (request, reply) => {
+      const userId = actingUser(request.principal, undefined, "userId");
+      await ownMessage(request.params.id, request.params.messageId, userId);
+      const sent = await bus.send(request.params.id, {
+        type: "chat.message.edited",
+        messageId: request.params.messageId,
+        editorId: userId,
+        content: request.body.content,
+      });
+      return reply.status(202).send(sent);
+    },
+  );
+
+  app.delete(
+    "/v1/conversations/:id/messages/:messageId",
+    {
+      config: { access: "user" },
+      schema: {
+        tags: ["messages"],
+        summary: "Recall your message (emits chat.message.recalled).",
+        params: MessageParams,
+        response: { 202: Accepted, ...commonErrors, 404: ErrorResponse },
+      },
+    },
+    async (request, reply) => {
+      const userId = actingUser(request.principal, undefined, "userId");
+      await ownMessage(request.params.id, request.params.messageId, userId);
+      const sent = await bus.send(request.params.id, {
+        type: "chat.message.recalled",
+        messageId: request.params.messageId,
+        recalledBy: userId,
+      });
+      return reply.status(202).send(sent);
+    },
+  );
+
+  app.post(
+    "/v1/conversations/:id/read",
+    {
+      config: { access: "user" },
+      schema: {
+        tags: ["messages"],
+        summary: "Mark every message up to `seq` as read (emits chat.receipt.read).",
+        params: ConversationParams,
+        body: ReadBody,
+        response: { 202: Accepted, ...commonErrors },
+      },
+    },
+    async (request, reply) => {
+      const userId = actingUser(request.principal, undefined, "userId");
+      await requireMember(projection, request.params.id, userId);
+      const sent = await bus.send(request.params.id, {
+        type: "chat.receipt.read",
+        userId,
+        upToSeq: request.body.seq,
+      });
+      return reply.status(202).send(sent);
+    },
+  );
+}

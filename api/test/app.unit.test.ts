@@ -1,0 +1,270 @@
+/**
+ * The app's contract without Kafka or PostgreSQL: auth, the error format, input
+ * validation naming the field, and that a refused request never reaches the bus.
+ * The bus and projection are fakes here; the .int tests use the real ones.
+ */
+import type { ChatEventInput } from "@chatbus/producer-sdk";
+import pino from "pino";
+import { Registry } from "prom-client";
+import { afterEach, describe, expect, it } from "vitest";
+import type { ApiApp } from "../src/app.ts";
+import { buildApp } from "../src/build-app.ts";
+import { type ApiConfig, configDefaults, validateConfig } from "../src/config.ts";
+import type { ProjectionView } from "../src/types.ts";
+
+const jwtSecret = "unit-test-secret-0123456789abcdef";
+const operatorKey = "unit-operator-key-0123456789";
+const serviceKey = "unit-service-key-0123456789";
+
+function config(overrides: Partial<ApiConfig> = {}): ApiConfig {
+  return validateConfig({
+    ...configDefaults,
+    nodeEnv: "test",
+    jwtSecret,
+    operatorKey,
+    serviceKeys: [serviceKey],
+    ...overrides,
+  });
+}
+
+interface Sent {
+  conversationId: string;
+  event: ChatEventInput;
+}
+
+const apps: ApiApp[] = [];
+afterEach(async () => {
+  await Promise.all(apps.splice(0).map((a) => a.close()));
+});
+
+async function makeApp(overrides: Partial<ApiConfig> = {}) {
+  const sent: Sent[] = [];
+  const members: Record<string, string[]> = { "conv-1": ["ana", "ben"] };
+  const projection: ProjectionView = {
+    conversation: async (id) => (members[id] ? { id, kind: "group" } : null),
+    isMember: async (id, user) => members[id]?.includes(user) ?? false,
+    members: async (id) => (members[id] ?? []).map((userId) => ({ userId, role: "member" })),
+    messageByEventId: async () => null,
+  };
+  const app = await buildApp({
+    config: config(overrides),
+    logger: pino({ level: "silent" }),
+    registry: new Registry(),
+    bus: {
+      send: async (conversationId, event) => {
+        sent.push({ conversationId, event });
+        return { eventId: "0190a7b2-4c3d-7e8f-9a0b-1c2d3e4f5a6b", partition: 3, offset: String(sent.length) };
+      },
+    },
+    projection,
+    readiness: {},
+  });
+  apps.push(app);
+  return { app, sent };
+}
+
+async function login(app: ApiApp, username: string): Promise<string> {
+  const res = await app.inject({ method: "POST", url: "/v1/dev/login", payload: { username } });
+  expect(res.statusCode).toBe(200);
+  return res.json().token;
+}
+
+const text = { type: "text", text: "hello" };
+
+describe("auth", () => {
+  it("refuses a request without a token with 401 JSON and sends nothing", async () => {
+    const { app, sent } = await makeApp();
+    const res = await app.inject({
+      method: "POST",
+      url: "/v1/conversations/conv-1/messages",
+      payload: { content: text },
+    });
+    expect(res.statusCode).toBe(401);
+    expect(res.json()).toEqual({ error: { code: "CHATBUS_UNAUTHORIZED", message: expect.any(String) } });
+    expect(sent).toHaveLength(0);
+  });
+
+  it("refuses a tampered token with 401", async () => {
+    const { app, sent } = await makeApp();
+    const token = await login(app, "ana");
+    const [h, p, s] = token.split(".");
+    const payload = JSON.parse(Buffer.from(p!, "base64url").toString());
+    const forged = `${h}.${Buffer.from(JSON.stringify({ ...payload, sub: "ben" })).toString("base64url")}.${s}`;
+    const res = await app.inject({
+      method: "POST",
+      url: "/v1/conversations/conv-1/messages",
+      headers: { authorization: `Bearer ${forged}` },
+      payload: { content: text },
+    });
+    expect(res.statusCode).toBe(401);
+    expect(Object.keys(res.json())).toEqual(["error"]);
+    expect(sent).toHaveLength(0);
+  });
+
+  it("refuses an expired token with 401 CHATBUS_TOKEN_EXPIRED", async () => {
+    const { app, sent } = await makeApp();
+    // Signed with the right key, but its lifetime ended an hour ago.
+    const expired = app.jwt.sign({ sub: "ana" }, { expiresIn: -3_600_000 });
+    const res = await app.inject({
+      method: "POST",
+      url: "/v1/conversations/conv-1/messages",
+      headers: { authorization: `Bearer ${expired}` },
+      payload: { content: text },
+    });
+    expect(res.statusCode).toBe(401);
+    expect(res.json().error.code).toBe("CHATBUS_TOKEN_EXPIRED");
+    expect(sent).toHaveLength(0);
+  });
+
+  it("answers a non-member with the same 403 whether or not the conversation exists", async () => {
+    const { app, sent } = await makeApp();
+    const token = await login(app, "eve");
+    const headers = { authorization: `Bearer ${token}` };
+    const existing = await app.inject({
+      method: "POST",
+      url: "/v1/conversations/conv-1/messages",
+      headers,
+      payload: { content: text },
+    });
+    const missing = await app.inject({
+      method: "POST",
+      url: "/v1/conversations/nope/messages",
+      headers,
+      payload: { content: text },
+    });
+    expect(existing.statusCode).toBe(403);
+    expect(missing.statusCode).toBe(403);
+    expect(existing.body).toBe(missing.body);
+    expect(sent).toHaveLength(0);
+  });
+
+  it("has no dev login in production", async () => {
+    const { app } = await makeApp({ nodeEnv: "production" });
+    const res = await app.inject({ method: "POST", url: "/v1/dev/login", payload: { username: "ana" } });
+    expect(res.statusCode).toBe(404);
+    expect(res.json().error.code).toBe("CHATBUS_NOT_FOUND");
+    expect(res.body).not.toContain('token":');
+  });
+
+  it("lets a service send on behalf of a member, and requires senderId", async () => {
+    const { app, sent } = await makeApp();
+    const headers = { authorization: `Bearer ${serviceKey}` };
+    const missing = await app.inject({
+      method: "POST",
+      url: "/v1/conversations/conv-1/messages",
+      headers,
+      payload: { content: text },
+    });
+    expect(missing.statusCode).toBe(400);
+    expect(missing.json().error.field).toBe("senderId");
+    const ok = await app.inject({
+      method: "POST",
+      url: "/v1/conversations/conv-1/messages",
+      headers,
+      payload: { senderId: "ben", content: text },
+    });
+    expect(ok.statusCode).toBe(202);
+    expect(ok.json()).toEqual({ eventId: expect.any(String), partition: 3, offset: "1" });
+    expect(sent).toEqual([
+      { conversationId: "conv-1", event: { type: "chat.message.sent", senderId: "ben", content: text } },
+    ]);
+  });
+});
+
+describe("bad input", () => {
+  const cases: [string, unknown, string][] = [
+    ["missing content", {}, "content"],
+    ["wrong-typed text", { content: { type: "text", text: 42 } }, "content.text"],
+    ["empty text", { content: { type: "text", text: "" } }, "content.text"],
+    ["text over 16 KiB", { content: { type: "text", text: "x".repeat(16_385) } }, "content.text"],
+    ["unknown field", { content: text, sneaky: true }, "sneaky"],
+    ["bad priority", { content: text, priority: "urgent" }, "priority"],
+    ["quoted clientMsgId", { content: text, clientMsgId: 'a"b' }, "clientMsgId"],
+    ["10,000-char senderId", { content: text, senderId: "a".repeat(10_000) }, "senderId"],
+  ];
+  for (const [name, payload, field] of cases) {
+    it(`${name} → 400 naming \`${field}\`, nothing sent`, async () => {
+      const { app, sent } = await makeApp();
+      const token = await login(app, "ana");
+      const res = await app.inject({
+        method: "POST",
+        url: "/v1/conversations/conv-1/messages",
+        headers: { authorization: `Bearer ${token}` },
+        payload: payload as object,
+      });
+      expect(res.statusCode).toBe(400);
+      expect(res.json().error).toMatchObject({ code: "CHATBUS_VALIDATION", field });
+      expect(res.json().error.message).toContain(`\`${field}\``);
+      expect(sent).toHaveLength(0);
+    });
+  }
+
+  for (const [name, id] of [
+    ["quotes", encodeURIComponent('conv"1')],
+    ["%00", "conv%001"],
+    ["10,000 characters", "c".repeat(10_000)],
+  ] as const) {
+    it(`a conversation id with ${name} → 400 naming \`id\``, async () => {
+      const { app, sent } = await makeApp();
+      const token = await login(app, "ana");
+      const res = await app.inject({
+        method: "POST",
+        url: `/v1/conversations/${id}/messages`,
+        headers: { authorization: `Bearer ${token}` },
+        payload: { content: text },
+      });
+      expect(res.statusCode).toBe(400);
+      expect(res.json().error.field).toBe("id");
+      expect(sent).toHaveLength(0);
+    });
+  }
+
+  it("an oversized body → 413, nothing sent", async () => {
+    const { app, sent } = await makeApp();
+    const token = await login(app, "ana");
+    const res = await app.inject({
+      method: "POST",
+      url: "/v1/conversations/conv-1/messages",
+      headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+      payload: JSON.stringify({ content: { type: "text", text: "x".repeat(100_000) } }),
+    });
+    expect(res.statusCode).toBe(413);
+    expect(res.json().error.code).toBe("CHATBUS_PAYLOAD_TOO_LARGE");
+    expect(sent).toHaveLength(0);
+  });
+
+  it("malformed JSON → 400", async () => {
+    const { app } = await makeApp();
+    const token = await login(app, "ana");
+    const res = await app.inject({
+      method: "POST",
+      url: "/v1/conversations/conv-1/messages",
+      headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+      payload: "{not json",
+    });
+    expect(res.statusCode).toBe(400);
+    expect(res.json().error.code).toBe("CHATBUS_VALIDATION");
+  });
+});
+
+describe("docs and metrics", () => {
+  it("serves an OpenAPI document whose send body is the contract's MessageContent", async () => {
+    const { app } = await makeApp();
+    const res = await app.inject({ method: "GET", url: "/docs/json" });
+    expect(res.statusCode).toBe(200);
+    const doc = res.json();
+    const send = doc.paths["/v1/conversations/{id}/messages"].post;
+    const schema = send.requestBody.content["application/json"].schema;
+    expect(schema.additionalProperties).toBe(false);
+    expect(schema.properties.content.anyOf).toHaveLength(2);
+  });
+
+  it("counts request durations by route template and status", async () => {
+    const { app } = await makeApp();
+    await app.inject({ method: "GET", url: "/healthz" });
+    const res = await app.inject({ method: "GET", url: "/metrics" });
+    expect(res.body).toMatch(
+      /chatbus_http_request_duration_seconds_count\{method="GET",route="\/healthz",status_code="200"\} 1/,
+    );
+  });
+});

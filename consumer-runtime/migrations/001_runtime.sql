@@ -24,6 +24,14 @@ CREATE TABLE dead_letters (
   status          text        NOT NULL DEFAULT 'waiting' CHECK (status IN ('waiting', 'replaying', 'replayed', 'discarded')),
   status_changed_at timestamptz,
   status_changed_by text,
+  -- Why it was discarded (or the note given with a replay).
+  status_reason   text,
+  -- Replay bookkeeping: how often it was replayed, the last replay's error, and which
+  -- runtime instance holds a 'replaying' row right now (claims expire, see the runtime).
+  replay_count    integer     NOT NULL DEFAULT 0,
+  last_replay_error text,
+  claimed_by      text,
+  claimed_at      timestamptz,
   created_at      timestamptz NOT NULL DEFAULT now(),
   -- One dead letter per record and subscription: a redelivered poison record is not stored twice.
   UNIQUE (subscription, topic, partition, "offset")

@@ -1,0 +1,249 @@
+/**
+ * The `dead_letters` table: record, list, replay, discard. Plain functions over a
+ * pool so that the runtime, the materialiser and the API share them. SQL is
+ * unqualified: it runs in whichever schema the pool's search_path names.
+ */
+import { ValidationError } from "@chatbus/producer-sdk";
+import type pg from "pg";
+import { DeadLetterNotFoundError, DeadLetterStateError } from "../errors.ts";
+import type {
+  DeadLetter,
+  DeadLetterFilter,
+  DeadLetterInput,
+  DeadLetterPage,
+  DeadLetterStatus,
+  FailureClass,
+} from "./types.ts";
+
+/** Anything with `query`: a pool or a client inside a transaction. */
+export type Queryable = Pick<pg.Pool, "query">;
+
+interface Row {
+  id: string;
+  subscription: string;
+  topic: string;
+  partition: number;
+  offset: string;
+  record_key: string | null;
+  headers: Record<string, string>;
+  value: Buffer | null;
+  event_id: string | null;
+  event_type: string | null;
+  conversation_id: string | null;
+  failure_class: FailureClass;
+  error_code: string;
+  error_message: string;
+  error_stack: string | null;
+  attempts: number;
+  first_failed_at: Date;
+  last_failed_at: Date;
+  status: DeadLetterStatus;
+  status_changed_at: Date | null;
+  status_changed_by: string | null;
+  status_reason: string | null;
+  replay_count: number;
+  last_replay_error: string | null;
+  created_at: Date;
+}
+
+const columns = `id::text AS id, subscription, topic, partition, "offset"::text AS "offset", record_key, headers,
+  value, event_id, event_type, conversation_id, failure_class, error_code, error_message, error_stack,
+  attempts, first_failed_at, last_failed_at, status, status_changed_at, status_changed_by, status_reason,
+  replay_count, last_replay_error, created_at`;
+
+/** Maps a `dead_letters` row (selected with the runtime's column list) to a DeadLetter. */
+export function toDeadLetter(row: Row): DeadLetter {
+  return {
+    id: row.id,
+    subscription: row.subscription,
+    topic: row.topic,
+    partition: row.partition,
+    offset: row.offset,
+    key: row.record_key,
+    headers: row.headers,
+    value: row.value,
+    eventId: row.event_id,
+    eventType: row.event_type,
+    conversationId: row.conversation_id,
+    failureClass: row.failure_class,
+    errorCode: row.error_code,
+    errorMessage: row.error_message,
+    errorStack: row.error_stack,
+    attempts: row.attempts,
+    firstFailedAt: row.first_failed_at,
+    lastFailedAt: row.last_failed_at,
+    status: row.status,
+    statusChangedAt: row.status_changed_at,
+    statusChangedBy: row.status_changed_by,
+    statusReason: row.status_reason,
+    replayCount: row.replay_count,
+    lastReplayError: row.last_replay_error,
+    createdAt: row.created_at,
+  };
+}
+
+/** The column list `toDeadLetter` expects, for modules that select dead letters themselves. */
+export const deadLetterColumns = columns;
+
+/**
+ * Stores a dead letter. Idempotent on (subscription, topic, partition, offset): a
+ * record dead-lettered again (redelivered after a crash) updates the failure details
+ * and keeps the one row and its status. Resolves with the row id and whether it is new.
+ */
+export async function recordDeadLetter(
+  pool: Queryable,
+  input: DeadLetterInput,
+): Promise<{ id: string; created: boolean }> {
+  const { rows } = await pool.query<{ id: string; created: boolean }>(
+    `INSERT INTO dead_letters (subscription, topic, partition, "offset", record_key, headers, value, event_id,
+       event_type, conversation_id, failure_class, error_code, error_message, error_stack, attempts,
+       first_failed_at, last_failed_at)
+     VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17)
+     ON CONFLICT (subscription, topic, partition, "offset") DO UPDATE SET
+       error_code = EXCLUDED.error_code, error_message = EXCLUDED.error_message,
+       error_stack = EXCLUDED.error_stack, failure_class = EXCLUDED.failure_class,
+       attempts = GREATEST(dead_letters.attempts, EXCLUDED.attempts),
+       last_failed_at = GREATEST(dead_letters.last_failed_at, EXCLUDED.last_failed_at)
+     RETURNING id::text AS id, (xmax = 0) AS created`,
+    [
+      input.subscription,
+      input.topic,
+      input.partition,
+      input.offset,
+      input.key,
+      JSON.stringify(input.headers),
+      input.value,
+      input.eventId ?? null,
+      input.eventType ?? null,
+      input.conversationId ?? null,
+      input.failureClass,
+      input.errorCode,
+      input.errorMessage,
+      input.errorStack ?? null,
+      input.attempts,
+      input.firstFailedAt,
+      input.lastFailedAt,
+    ],
+  );
+  return rows[0]!;
+}
+
+const statuses: readonly DeadLetterStatus[] = ["waiting", "replaying", "replayed", "discarded"];
+
+/** Dead letters, newest first, optionally of one subscription and status; paginated by cursor. */
+export async function listDeadLetters(pool: Queryable, filter: DeadLetterFilter): Promise<DeadLetterPage> {
+  const { subscription, status, limit, cursor } = filter;
+  if (!Number.isInteger(limit) || limit < 1 || limit > 1000) {
+    throw new ValidationError("limit", "range", `\`limit\` must be an integer from 1 to 1000; got ${limit}.`);
+  }
+  if (status !== undefined && !statuses.includes(status)) {
+    throw new ValidationError(
+      "status",
+      "enum",
+      `\`status\` must be one of ${statuses.join(", ")}; got ${JSON.stringify(status)}.`,
+    );
+  }
+  if (cursor !== undefined && cursor !== null && !/^\d{1,19}$/.test(cursor)) {
+    throw new ValidationError(
+      "cursor",
+      "format",
+      "`cursor` must be the nextCursor of a previous page (digits).",
+    );
+  }
+  const { rows } = await pool.query<Row>(
+    `SELECT ${columns} FROM dead_letters
+     WHERE ($1::text IS NULL OR subscription = $1) AND ($2::text IS NULL OR status = $2)
+       AND ($3::bigint IS NULL OR id < $3::bigint)
+     ORDER BY id DESC LIMIT $4`,
+    [subscription ?? null, status ?? null, cursor ?? null, limit],
+  );
+  const items = rows.map(toDeadLetter);
+  return { items, nextCursor: items.length === limit ? items[items.length - 1]!.id : null };
+}
+
+/** One dead letter by id, or null. */
+export async function getDeadLetter(pool: Queryable, id: string): Promise<DeadLetter | null> {
+  checkId(id);
+  const { rows } = await pool.query<Row>(`SELECT ${columns} FROM dead_letters WHERE id = $1`, [id]);
+  return rows[0] ? toDeadLetter(rows[0]) : null;
+}
+
+function checkId(id: string): void {
+  if (typeof id !== "string" || !/^\d{1,19}$/.test(id)) {
+    throw new ValidationError(
+      "id",
+      "format",
+      `a dead letter id is a positive integer; got ${JSON.stringify(id)}.`,
+    );
+  }
+}
+
+async function transition(
+  pool: Queryable,
+  id: string,
+  to: DeadLetterStatus,
+  action: string,
+  by: string,
+  reason: string | null,
+): Promise<DeadLetter> {
+  checkId(id);
+  if (typeof by !== "string" || by.length === 0) {
+    throw new ValidationError("by", "required", "`by` must name who does this (an operator or service).");
+  }
+  const { rows } = await pool.query<Row>(
+    `UPDATE dead_letters SET status = $2, status_changed_at = now(), status_changed_by = $3,
+       status_reason = $4, claimed_by = NULL, claimed_at = NULL
+     WHERE id = $1 AND status = 'waiting'
+     RETURNING ${columns}`,
+    [id, to, by, reason],
+  );
+  if (rows[0]) return toDeadLetter(rows[0]);
+  const existing = await getDeadLetter(pool, id);
+  if (!existing) throw new DeadLetterNotFoundError(id);
+  throw new DeadLetterStateError(id, existing.status, action);
+}
+
+/**
+ * Asks the dead letter's own subscription to handle it again: the row becomes
+ * `replaying`; a running runtime of that subscription picks it up (within about a
+ * second), runs its handlers once, and marks it `replayed` (or `waiting` again with
+ * `lastReplayError`). Only `waiting` dead letters can be replayed.
+ */
+export function replayDeadLetter(pool: Queryable, id: string, options: { by: string }): Promise<DeadLetter> {
+  return transition(pool, id, "replaying", "replayed", options.by, null);
+}
+
+/** Marks a waiting dead letter `discarded`, recording who did it and why. Never deletes. */
+export function discardDeadLetter(
+  pool: Queryable,
+  id: string,
+  options: { by: string; reason?: string },
+): Promise<DeadLetter> {
+  return transition(pool, id, "discarded", "discarded", options.by, options.reason ?? null);
+}
+
+/** Replays every waiting dead letter of one subscription; resolves with how many. */
+export async function replayAllDeadLetters(
+  pool: Queryable,
+  subscription: string,
+  options: { by: string },
+): Promise<{ count: number }> {
+  if (typeof options.by !== "string" || options.by.length === 0) {
+    throw new ValidationError("by", "required", "`by` must name who does this (an operator or service).");
+  }
+  const result = await pool.query(
+    `UPDATE dead_letters SET status = 'replaying', status_changed_at = now(), status_changed_by = $2,
+       status_reason = NULL, claimed_by = NULL, claimed_at = NULL
+     WHERE subscription = $1 AND status = 'waiting'`,
+    [subscription, options.by],
+  );
+  return { count: result.rowCount ?? 0 };
+}
+
+/** Waiting dead letters per subscription (for gauges and the subscriptions view). */
+export async function countWaitingDeadLetters(pool: Queryable): Promise<Record<string, number>> {
+  const { rows } = await pool.query<{ subscription: string; n: number }>(
+    "SELECT subscription, count(*)::int AS n FROM dead_letters WHERE status = 'waiting' GROUP BY subscription",
+  );
+  return Object.fromEntries(rows.map((r) => [r.subscription, r.n]));
+}

@@ -71,14 +71,16 @@ CREATE TABLE receipts (
   PRIMARY KEY (conversation_id, user_id, kind)
 );
 
--- A chat.message.sent that repeated (conversation, sender, clientMsgId): the first one won.
+-- A chat.message.sent that repeated an applied one: the same event id (the record was produced
+-- twice) or the same (conversation, sender, clientMsgId). The first one won.
 CREATE TABLE duplicate_messages (
   partition         integer     NOT NULL,
   "offset"          bigint      NOT NULL,
   event_id          text        NOT NULL,
   conversation_id   text        NOT NULL,
   sender_id         text        NOT NULL,
-  client_msg_id     text        NOT NULL,
+  client_msg_id     text,
+  reason            text        NOT NULL CHECK (reason IN ('event_id', 'client_msg_id')),
   original_event_id text        NOT NULL,
   original_seq      bigint      NOT NULL,
   sent_at           timestamptz NOT NULL,
@@ -99,6 +101,8 @@ CREATE TABLE event_log (
   materialised_at  timestamptz NOT NULL,
   PRIMARY KEY (partition, "offset")
 );
+-- An event id is applied once, whatever offset it comes at again.
+CREATE UNIQUE INDEX event_log_by_event_id ON event_log (event_id);
 CREATE INDEX event_log_by_conversation ON event_log (conversation_id, partition, "offset");
 
 -- The next offset to apply per partition, written in the same transaction as the rows.

@@ -1,6 +1,12 @@
 /** The conversation materialiser: projection schema readers, live apply, rebuild. */
+
+export type { ApplyContext, BatchRecord, BatchResult } from "./apply-batch.ts";
+export { applyBatch } from "./apply-batch.ts";
 export type { EventsNotification } from "./events-channel.ts";
 export { decodeEventCursor, encodeEventCursor, eventsChannel } from "./events-channel.ts";
+export type { Materialiser, MaterialiserOptions, MaterialiserState } from "./materialiser.ts";
+export { startMaterialiser } from "./materialiser.ts";
+export { MaterialiserSettings, materialiserDefaults } from "./options.ts";
 export type { ProjectionReader } from "./projection-reader.ts";
 export { createProjectionReader } from "./projection-reader.ts";
 export type {

@@ -1,0 +1,847 @@
+/**
+ * Applies one partition's batch of records to the projection inside ONE transaction
+ * that also advances the partition's `projection_offsets.next_offset`.
+ *
+ * Why this gives effectively-once: the transaction first locks the partition's offset
+ * row and skips every record below `next_offset`, so a record applied before a crash,
+ * a rebalance or a redelivery changes nothing, and two instances that briefly both
+ * hold a partition are serialised by the row lock. Kafka commits are only a hint of
+ * where to fetch from.
+ *
+ * How it stays fast: the rows that the batch touches are loaded with a few `= ANY`
+ * queries, the events are folded in memory in log order (business rules, sequence
+ * numbers, unread counts), and the final state is written back with one set-based
+ * statement per table (`INSERT … SELECT FROM unnest(…)`), not one per event.
+ */
+import { type ChatEvent, decodeRecord, type EventData, type RawRecord } from "@chatbus/producer-sdk";
+import type pg from "pg";
+import { eventsChannel } from "./events-channel.ts";
+
+/** A record as kafkajs hands it over, with its offset. */
+export interface BatchRecord extends RawRecord {
+  offset: string;
+}
+
+/** What a batch did, for metrics, logs and the NOTIFY. */
+export interface BatchResult {
+  /** Records at or beyond the stored offset that this transaction handled. */
+  handled: number;
+  /** Records skipped because an earlier transaction had applied them. */
+  skipped: number;
+  /** Applied events by type. */
+  applied: Record<string, number>;
+  duplicates: number;
+  deadLettered: { poison: number; business: number };
+  /** `ce_time` of every applied event (end-to-end latency is measured after commit). */
+  eventTimes: Date[];
+  /** First and last offset handled (inclusive), or null when everything was skipped. */
+  range: { from: string; to: string } | null;
+}
+
+/** Who applies: the subscription name that dead letters carry. */
+export interface ApplyContext {
+  topic: string;
+  partition: number;
+  /** Schema of the projection (for the NOTIFY channel). */
+  schema: string;
+  subscription: string;
+}
+
+interface ConversationState {
+  id: string;
+  kind: string;
+  title: string | null;
+  createdBy: string;
+  createdAt: Date;
+  createdEventId: string;
+  lastSeq: number;
+  lastMessageAt: Date | null;
+  lastActivityAt: Date;
+  isNew: boolean;
+  dirty: boolean;
+}
+
+interface MemberState {
+  conversationId: string;
+  userId: string;
+  role: string;
+  joinedAt: Date;
+  joinedOffset: string;
+  joinedSeq: number;
+  leftAt: Date | null;
+  leftOffset: string | null;
+  lastDeliveredSeq: number;
+  lastReadSeq: number;
+  unreadCount: number;
+  dirty: boolean;
+  /** A read receipt moved lastReadSeq: recount unread in SQL after the messages are written. */
+  recount: boolean;
+}
+
+interface MessageState {
+  conversationId: string;
+  seq: number;
+  eventId: string;
+  senderId: string;
+  clientMsgId: string | null;
+  content: unknown;
+  priority: string;
+  sentAt: Date;
+  editedAt: Date | null;
+  editCount: number;
+  recalledAt: Date | null;
+  recalledBy: string | null;
+  offset: string;
+  isNew: boolean;
+  dirty: boolean;
+}
+
+interface DeadLetterRow {
+  offset: string;
+  record: BatchRecord;
+  eventId: string | null;
+  eventType: string | null;
+  conversationId: string | null;
+  failureClass: "poison" | "business";
+  code: string;
+  message: string;
+}
+
+/** A business rule the event broke; it is dead-lettered with this code and message. */
+class RuleBroken {
+  constructor(
+    readonly code: string,
+    readonly message: string,
+  ) {}
+}
+
+const memberKey = (conversationId: string, userId: string) => `${conversationId}\u0000${userId}`;
+const clientKey = (conversationId: string, senderId: string, clientMsgId: string) =>
+  `${conversationId}\u0000${senderId}\u0000${clientMsgId}`;
+
+function headersAsJson(headers: RawRecord["headers"]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [name, raw] of Object.entries(headers ?? {})) {
+    const value = Array.isArray(raw) ? raw[0] : raw;
+    if (value !== undefined) out[name] = value.toString();
+  }
+  return out;
+}
+
+const iso = (d: Date | null) => (d === null ? null : d.toISOString());
+
+/** Applies `records` (one partition, ascending offsets) in one transaction on `client`. */
+export async function applyBatch(
+  client: pg.PoolClient,
+  context: ApplyContext,
+  records: BatchRecord[],
+): Promise<BatchResult> {
+  const result: BatchResult = {
+    handled: 0,
+    skipped: 0,
+    applied: {},
+    duplicates: 0,
+    deadLettered: { poison: 0, business: 0 },
+    eventTimes: [],
+    range: null,
+  };
+  if (records.length === 0) return result;
+  await client.query("BEGIN");
+  try {
+    await client.query(
+      "INSERT INTO projection_offsets (topic, partition, next_offset) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING",
+      [context.topic, context.partition],
+    );
+    const { rows } = await client.query<{ next_offset: string }>(
+      "SELECT next_offset FROM projection_offsets WHERE topic = $1 AND partition = $2 FOR UPDATE",
+      [context.topic, context.partition],
+    );
+    const nextOffset = BigInt(rows[0]!.next_offset);
+    const todo = records.filter((r) => BigInt(r.offset) >= nextOffset);
+    result.skipped = records.length - todo.length;
+    if (todo.length === 0) {
+      await client.query("COMMIT");
+      return result;
+    }
+    await fold(client, context, todo, result);
+    const last = todo[todo.length - 1]!.offset;
+    await client.query(
+      "UPDATE projection_offsets SET next_offset = $3, updated_at = now() WHERE topic = $1 AND partition = $2",
+      [context.topic, context.partition, (BigInt(last) + 1n).toString()],
+    );
+    result.handled = todo.length;
+    result.range = { from: todo[0]!.offset, to: last };
+    // Delivered by PostgreSQL only when the transaction commits.
+    await client.query("SELECT pg_notify($1, $2)", [
+      eventsChannel(context.schema),
+      JSON.stringify({ partition: context.partition, from: result.range.from, to: result.range.to }),
+    ]);
+    await client.query("COMMIT");
+    return result;
+  } catch (error) {
+    await client.query("ROLLBACK").catch(() => {});
+    throw error;
+  }
+}
+
+async function fold(
+  client: pg.PoolClient,
+  context: ApplyContext,
+  records: BatchRecord[],
+  result: BatchResult,
+): Promise<void> {
+  const deadLetters: DeadLetterRow[] = [];
+  const decoded: { record: BatchRecord; event: ChatEvent }[] = [];
+  for (const record of records) {
+    const outcome = decodeRecord(record);
+    if (outcome.ok) {
+      decoded.push({ record, event: outcome.event });
+    } else {
+      const headers = headersAsJson(record.headers);
+      deadLetters.push({
+        offset: record.offset,
+        record,
+        eventId: headers.ce_id ?? null,
+        eventType: headers.ce_type ?? null,
+        conversationId: record.key?.toString() ?? null,
+        failureClass: "poison",
+        code: outcome.code,
+        message: outcome.reason,
+      });
+    }
+  }
+
+  // Load what the batch touches.
+  const conversationIds = [...new Set(decoded.map((d) => d.event.conversationId))];
+  const conversations = new Map<string, ConversationState>();
+  const members = new Map<string, MemberState>();
+  const membersOf = new Map<string, MemberState[]>();
+  const messages = new Map<string, MessageState>();
+  const byClientMsgId = new Map<string, MessageState>();
+  if (conversationIds.length > 0) {
+    const c = await client.query(
+      `SELECT conversation_id, kind, title, created_by, created_at, created_event_id, last_seq, last_message_at, last_activity_at
+         FROM conversations WHERE conversation_id = ANY($1::text[])`,
+      [conversationIds],
+    );
+    for (const r of c.rows) {
+      conversations.set(r.conversation_id, {
+        id: r.conversation_id,
+        kind: r.kind,
+        title: r.title,
+        createdBy: r.created_by,
+        createdAt: r.created_at,
+        createdEventId: r.created_event_id,
+        lastSeq: Number(r.last_seq),
+        lastMessageAt: r.last_message_at,
+        lastActivityAt: r.last_activity_at,
+        isNew: false,
+        dirty: false,
+      });
+    }
+    const m = await client.query(
+      `SELECT conversation_id, user_id, role, joined_at, joined_offset, joined_seq, left_at, left_offset,
+              last_delivered_seq, last_read_seq, unread_count
+         FROM members WHERE conversation_id = ANY($1::text[])`,
+      [conversationIds],
+    );
+    for (const r of m.rows) {
+      const state: MemberState = {
+        conversationId: r.conversation_id,
+        userId: r.user_id,
+        role: r.role,
+        joinedAt: r.joined_at,
+        joinedOffset: String(r.joined_offset),
+        joinedSeq: Number(r.joined_seq),
+        leftAt: r.left_at,
+        leftOffset: r.left_offset === null ? null : String(r.left_offset),
+        lastDeliveredSeq: Number(r.last_delivered_seq),
+        lastReadSeq: Number(r.last_read_seq),
+        unreadCount: r.unread_count,
+        dirty: false,
+        recount: false,
+      };
+      members.set(memberKey(r.conversation_id, r.user_id), state);
+      const list = membersOf.get(r.conversation_id);
+      if (list) list.push(state);
+      else membersOf.set(r.conversation_id, [state]);
+    }
+  }
+  const targetIds: string[] = [];
+  const clientConv: string[] = [];
+  const clientSender: string[] = [];
+  const clientIds: string[] = [];
+  for (const { event } of decoded) {
+    if (event.type === "chat.message.edited" || event.type === "chat.message.recalled") {
+      targetIds.push(event.data.messageId);
+    } else if (event.type === "chat.message.sent") targetIds.push(event.id);
+    if (event.type === "chat.message.sent" && event.data.clientMsgId) {
+      clientConv.push(event.conversationId);
+      clientSender.push(event.data.senderId);
+      clientIds.push(event.data.clientMsgId);
+    }
+  }
+  if (targetIds.length > 0 || clientIds.length > 0) {
+    const g = await client.query(
+      `SELECT conversation_id, seq, event_id, sender_id, client_msg_id, content, priority, sent_at,
+              edited_at, edit_count, recalled_at, recalled_by, "offset"
+         FROM messages WHERE event_id = ANY($1::text[])
+       UNION
+       SELECT g.conversation_id, g.seq, g.event_id, g.sender_id, g.client_msg_id, g.content, g.priority, g.sent_at,
+              g.edited_at, g.edit_count, g.recalled_at, g.recalled_by, g."offset"
+         FROM unnest($2::text[], $3::text[], $4::text[]) AS k(conversation_id, sender_id, client_msg_id)
+         JOIN messages g ON g.conversation_id = k.conversation_id AND g.sender_id = k.sender_id
+                        AND g.client_msg_id = k.client_msg_id`,
+      [targetIds, clientConv, clientSender, clientIds],
+    );
+    for (const r of g.rows) {
+      const state: MessageState = {
+        conversationId: r.conversation_id,
+        seq: Number(r.seq),
+        eventId: r.event_id,
+        senderId: r.sender_id,
+        clientMsgId: r.client_msg_id,
+        content: r.content,
+        priority: r.priority,
+        sentAt: r.sent_at,
+        editedAt: r.edited_at,
+        editCount: r.edit_count,
+        recalledAt: r.recalled_at,
+        recalledBy: r.recalled_by,
+        offset: String(r.offset),
+        isNew: false,
+        dirty: false,
+      };
+      messages.set(state.eventId, state);
+      if (state.clientMsgId)
+        byClientMsgId.set(clientKey(state.conversationId, state.senderId, state.clientMsgId), state);
+    }
+  }
+
+  // Event ids applied before (the same record produced twice lands at another offset).
+  const seen = new Set<string>();
+  if (decoded.length > 0) {
+    const e = await client.query<{ event_id: string }>(
+      "SELECT event_id FROM event_log WHERE event_id = ANY($1::text[])",
+      [decoded.map((d) => d.event.id)],
+    );
+    for (const r of e.rows) seen.add(r.event_id);
+  }
+
+  // Fold in log order.
+  const eventLog: {
+    offset: string;
+    event: ChatEvent;
+    seq: number | null;
+  }[] = [];
+  const receipts = new Map<
+    string,
+    { conversationId: string; userId: string; kind: string; upToSeq: number; eventId: string; at: Date }
+  >();
+  const duplicates: {
+    offset: string;
+    event: ChatEvent<"chat.message.sent">;
+    original: MessageState;
+    reason: "event_id" | "client_msg_id";
+  }[] = [];
+
+  const activeMember = (conversationId: string, userId: string) => {
+    const m = members.get(memberKey(conversationId, userId));
+    return m && m.leftAt === null ? m : undefined;
+  };
+  const needConversation = (event: ChatEvent) => {
+    const c = conversations.get(event.conversationId);
+    if (!c)
+      throw new RuleBroken(
+        "CHATBUS_CONVERSATION_NOT_FOUND",
+        `${event.type} for conversation "${event.conversationId}", which does not exist (no chat.conversation.created before it in the log).`,
+      );
+    return c;
+  };
+  const needMember = (event: ChatEvent, userId: string, action: string) => {
+    const m = activeMember(event.conversationId, userId);
+    if (!m)
+      throw new RuleBroken(
+        "CHATBUS_NOT_A_MEMBER",
+        `only members ${action}: "${userId}" is not a member of conversation "${event.conversationId}".`,
+      );
+    return m;
+  };
+  const needMessage = (event: ChatEvent, messageId: string) => {
+    const g = messages.get(messageId);
+    if (!g || g.conversationId !== event.conversationId)
+      throw new RuleBroken(
+        "CHATBUS_MESSAGE_NOT_FOUND",
+        `${event.type} names message ${messageId}, which does not exist in conversation "${event.conversationId}".`,
+      );
+    return g;
+  };
+  const join = (
+    c: ConversationState,
+    userId: string,
+    role: string,
+    at: Date,
+    offset: string,
+  ): MemberState => {
+    const key = memberKey(c.id, userId);
+    const previous = members.get(key);
+    const m: MemberState = {
+      conversationId: c.id,
+      userId,
+      role,
+      joinedAt: at,
+      joinedOffset: offset,
+      joinedSeq: c.lastSeq,
+      leftAt: null,
+      leftOffset: null,
+      lastDeliveredSeq: previous?.lastDeliveredSeq ?? 0,
+      lastReadSeq: previous?.lastReadSeq ?? 0,
+      unreadCount: 0,
+      dirty: true,
+      recount: false,
+    };
+    members.set(key, m);
+    const list = membersOf.get(c.id) ?? [];
+    membersOf.set(c.id, previous ? list.map((x) => (x === previous ? m : x)) : [...list, m]);
+    return m;
+  };
+
+  for (const { record, event } of decoded) {
+    if (seen.has(event.id)) {
+      result.duplicates++;
+      const original = event.type === "chat.message.sent" ? messages.get(event.id) : undefined;
+      if (original)
+        duplicates.push({
+          offset: record.offset,
+          event: event as ChatEvent<"chat.message.sent">,
+          original,
+          reason: "event_id",
+        });
+      continue;
+    }
+    try {
+      let seq: number | null = null;
+      const touch = (c: ConversationState) => {
+        if (event.time > c.lastActivityAt) c.lastActivityAt = event.time;
+        c.dirty = true;
+      };
+      switch (event.type) {
+        case "chat.conversation.created": {
+          if (conversations.has(event.conversationId))
+            throw new RuleBroken(
+              "CHATBUS_CONVERSATION_EXISTS",
+              `conversation "${event.conversationId}" already exists; a second chat.conversation.created is ignored.`,
+            );
+          const data = event.data as EventData<"chat.conversation.created">;
+          const c: ConversationState = {
+            id: event.conversationId,
+            kind: data.kind,
+            title: data.title ?? null,
+            createdBy: data.createdBy,
+            createdAt: event.time,
+            createdEventId: event.id,
+            lastSeq: 0,
+            lastMessageAt: null,
+            lastActivityAt: event.time,
+            isNew: true,
+            dirty: true,
+          };
+          conversations.set(c.id, c);
+          for (const userId of data.members)
+            join(c, userId, userId === data.createdBy ? "owner" : "member", event.time, record.offset);
+          break;
+        }
+        case "chat.member.joined": {
+          const c = needConversation(event);
+          if (activeMember(c.id, event.data.userId))
+            throw new RuleBroken(
+              "CHATBUS_ALREADY_A_MEMBER",
+              `"${event.data.userId}" is already a member of conversation "${c.id}"; a member joins once.`,
+            );
+          join(c, event.data.userId, event.data.role ?? "member", event.time, record.offset);
+          touch(c);
+          break;
+        }
+        case "chat.member.left": {
+          const c = needConversation(event);
+          const m = needMember(event, event.data.userId, "leave");
+          m.leftAt = event.time;
+          m.leftOffset = record.offset;
+          m.dirty = true;
+          touch(c);
+          break;
+        }
+        case "chat.message.sent": {
+          const c = needConversation(event);
+          needMember(event, event.data.senderId, "send");
+          const cmid = event.data.clientMsgId;
+          const original = cmid ? byClientMsgId.get(clientKey(c.id, event.data.senderId, cmid)) : undefined;
+          if (original) {
+            duplicates.push({ offset: record.offset, event, original, reason: "client_msg_id" });
+            result.duplicates++;
+            continue;
+          }
+          c.lastSeq += 1;
+          seq = c.lastSeq;
+          const g: MessageState = {
+            conversationId: c.id,
+            seq,
+            eventId: event.id,
+            senderId: event.data.senderId,
+            clientMsgId: cmid ?? null,
+            content: event.data.content,
+            priority: event.data.priority ?? "normal",
+            sentAt: event.time,
+            editedAt: null,
+            editCount: 0,
+            recalledAt: null,
+            recalledBy: null,
+            offset: record.offset,
+            isNew: true,
+            dirty: true,
+          };
+          messages.set(g.eventId, g);
+          if (cmid) byClientMsgId.set(clientKey(c.id, g.senderId, cmid), g);
+          if (c.lastMessageAt === null || event.time > c.lastMessageAt) c.lastMessageAt = event.time;
+          for (const m of membersOf.get(c.id) ?? []) {
+            if (m.leftAt === null && m.userId !== g.senderId) {
+              m.unreadCount += 1;
+              m.dirty = true;
+            }
+          }
+          touch(c);
+          break;
+        }
+        case "chat.message.edited":
+        case "chat.message.recalled": {
+          const c = needConversation(event);
+          const g = needMessage(event, event.data.messageId);
+          const actor = event.type === "chat.message.edited" ? event.data.editorId : event.data.recalledBy;
+          const verb = event.type === "chat.message.edited" ? "edits" : "recalls";
+          if (actor !== g.senderId)
+            throw new RuleBroken(
+              "CHATBUS_NOT_THE_SENDER",
+              `only the sender ${verb} a message: "${actor}" is not the sender ("${g.senderId}") of message ${g.eventId}.`,
+            );
+          if (g.recalledAt !== null)
+            throw new RuleBroken(
+              "CHATBUS_MESSAGE_RECALLED",
+              `message ${g.eventId} was recalled; it can no longer be edited or recalled.`,
+            );
+          if (event.type === "chat.message.edited") {
+            g.content = event.data.content;
+            g.editedAt = event.time;
+            g.editCount += 1;
+          } else {
+            g.recalledAt = event.time;
+            g.recalledBy = actor;
+          }
+          g.dirty = true;
+          seq = g.seq;
+          touch(c);
+          break;
+        }
+        case "chat.receipt.delivered":
+        case "chat.receipt.read": {
+          const c = needConversation(event);
+          const m = needMember(event, event.data.userId, "send receipts");
+          // A receipt beyond the newest message means "everything so far".
+          const upTo = Math.min(event.data.upToSeq, c.lastSeq);
+          const kind = event.type === "chat.receipt.read" ? "read" : "delivered";
+          if (kind === "read" && upTo > m.lastReadSeq) {
+            m.lastReadSeq = upTo;
+            m.recount = true;
+          }
+          m.lastDeliveredSeq = Math.max(m.lastDeliveredSeq, upTo, m.lastReadSeq);
+          m.dirty = true;
+          const key = `${memberKey(c.id, m.userId)}\u0000${kind}`;
+          const up = kind === "read" ? m.lastReadSeq : m.lastDeliveredSeq;
+          receipts.set(key, {
+            conversationId: c.id,
+            userId: m.userId,
+            kind,
+            upToSeq: up,
+            eventId: event.id,
+            at: event.time,
+          });
+          seq = event.data.upToSeq;
+          touch(c);
+          break;
+        }
+      }
+      eventLog.push({ offset: record.offset, event, seq });
+      seen.add(event.id);
+      result.applied[event.type] = (result.applied[event.type] ?? 0) + 1;
+      result.eventTimes.push(event.time);
+    } catch (error) {
+      if (!(error instanceof RuleBroken)) throw error;
+      deadLetters.push({
+        offset: record.offset,
+        record,
+        eventId: event.id,
+        eventType: event.type,
+        conversationId: event.conversationId,
+        failureClass: "business",
+        code: error.code,
+        message: error.message,
+      });
+    }
+  }
+  for (const d of deadLetters) result.deadLettered[d.failureClass]++;
+  await write(client, context, {
+    conversations: [...conversations.values()].filter((c) => c.dirty),
+    members: [...members.values()].filter((m) => m.dirty),
+    messages: [...messages.values()].filter((g) => g.dirty),
+    receipts: [...receipts.values()],
+    duplicates,
+    eventLog,
+    deadLetters,
+  });
+}
+
+async function write(
+  client: pg.PoolClient,
+  context: ApplyContext,
+  rows: {
+    conversations: ConversationState[];
+    members: MemberState[];
+    messages: MessageState[];
+    receipts: {
+      conversationId: string;
+      userId: string;
+      kind: string;
+      upToSeq: number;
+      eventId: string;
+      at: Date;
+    }[];
+    duplicates: {
+      offset: string;
+      event: ChatEvent<"chat.message.sent">;
+      original: MessageState;
+      reason: "event_id" | "client_msg_id";
+    }[];
+    eventLog: { offset: string; event: ChatEvent; seq: number | null }[];
+    deadLetters: DeadLetterRow[];
+  },
+): Promise<void> {
+  const p = context.partition;
+  const fresh = rows.conversations.filter((c) => c.isNew);
+  if (fresh.length > 0) {
+    await client.query(
+      `INSERT INTO conversations (conversation_id, kind, title, created_by, created_at, created_event_id, partition,
+                                  last_seq, last_message_at, last_activity_at)
+       SELECT id, kind, title, created_by, created_at, created_event_id, $8, last_seq, last_message_at, last_activity_at
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::bigint[],
+                     $9::timestamptz[], $10::timestamptz[])
+           AS x(id, kind, title, created_by, created_at, created_event_id, last_seq, last_message_at, last_activity_at)`,
+      [
+        fresh.map((c) => c.id),
+        fresh.map((c) => c.kind),
+        fresh.map((c) => c.title),
+        fresh.map((c) => c.createdBy),
+        fresh.map((c) => c.createdAt.toISOString()),
+        fresh.map((c) => c.createdEventId),
+        fresh.map((c) => c.lastSeq),
+        p,
+        fresh.map((c) => iso(c.lastMessageAt)),
+        fresh.map((c) => c.lastActivityAt.toISOString()),
+      ],
+    );
+  }
+  const changed = rows.conversations.filter((c) => !c.isNew);
+  if (changed.length > 0) {
+    // One statement for every conversation the batch touched (the per-conversation fold).
+    await client.query(
+      `UPDATE conversations c SET last_seq = x.last_seq, last_message_at = x.last_message_at,
+                                  last_activity_at = x.last_activity_at
+         FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::timestamptz[])
+           AS x(id, last_seq, last_message_at, last_activity_at)
+        WHERE c.conversation_id = x.id`,
+      [
+        changed.map((c) => c.id),
+        changed.map((c) => c.lastSeq),
+        changed.map((c) => iso(c.lastMessageAt)),
+        changed.map((c) => c.lastActivityAt.toISOString()),
+      ],
+    );
+  }
+  const ms = rows.members;
+  if (ms.length > 0) {
+    await client.query(
+      `INSERT INTO members (conversation_id, user_id, role, joined_at, joined_offset, joined_seq, left_at, left_offset,
+                            last_delivered_seq, last_read_seq, unread_count)
+       SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[], $6::bigint[],
+                            $7::timestamptz[], $8::bigint[], $9::bigint[], $10::bigint[], $11::int[])
+       ON CONFLICT (conversation_id, user_id) DO UPDATE SET
+         role = excluded.role, joined_at = excluded.joined_at, joined_offset = excluded.joined_offset,
+         joined_seq = excluded.joined_seq, left_at = excluded.left_at, left_offset = excluded.left_offset,
+         last_delivered_seq = excluded.last_delivered_seq, last_read_seq = excluded.last_read_seq,
+         unread_count = excluded.unread_count`,
+      [
+        ms.map((m) => m.conversationId),
+        ms.map((m) => m.userId),
+        ms.map((m) => m.role),
+        ms.map((m) => m.joinedAt.toISOString()),
+        ms.map((m) => m.joinedOffset),
+        ms.map((m) => m.joinedSeq),
+        ms.map((m) => iso(m.leftAt)),
+        ms.map((m) => m.leftOffset),
+        ms.map((m) => m.lastDeliveredSeq),
+        ms.map((m) => m.lastReadSeq),
+        ms.map((m) => m.unreadCount),
+      ],
+    );
+  }
+  const newMessages = rows.messages.filter((g) => g.isNew);
+  if (newMessages.length > 0) {
+    await client.query(
+      `INSERT INTO messages (conversation_id, seq, event_id, sender_id, client_msg_id, content, priority, sent_at,
+                             materialised_at, edited_at, edit_count, recalled_at, recalled_by, partition, "offset")
+       SELECT conversation_id, seq, event_id, sender_id, client_msg_id, content::jsonb, priority, sent_at,
+              now(), edited_at, edit_count, recalled_at, recalled_by, $13, "offset"
+         FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                     $8::timestamptz[], $9::timestamptz[], $10::int[], $11::timestamptz[], $12::text[], $14::bigint[])
+           AS x(conversation_id, seq, event_id, sender_id, client_msg_id, content, priority, sent_at,
+                edited_at, edit_count, recalled_at, recalled_by, "offset")`,
+      [
+        newMessages.map((g) => g.conversationId),
+        newMessages.map((g) => g.seq),
+        newMessages.map((g) => g.eventId),
+        newMessages.map((g) => g.senderId),
+        newMessages.map((g) => g.clientMsgId),
+        newMessages.map((g) => JSON.stringify(g.content)),
+        newMessages.map((g) => g.priority),
+        newMessages.map((g) => g.sentAt.toISOString()),
+        newMessages.map((g) => iso(g.editedAt)),
+        newMessages.map((g) => g.editCount),
+        newMessages.map((g) => iso(g.recalledAt)),
+        newMessages.map((g) => g.recalledBy),
+        p,
+        newMessages.map((g) => g.offset),
+      ],
+    );
+  }
+  const edited = rows.messages.filter((g) => !g.isNew);
+  if (edited.length > 0) {
+    await client.query(
+      `UPDATE messages g SET content = x.content::jsonb, edited_at = x.edited_at, edit_count = x.edit_count,
+                             recalled_at = x.recalled_at, recalled_by = x.recalled_by
+         FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::int[], $5::timestamptz[], $6::text[])
+           AS x(event_id, content, edited_at, edit_count, recalled_at, recalled_by)
+        WHERE g.event_id = x.event_id`,
+      [
+        edited.map((g) => g.eventId),
+        edited.map((g) => JSON.stringify(g.content)),
+        edited.map((g) => iso(g.editedAt)),
+        edited.map((g) => g.editCount),
+        edited.map((g) => iso(g.recalledAt)),
+        edited.map((g) => g.recalledBy),
+      ],
+    );
+  }
+  const recount = ms.filter((m) => m.recount);
+  if (recount.length > 0) {
+    // Unread after a read receipt: counted from the rows, so it is exact whatever came before.
+    await client.query(
+      `UPDATE members m SET unread_count = (
+          SELECT count(*) FROM messages g
+           WHERE g.conversation_id = m.conversation_id AND g.seq > greatest(m.last_read_seq, m.joined_seq)
+             AND g.sender_id <> m.user_id)
+         FROM unnest($1::text[], $2::text[]) AS x(conversation_id, user_id)
+        WHERE m.conversation_id = x.conversation_id AND m.user_id = x.user_id`,
+      [recount.map((m) => m.conversationId), recount.map((m) => m.userId)],
+    );
+  }
+  const rs = rows.receipts;
+  if (rs.length > 0) {
+    await client.query(
+      `INSERT INTO receipts (conversation_id, user_id, kind, up_to_seq, event_id, receipt_at)
+       SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::timestamptz[])
+       ON CONFLICT (conversation_id, user_id, kind) DO UPDATE SET
+         up_to_seq = excluded.up_to_seq, event_id = excluded.event_id, receipt_at = excluded.receipt_at`,
+      [
+        rs.map((r) => r.conversationId),
+        rs.map((r) => r.userId),
+        rs.map((r) => r.kind),
+        rs.map((r) => r.upToSeq),
+        rs.map((r) => r.eventId),
+        rs.map((r) => r.at.toISOString()),
+      ],
+    );
+  }
+  const ds = rows.duplicates;
+  if (ds.length > 0) {
+    await client.query(
+      `INSERT INTO duplicate_messages (partition, "offset", event_id, conversation_id, sender_id, client_msg_id,
+                                       reason, original_event_id, original_seq, sent_at)
+       SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $10::text[], $7::text[],
+                                $8::bigint[], $9::timestamptz[])`,
+      [
+        p,
+        ds.map((d) => d.offset),
+        ds.map((d) => d.event.id),
+        ds.map((d) => d.event.conversationId),
+        ds.map((d) => d.event.data.senderId),
+        ds.map((d) => d.event.data.clientMsgId ?? null),
+        ds.map((d) => d.original.eventId),
+        ds.map((d) => d.original.seq),
+        ds.map((d) => d.event.time.toISOString()),
+        ds.map((d) => d.reason),
+      ],
+    );
+  }
+  const log = rows.eventLog;
+  if (log.length > 0) {
+    await client.query(
+      `INSERT INTO event_log (partition, "offset", conversation_id, event_id, type, seq, payload, event_time, materialised_at)
+       SELECT $1, "offset", conversation_id, event_id, type, seq, payload::jsonb, event_time, now()
+         FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::timestamptz[])
+           AS x("offset", conversation_id, event_id, type, seq, payload, event_time)`,
+      [
+        p,
+        log.map((e) => e.offset),
+        log.map((e) => e.event.conversationId),
+        log.map((e) => e.event.id),
+        log.map((e) => e.event.type),
+        log.map((e) => e.seq),
+        log.map((e) => JSON.stringify(e.event.data)),
+        log.map((e) => e.event.time.toISOString()),
+      ],
+    );
+  }
+  const dl = rows.deadLetters;
+  if (dl.length > 0) {
+    // Written in the batch's transaction so that a dead letter and the offset move together.
+    await client.query(
+      `INSERT INTO dead_letters (subscription, topic, partition, "offset", record_key, headers, value, event_id,
+                                 event_type, conversation_id, failure_class, error_code, error_message, attempts,
+                                 first_failed_at, last_failed_at)
+       SELECT $1, $2, $3, "offset", record_key, headers::jsonb, decode(value, 'base64'), event_id, event_type,
+              conversation_id, failure_class, error_code, error_message, 1, now(), now()
+         FROM unnest($4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                     $11::text[], $12::text[], $13::text[])
+           AS x("offset", record_key, headers, value, event_id, event_type, conversation_id, failure_class,
+                error_code, error_message)
+       ON CONFLICT (subscription, topic, partition, "offset") DO NOTHING`,
+      [
+        context.subscription,
+        context.topic,
+        p,
+        dl.map((d) => d.offset),
+        dl.map((d) => (d.record.key === null || d.record.key === undefined ? null : d.record.key.toString())),
+        dl.map((d) => JSON.stringify(headersAsJson(d.record.headers))),
+        dl.map((d) =>
+          d.record.value === null || d.record.value === undefined
+            ? null
+            : Buffer.from(d.record.value).toString("base64"),
+        ),
+        dl.map((d) => d.eventId),
+        dl.map((d) => d.eventType),
+        dl.map((d) => d.conversationId),
+        dl.map((d) => d.failureClass),
+        dl.map((d) => d.code),
+        dl.map((d) => d.message),
+      ],
+    );
+  }
+}

@@ -1,0 +1,54 @@
+/** Options of `startMaterialiser`: one strict schema, compiled once, defaults in one object. */
+import { type Static, Type } from "@sinclair/typebox";
+import { TypeCompiler } from "@sinclair/typebox/compiler";
+
+/** The JSON part of the options (the pool, logger and registry are checked by type only). */
+export const MaterialiserSettings = Type.Object(
+  {
+    brokers: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { minItems: 1 })),
+    topic: Type.Optional(Type.String({ minLength: 1 })),
+    groupId: Type.Optional(Type.String({ minLength: 1 })),
+    subscription: Type.Optional(Type.String({ minLength: 1 })),
+    instanceId: Type.Optional(Type.String({ minLength: 1 })),
+    clientId: Type.Optional(Type.String({ minLength: 1 })),
+    retryInitialMs: Type.Optional(Type.Integer({ minimum: 1 })),
+    retryMaxMs: Type.Optional(Type.Integer({ minimum: 1 })),
+    statusIntervalMs: Type.Optional(Type.Integer({ minimum: 100 })),
+    partitionsConsumedConcurrently: Type.Optional(Type.Integer({ minimum: 1, maximum: 64 })),
+    maxBytesPerPartition: Type.Optional(Type.Integer({ minimum: 1024 })),
+    sessionTimeoutMs: Type.Optional(Type.Integer({ minimum: 6000 })),
+    measureLatency: Type.Optional(Type.Boolean()),
+    notify: Type.Optional(Type.Boolean()),
+  },
+  { additionalProperties: false },
+);
+export type MaterialiserSettings = Static<typeof MaterialiserSettings>;
+
+/** Defaults; env vars are read when the option is absent. */
+export const materialiserDefaults = {
+  brokers: () => (process.env.KAFKA_BROKERS ?? "127.0.0.1:9092").split(","),
+  topic: () => process.env.CHATBUS_TOPIC ?? "chat.events",
+  groupId: "chatbus-materialiser",
+  subscription: "materialiser",
+  clientId: "chatbus-materialiser",
+  retryInitialMs: 100, // 100 ms, doubled per failed attempt, with full jitter
+  retryMaxMs: 10_000, // 10 s
+  statusIntervalMs: 2_000, // 2 s between subscription_status upserts
+  partitionsConsumedConcurrently: 4, // partition batches applied at once (one connection each)
+  maxBytesPerPartition: 4 * 1024 * 1024, // 4 MiB per partition fetch
+  sessionTimeoutMs: 30_000, // 30 s
+  measureLatency: true, // observe chatbus_end_to_end_latency_seconds (off for rebuilds)
+} as const;
+
+const check = TypeCompiler.Compile(MaterialiserSettings);
+
+/** Throws a RangeError naming the first bad field. */
+export function validateMaterialiserSettings(settings: unknown): asserts settings is MaterialiserSettings {
+  const error = check.Errors(settings).First();
+  if (error) {
+    const field = error.path.replace(/^\//, "").replaceAll("/", ".") || "(options)";
+    throw new RangeError(
+      `materialiser option \`${field}\` ${error.message.toLowerCase()}; got ${JSON.stringify(error.value)}.`,
+    );
+  }
+}

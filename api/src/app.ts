@@ -3,6 +3,7 @@
  * `inject` where sockets are not the point and `main.ts` owns the process.
  */
 import { randomUUID } from "node:crypto";
+import type { ProjectionReader } from "@chatbus/consumer-runtime";
 import { ChatBusError, RateLimitedError, ValidationError } from "@chatbus/producer-sdk";
 import fastifyJwt from "@fastify/jwt";
 import fastifySwagger from "@fastify/swagger";
@@ -18,6 +19,7 @@ import Fastify, {
   type RawRequestDefaultExpression,
   type RawServerDefault,
 } from "fastify";
+import type pg from "pg";
 import type { Logger } from "pino";
 import type { Registry } from "prom-client";
 import { installAuth } from "./auth.ts";
@@ -25,7 +27,7 @@ import type { ApiConfig } from "./config.ts";
 import { ApiError } from "./errors.ts";
 import { type ApiMetrics, createApiMetrics } from "./metrics.ts";
 import { validatorCompiler } from "./request-validation.ts";
-import type { EventSender, ProjectionView } from "./types.ts";
+import type { EventSender } from "./types.ts";
 
 /** A readiness probe of one dependency: resolves when healthy, rejects with the reason. */
 export type ReadinessCheck = () => Promise<void>;
@@ -41,7 +43,15 @@ export interface ApiDeps {
   /** Readiness probes by dependency name, e.g. `{ kafka, postgresql }`. */
   readiness: Record<string, ReadinessCheck>;
   /** The materialised projection (conversations, members, messages, event log). */
-  projection: ProjectionView;
+  projection: ProjectionReader;
+  /** The chatbus database (dead letters, subscription status), for the operator routes. */
+  pool: pg.Pool;
+  /**
+   * Realtime (SSE): the projection's pool, a connection string for the LISTEN
+   * client and the materialiser's channel (`eventsChannel(schema)`). Without it
+   * `/v1/me/events` is not served.
+   */
+  realtime?: { pool: pg.Pool; databaseUrl: string; channel: string };
 }
 
 /** The API's fastify instance with the TypeBox type provider. */

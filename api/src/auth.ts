@@ -98,7 +98,7 @@ export function installAuth(app: FastifyInstance, config: ApiConfig): void {
         return;
       }
       if (service >= 0 || looksLikeJwt(token)) {
-        verifyUser(app, token); // an invalid token is still a 401, not a 403
+        if (service < 0) verifyUser(app, token); // an invalid token is still a 401, not a 403
         throw forbidden("this route needs the operator key (CHATBUS_OPERATOR_KEY).");
       }
       throw unauthorized("the operator key is not valid.");

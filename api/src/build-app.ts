@@ -1,16 +1,39 @@
 import { type ApiApp, type ApiDeps, buildBaseApp } from "./app.ts";
+import { EventHub } from "./realtime/event-hub.ts";
 import { registerConversationRoutes } from "./routes/conversations.ts";
 import { registerDevLogin } from "./routes/dev-login.ts";
+import { registerEventRoutes } from "./routes/events.ts";
 import { registerMessageRoutes } from "./routes/messages.ts";
+import { registerOperatorRoutes } from "./routes/operator.ts";
+import { registerReadRoutes } from "./routes/reads.ts";
 
 /**
  * Builds the whole API (without listening): error format, auth, `/docs`, metrics,
- * health, and every `/v1` route. `POST /v1/dev/login` exists only outside production.
+ * health, and every `/v1` route. `POST /v1/dev/login` exists only outside
+ * production. With `deps.realtime` the SSE hub starts here (LISTEN) and stops when
+ * the app closes, before the server waits for connections.
  */
 export async function buildApp(deps: ApiDeps): Promise<ApiApp> {
   const app = await buildBaseApp(deps);
   if (deps.config.nodeEnv !== "production") registerDevLogin(app);
   registerConversationRoutes(app, deps);
   registerMessageRoutes(app, deps);
+  registerOperatorRoutes(app, deps);
+  registerReadRoutes(app, { projection: deps.projection, historyMaxLimit: deps.config.historyMaxLimit });
+  if (deps.realtime) {
+    const hub = new EventHub({
+      ...deps.realtime,
+      projection: deps.projection,
+      bus: deps.bus,
+      logger: deps.logger,
+      metrics: app.metrics,
+      sse: deps.config.sse,
+    });
+    await hub.start();
+    app.addHook("preClose", async () => {
+      await hub.stop();
+    });
+    registerEventRoutes(app, hub);
+  }
   return app;
 }

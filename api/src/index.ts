@@ -8,4 +8,4 @@ export { configDefaults, loadConfig, validateConfig } from "./config.ts";
 export { ApiError, ConfigError } from "./errors.ts";
 export type { ApiMetrics } from "./metrics.ts";
 export { createApiMetrics } from "./metrics.ts";
-export type { EventSender, ProjectionView, SendReceipt } from "./types.ts";
+export type { EventSender, SendReceipt } from "./types.ts";

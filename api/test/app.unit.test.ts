@@ -3,14 +3,16 @@
  * validation naming the field, and that a refused request never reaches the bus.
  * The bus and projection are fakes here; the .int tests use the real ones.
  */
+
+import type { ProjectionReader } from "@chatbus/consumer-runtime";
 import type { ChatEventInput } from "@chatbus/producer-sdk";
+import type pg from "pg";
 import pino from "pino";
 import { Registry } from "prom-client";
 import { afterEach, describe, expect, it } from "vitest";
 import type { ApiApp } from "../src/app.ts";
 import { buildApp } from "../src/build-app.ts";
 import { type ApiConfig, configDefaults, validateConfig } from "../src/config.ts";
-import type { ProjectionView } from "../src/types.ts";
 
 const jwtSecret = "unit-test-secret-0123456789abcdef";
 const operatorKey = "unit-operator-key-0123456789";
@@ -40,12 +42,12 @@ afterEach(async () => {
 async function makeApp(overrides: Partial<ApiConfig> = {}) {
   const sent: Sent[] = [];
   const members: Record<string, string[]> = { "conv-1": ["ana", "ben"] };
-  const projection: ProjectionView = {
-    conversation: async (id) => (members[id] ? { id, kind: "group" } : null),
-    isMember: async (id, user) => members[id]?.includes(user) ?? false,
-    members: async (id) => (members[id] ?? []).map((userId) => ({ userId, role: "member" })),
-    messageByEventId: async () => null,
-  };
+  // Only what these routes call; anything else would throw (and fail the test).
+  const projection = {
+    isMember: async (id: string, user: string) => members[id]?.includes(user) ?? false,
+  } as unknown as ProjectionReader;
+  // The operator routes' database is never reached here: auth refuses first.
+  const pool = {} as pg.Pool;
   const app = await buildApp({
     config: config(overrides),
     logger: pino({ level: "silent" }),
@@ -57,6 +59,7 @@ async function makeApp(overrides: Partial<ApiConfig> = {}) {
       },
     },
     projection,
+    pool,
     readiness: {},
   });
   apps.push(app);
@@ -168,6 +171,50 @@ describe("auth", () => {
     expect(sent).toEqual([
       { conversationId: "conv-1", event: { type: "chat.message.sent", senderId: "ben", content: text } },
     ]);
+  });
+});
+
+describe("operator routes", () => {
+  for (const [name, credential] of [
+    ["a user token", "user"],
+    ["a service key", serviceKey],
+  ] as const) {
+    it(`refuse ${name} with 403 and no data`, async () => {
+      const { app } = await makeApp();
+      const token = credential === "user" ? await login(app, "ana") : credential;
+      for (const [method, url] of [
+        ["GET", "/v1/subscriptions"],
+        ["GET", "/v1/dead-letters"],
+        ["POST", "/v1/dead-letters/1/replay"],
+        ["POST", "/v1/dead-letters/1/discard"],
+      ] as const) {
+        const res = await app.inject({ method, url, headers: { authorization: `Bearer ${token}` } });
+        expect(res.statusCode, `${method} ${url}`).toBe(403);
+        expect(Object.keys(res.json())).toEqual(["error"]);
+      }
+    });
+  }
+
+  it("refuse a wrong operator key with 401", async () => {
+    const { app } = await makeApp();
+    const res = await app.inject({
+      method: "GET",
+      url: "/v1/dead-letters",
+      headers: { authorization: "Bearer nope" },
+    });
+    expect(res.statusCode).toBe(401);
+  });
+
+  it("refuse the operator key on user routes with 403", async () => {
+    const { app, sent } = await makeApp();
+    const res = await app.inject({
+      method: "POST",
+      url: "/v1/conversations/conv-1/messages",
+      headers: { authorization: `Bearer ${operatorKey}` },
+      payload: { senderId: "ana", content: text },
+    });
+    expect(res.statusCode).toBe(403);
+    expect(sent).toHaveLength(0);
   });
 });
 

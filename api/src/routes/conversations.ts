@@ -1,10 +1,11 @@
 import { createHash } from "node:crypto";
+import type { ProjectionReader } from "@chatbus/consumer-runtime";
 import { UserId, uuidv7 } from "@chatbus/producer-sdk";
 import { Type } from "@sinclair/typebox";
 import type { ApiApp } from "../app.ts";
 import type { Principal } from "../auth.ts";
 import { conflict, forbidden, invalidField, notAMember } from "../errors.ts";
-import type { EventSender, ProjectionView } from "../types.ts";
+import type { EventSender } from "../types.ts";
 import {
   Accepted,
   AddMemberBody,
@@ -44,14 +45,14 @@ export function actingUser(principal: Principal, claimed: string | undefined, fi
 }
 
 /** Throws the non-member 403 unless `userId` is a member of the conversation. */
-export async function requireMember(projection: ProjectionView, conversationId: string, userId: string) {
+export async function requireMember(projection: ProjectionReader, conversationId: string, userId: string) {
   if (!(await projection.isMember(conversationId, userId))) throw notAMember();
 }
 
 /** Create conversations, add and remove members. */
 export function registerConversationRoutes(
   app: ApiApp,
-  deps: { bus: EventSender; projection: ProjectionView },
+  deps: { bus: EventSender; projection: ProjectionReader },
 ): void {
   const { bus, projection } = deps;
 

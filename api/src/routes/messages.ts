@@ -1,6 +1,7 @@
+import type { ProjectionReader } from "@chatbus/consumer-runtime";
 import type { ApiApp } from "../app.ts";
 import { forbidden, notFound } from "../errors.ts";
-import type { EventSender, ProjectionView } from "../types.ts";
+import type { EventSender } from "../types.ts";
 import { actingUser, requireMember } from "./conversations.ts";
 import {
   Accepted,
@@ -16,7 +17,7 @@ import {
 /** Send, edit and recall messages; read receipts. */
 export function registerMessageRoutes(
   app: ApiApp,
-  deps: { bus: EventSender; projection: ProjectionView },
+  deps: { bus: EventSender; projection: ProjectionReader },
 ): void {
   const { bus, projection } = deps;
 

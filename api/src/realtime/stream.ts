@@ -1,0 +1,132 @@
+/**
+ * One SSE connection: its position (a per-partition offset vector), the
+ * conversations it follows, and back-pressure. The socket's unsent bytes are
+ * bounded: a client that reads slower than events arrive is disconnected (it
+ * reconnects with Last-Event-ID and resumes) instead of growing server memory.
+ */
+
+import type { ServerResponse } from "node:http";
+import type { EventCursor, LoggedEvent } from "@chatbus/consumer-runtime";
+import { encodeEventCursor } from "@chatbus/consumer-runtime";
+
+/** Why the server ended a stream. */
+export type CloseReason = "client" | "slow_client" | "shutdown" | "error";
+
+/** Options of one stream. */
+export interface StreamOptions {
+  userId: string;
+  response: ServerResponse;
+  cursor: EventCursor;
+  maxBufferedBytes: number;
+  /** Called once with each delivered event (metrics, delivered receipts). */
+  onDelivered: (stream: SseStream, event: LoggedEvent) => void;
+  onClose: (stream: SseStream, reason: CloseReason) => void;
+}
+
+/** The JSON an SSE client receives as `data:` of a chat event. */
+export function eventPayload(event: LoggedEvent) {
+  return {
+    type: event.type,
+    eventId: event.eventId,
+    conversationId: event.conversationId,
+    seq: event.seq,
+    time: event.eventTime.toISOString(),
+    data: event.payload,
+  };
+}
+
+/** An open SSE stream of one user. */
+export class SseStream {
+  readonly userId: string;
+  /** Conversations whose events this stream receives. */
+  readonly conversations = new Set<string>();
+  /** Offset of the last event written, per partition (inclusive). */
+  readonly cursor: EventCursor;
+  /** While catching up, live events wait here (in hub order). */
+  pending: LoggedEvent[] | null = [];
+  closed = false;
+  readonly #response: ServerResponse;
+  readonly #maxBufferedBytes: number;
+  readonly #options: StreamOptions;
+
+  constructor(options: StreamOptions) {
+    this.userId = options.userId;
+    this.cursor = { ...options.cursor };
+    this.#response = options.response;
+    this.#maxBufferedBytes = options.maxBufferedBytes;
+    this.#options = options;
+    options.response.on("close", () => this.close("client"));
+  }
+
+  /** Bytes written but not yet taken by the client's TCP window. */
+  get buffered(): number {
+    return this.#response.writableLength + (this.#response.socket?.writableLength ?? 0);
+  }
+
+  /** Writes raw SSE text; disconnects the client when its unread bytes pass the bound. */
+  write(text: string): void {
+    if (this.closed) return;
+    this.#response.write(text);
+    if (this.buffered > this.#maxBufferedBytes) this.close("slow_client");
+  }
+
+  /** Hub entry point: queue while catching up, write once live. */
+  offer(event: LoggedEvent): void {
+    if (this.closed) return;
+    if (this.pending) {
+      this.pending.push(event);
+      if (this.pending.length > 50_000) this.close("slow_client");
+      return;
+    }
+    this.deliver(event);
+  }
+
+  /**
+   * Writes a chat event unless this stream already has it (its offset is at or
+   * below the stream's position in that partition): exactly once per stream.
+   */
+  deliver(event: LoggedEvent): void {
+    if (this.closed) return;
+    const seen = this.cursor[event.partition];
+    if (seen !== undefined && BigInt(event.offset) <= BigInt(seen)) return;
+    this.cursor[event.partition] = event.offset;
+    this.#follow(event);
+    this.write(
+      `id: ${encodeEventCursor(this.cursor)}\nevent: ${event.type}\ndata: ${JSON.stringify(eventPayload(event))}\n\n`,
+    );
+    this.#options.onDelivered(this, event);
+  }
+
+  /** Membership changes carried by the events themselves keep `conversations` current. */
+  #follow(event: LoggedEvent): void {
+    const data = event.payload as { userId?: string; members?: string[] };
+    if (event.type === "chat.member.left" && data.userId === this.userId) {
+      this.conversations.delete(event.conversationId);
+    } else if (
+      (event.type === "chat.member.joined" && data.userId === this.userId) ||
+      (event.type === "chat.conversation.created" && data.members?.includes(this.userId))
+    ) {
+      this.conversations.add(event.conversationId);
+    }
+  }
+
+  /** Ends catch-up: writes queued live events the catch-up did not already cover. */
+  goLive(): void {
+    const queued = this.pending ?? [];
+    this.pending = null;
+    for (const event of queued) this.deliver(event);
+  }
+
+  /** Writes a named event without an id (presence, reset are not positions in the log). */
+  send(name: string, data: unknown, id?: string): void {
+    this.write(`${id === undefined ? "" : `id: ${id}\n`}event: ${name}\ndata: ${JSON.stringify(data)}\n\n`);
+  }
+
+  close(reason: CloseReason): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.pending = null;
+    if (reason !== "client") this.#response.destroy();
+    this.#options.onClose(this, reason);
+  }
+}

@@ -74,8 +74,13 @@ interface MemberState {
   lastReadSeq: number;
   unreadCount: number;
   dirty: boolean;
-  /** A read receipt moved lastReadSeq: recount unread in SQL after the messages are written. */
+  /**
+   * A read receipt moved lastReadSeq: unread is recounted in SQL (after the messages
+   * are written) over seq <= recountUpTo, plus `unreadCount`, which then holds only
+   * the increments of later messages in the batch.
+   */
   recount: boolean;
+  recountUpTo: number;
 }
 
 interface MessageState {
@@ -260,6 +265,7 @@ async function fold(
         unreadCount: r.unread_count,
         dirty: false,
         recount: false,
+        recountUpTo: 0,
       };
       members.set(memberKey(r.conversation_id, r.user_id), state);
       const list = membersOf.get(r.conversation_id);
@@ -399,6 +405,7 @@ async function fold(
       unreadCount: 0,
       dirty: true,
       recount: false,
+      recountUpTo: 0,
     };
     members.set(key, m);
     const list = membersOf.get(c.id) ?? [];
@@ -551,6 +558,8 @@ async function fold(
           if (kind === "read" && upTo > m.lastReadSeq) {
             m.lastReadSeq = upTo;
             m.recount = true;
+            m.recountUpTo = c.lastSeq;
+            m.unreadCount = 0;
           }
           m.lastDeliveredSeq = Math.max(m.lastDeliveredSeq, upTo, m.lastReadSeq);
           m.dirty = true;
@@ -741,15 +750,21 @@ async function write(
   }
   const recount = ms.filter((m) => m.recount);
   if (recount.length > 0) {
-    // Unread after a read receipt: counted from the rows, so it is exact whatever came before.
+    // Unread after a read receipt: counted from the rows up to the receipt's position,
+    // plus what later messages of the batch added (the member may have left since).
     await client.query(
-      `UPDATE members m SET unread_count = (
+      `UPDATE members m SET unread_count = x.extra + (
           SELECT count(*) FROM messages g
            WHERE g.conversation_id = m.conversation_id AND g.seq > greatest(m.last_read_seq, m.joined_seq)
-             AND g.sender_id <> m.user_id)
-         FROM unnest($1::text[], $2::text[]) AS x(conversation_id, user_id)
+             AND g.seq <= x.up_to AND g.sender_id <> m.user_id)
+         FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[]) AS x(conversation_id, user_id, up_to, extra)
         WHERE m.conversation_id = x.conversation_id AND m.user_id = x.user_id`,
-      [recount.map((m) => m.conversationId), recount.map((m) => m.userId)],
+      [
+        recount.map((m) => m.conversationId),
+        recount.map((m) => m.userId),
+        recount.map((m) => m.recountUpTo),
+        recount.map((m) => m.unreadCount),
+      ],
     );
   }
   const rs = rows.receipts;

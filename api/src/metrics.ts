@@ -20,6 +20,14 @@ export interface ApiMetrics {
 /** Creates the API's metrics on `registry` (call once per registry). */
 export function createApiMetrics(registry: Registry): ApiMetrics {
   const registers = [registry];
+  const sseDisconnects = new Counter({
+    name: "chatbus_sse_disconnects_total",
+    help: "SSE streams closed by the server, by reason (slow_client, shutdown).",
+    labelNames: ["reason"],
+    registers,
+  });
+  // Every reason at 0 from the start, so that rate() and increase() see the first disconnect.
+  for (const reason of ["slow_client", "shutdown", "error"]) sseDisconnects.inc({ reason }, 0);
   return {
     httpDuration: new Histogram({
       name: "chatbus_http_request_duration_seconds",
@@ -44,12 +52,7 @@ export function createApiMetrics(registry: Registry): ApiMetrics {
       buckets: latencyBuckets,
       registers,
     }),
-    sseDisconnects: new Counter({
-      name: "chatbus_sse_disconnects_total",
-      help: "SSE streams closed by the server, by reason (slow_client, shutdown).",
-      labelNames: ["reason"],
-      registers,
-    }),
+    sseDisconnects,
     deliveredReceipts: new Counter({
       name: "chatbus_delivered_receipts_sent_total",
       help: "chat.receipt.delivered events sent for SSE deliveries (batched per user and conversation).",

@@ -14,5 +14,10 @@ export interface SendReceipt {
 
 /** The part of `createChatBus()`'s result the API uses. */
 export interface EventSender {
-  send(conversationId: string, event: ChatEventInput): Promise<SendReceipt>;
+  /** `kind` picks the conversation's rate limit (direct or group). */
+  send(
+    conversationId: string,
+    event: ChatEventInput,
+    options?: { kind?: "direct" | "group" },
+  ): Promise<SendReceipt>;
 }

@@ -45,6 +45,7 @@ async function makeApp(overrides: Partial<ApiConfig> = {}) {
   // Only what these routes call; anything else would throw (and fail the test).
   const projection = {
     isMember: async (id: string, user: string) => members[id]?.includes(user) ?? false,
+    conversation: async (id: string) => (members[id] ? { id, kind: "group" } : null),
   } as unknown as ProjectionReader;
   // The operator routes' database is never reached here: auth refuses first.
   const pool = {} as pg.Pool;

@@ -57,7 +57,10 @@ export class DeliveredReceipts {
             upToSeq: receipt.upToSeq,
           });
           let sent = this.#sent.get(receipt.userId);
-          if (!sent) this.#sent.set(receipt.userId, (sent = new Map()));
+          if (!sent) {
+            sent = new Map();
+            this.#sent.set(receipt.userId, sent);
+          }
           sent.set(receipt.conversationId, Math.max(sent.get(receipt.conversationId) ?? 0, receipt.upToSeq));
           this.#metrics.deliveredReceipts.inc();
         } catch (error) {

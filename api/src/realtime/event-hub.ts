@@ -184,7 +184,10 @@ export class EventHub {
     if (follow) {
       stream.conversations.add(conversationId);
       let set = this.#byConversation.get(conversationId);
-      if (!set) this.#byConversation.set(conversationId, (set = new Set()));
+      if (!set) {
+        set = new Set();
+        this.#byConversation.set(conversationId, set);
+      }
       set.add(stream);
     } else {
       stream.conversations.delete(conversationId);
@@ -320,7 +323,10 @@ export class EventHub {
       this.#offlineTimers.delete(userId);
     }
     let users = this.#byUser.get(userId);
-    if (!users) this.#byUser.set(userId, (users = new Set()));
+    if (!users) {
+      users = new Set();
+      this.#byUser.set(userId, users);
+    }
     users.add(stream);
     try {
       const inbox = await projection.inbox(userId, { limit: 1000 });

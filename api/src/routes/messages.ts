@@ -1,6 +1,6 @@
 import type { ProjectionReader } from "@chatbus/consumer-runtime";
 import type { ApiApp } from "../app.ts";
-import { forbidden, notFound } from "../errors.ts";
+import { forbidden, notAMember, notFound } from "../errors.ts";
 import type { EventSender } from "../types.ts";
 import { actingUser, requireMember } from "./conversations.ts";
 import {
@@ -37,15 +37,23 @@ export function registerMessageRoutes(
     },
     async (request, reply) => {
       const senderId = actingUser(request.principal, request.body.senderId, "senderId");
-      await requireMember(projection, request.params.id, senderId);
+      const [member, conversation] = await Promise.all([
+        projection.isMember(request.params.id, senderId),
+        projection.conversation(request.params.id),
+      ]);
+      if (!member || !conversation) throw notAMember();
       const { content, priority, clientMsgId } = request.body;
-      const sent = await bus.send(request.params.id, {
-        type: "chat.message.sent",
-        senderId,
-        content,
-        ...(priority === undefined ? {} : { priority }),
-        ...(clientMsgId === undefined ? {} : { clientMsgId }),
-      });
+      const sent = await bus.send(
+        request.params.id,
+        {
+          type: "chat.message.sent",
+          senderId,
+          content,
+          ...(priority === undefined ? {} : { priority }),
+          ...(clientMsgId === undefined ? {} : { clientMsgId }),
+        },
+        { kind: conversation.kind }, // the group or direct rate limit
+      );
       return reply.status(202).send(sent);
     },
   );

@@ -1,0 +1,252 @@
+/**
+ * SSE against the real stack (Kafka, the materialiser, PostgreSQL LISTEN): resume
+ * with Last-Event-ID across several conversations gives exactly the missed events,
+ * once, in per-conversation order (with our client and with curl); delivery
+ * states go sent → delivered → read; refused input never reaches Kafka.
+ */
+import { spawn } from "node:child_process";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { eventually, type Harness, openSse, parseSse, type SseMessage, startHarness } from "./harness.ts";
+
+let h: Harness;
+let ana: string;
+let ben: string;
+const groups: string[] = [];
+
+beforeAll(async () => {
+  h = await startHarness("api_rt");
+  [ana, ben] = await Promise.all([h.login("ana"), h.login("ben")]);
+  for (let i = 0; i < 3; i++) {
+    const res = await h.app.inject({
+      method: "POST",
+      url: "/v1/conversations",
+      headers: { authorization: `Bearer ${ana}` },
+      payload: { kind: "group", title: `g${i}`, members: ["ben"] },
+    });
+    expect(res.statusCode).toBe(202);
+    groups.push(res.json().conversationId);
+  }
+  await eventually("the groups to be materialised", async () => {
+    const res = await h.app.inject({
+      method: "GET",
+      url: "/v1/me/conversations",
+      headers: { authorization: `Bearer ${ben}` },
+    });
+    return res.json().conversations.length === 3;
+  });
+});
+
+afterAll(async () => {
+  await h?.close();
+});
+
+async function send(token: string, conversationId: string, text: string) {
+  const res = await h.app.inject({
+    method: "POST",
+    url: `/v1/conversations/${conversationId}/messages`,
+    headers: { authorization: `Bearer ${token}` },
+    payload: { content: { type: "text", text } },
+  });
+  expect(res.statusCode, res.body).toBe(202);
+  return res.json() as { eventId: string; partition: number; offset: string };
+}
+
+const texts = (events: SseMessage[]) =>
+  events
+    .filter((e) => e.event === "chat.message.sent")
+    .map((e) => (e.data.data as { content: { text: string } }).content.text);
+
+/** Per conversation, the seqs of message events in arrival order. */
+function seqsByConversation(events: SseMessage[]): Record<string, number[]> {
+  const out: Record<string, number[]> = {};
+  for (const e of events.filter((x) => x.event === "chat.message.sent")) {
+    const id = e.data.conversationId as string;
+    if (!out[id]) out[id] = [];
+    out[id].push(e.data.seq as number);
+  }
+  return out;
+}
+
+describe("SSE resume", () => {
+  it("gives a reconnecting client exactly the missed events, once, in per-conversation order", async () => {
+    const first = await openSse(h.url, ben);
+    expect(first.status).toBe(200);
+    expect(first.headers.get("content-type")).toContain("text/event-stream");
+    expect(first.headers.get("x-accel-buffering")).toBe("no");
+    await send(ana, groups[0]!, "before-1");
+    await send(ben, groups[1]!, "before-2");
+    await eventually("ben to receive the first messages", () => texts(first.events).length === 2);
+    const lastId = first.lastId();
+    expect(lastId).toMatch(/^\d+:\d+(\.\d+:\d+)*$/);
+    first.close();
+
+    const missed: string[] = [];
+    for (let round = 0; round < 3; round++) {
+      for (const [i, conversationId] of groups.entries()) {
+        const text = `missed-${round}-${i}`;
+        missed.push(text);
+        await send(round % 2 === 0 ? ana : ben, conversationId, text);
+      }
+    }
+    const second = await openSse(h.url, ben, lastId);
+    await eventually("the missed messages", () => texts(second.events).length >= missed.length);
+    // A marker after the catch-up proves nothing else (no duplicate) was queued before it.
+    await send(ana, groups[2]!, "marker");
+    await eventually("the marker", () => texts(second.events).includes("marker"));
+    second.close();
+
+    const received = texts(second.events);
+    expect(received.filter((t) => t !== "marker").sort()).toEqual([...missed].sort());
+    expect(new Set(received).size).toBe(received.length);
+    for (const [conversationId, seqs] of Object.entries(seqsByConversation(second.events))) {
+      expect(seqs, conversationId).toEqual([...seqs].sort((a, b) => a - b));
+      expect(seqs.length, conversationId).toBe(new Set(seqs).size);
+    }
+    expect(second.events.some((e) => e.event === "reset")).toBe(false);
+  });
+
+  it("resumes the same way with curl as the client", async () => {
+    const first = await openSse(h.url, ben);
+    await send(ana, groups[1]!, "curl-before");
+    await eventually("the message before the disconnect", () => texts(first.events).includes("curl-before"));
+    const lastId = first.lastId()!;
+    first.close();
+    const missed = ["curl-a", "curl-b", "curl-c"];
+    for (const [i, text] of missed.entries()) await send(i % 2 ? ben : ana, groups[i]!, text);
+
+    const curl = spawn("curl", [
+      "-sS",
+      "-N",
+      "-H",
+      `Authorization: Bearer ${ben}`,
+      "-H",
+      `Last-Event-ID: ${lastId}`,
+      `${h.url}/v1/me/events`,
+    ]);
+    let raw = "";
+    curl.stdout.on("data", (chunk: Buffer) => {
+      raw += chunk.toString();
+    });
+    try {
+      await eventually("curl to print the missed messages", () => texts(parseSse(raw).events).length >= 3);
+      await send(ana, groups[0]!, "curl-marker");
+      await eventually("curl to print the marker", () => texts(parseSse(raw).events).includes("curl-marker"));
+    } finally {
+      curl.kill();
+    }
+    const received = texts(parseSse(raw).events);
+    expect(received).toEqual(expect.arrayContaining(missed));
+    expect(received.filter((t) => t !== "curl-marker").sort()).toEqual([...missed].sort());
+  });
+
+  it("sends a reset event for a Last-Event-ID it cannot resume from", async () => {
+    const client = await openSse(h.url, ben, "not-a-cursor");
+    await eventually("the reset event", () => client.events.find((e) => e.event === "reset"));
+    client.close();
+    const reset = client.events.find((e) => e.event === "reset")!;
+    expect(reset.id).toMatch(/^\d+:\d+/);
+    expect(String(reset.data.reason)).toContain("Last-Event-ID");
+  });
+
+  it("refuses a stream without a valid token, with JSON", async () => {
+    const res = await fetch(`${h.url}/v1/me/events?access_token=forged.token.value`);
+    expect(res.status).toBe(401);
+    expect((await res.json()).error.code).toBe("CHATBUS_UNAUTHORIZED");
+  });
+});
+
+describe("delivery states", () => {
+  it("shows the sender sent, then delivered when the recipient's stream has it, then read", async () => {
+    const conversation = groups[0]!;
+    const { eventId } = await send(ana, conversation, "track me");
+    const status = async () => {
+      const res = await h.app.inject({
+        method: "GET",
+        url: `/v1/conversations/${conversation}/messages?limit=5`,
+        headers: { authorization: `Bearer ${ana}` },
+      });
+      const message = res.json().messages.find((m: { id: string }) => m.id === eventId);
+      return message as { seq: number; delivery: { status: string } } | undefined;
+    };
+    const sent = await eventually("the message in history", status);
+    expect(sent.delivery.status).toBe("sent");
+
+    const stream = await openSse(h.url, ben, undefined);
+    try {
+      // Opened after the send: resume from before it so the stream delivers it.
+      await send(ana, conversation, "nudge");
+      await eventually("the stream to deliver", () => texts(stream.events).includes("nudge"));
+      const delivered = await eventually("delivered", async () => {
+        const m = await status();
+        return m?.delivery.status === "delivered" ? m : undefined;
+      });
+      const read = await h.app.inject({
+        method: "POST",
+        url: `/v1/conversations/${conversation}/read`,
+        headers: { authorization: `Bearer ${ben}` },
+        payload: { seq: delivered.seq },
+      });
+      expect(read.statusCode).toBe(202);
+      await eventually("read", async () => (await status())?.delivery.status === "read");
+      // The receipts reach the sender's stream too.
+      expect(stream.events.some((e) => e.event === "chat.receipt.delivered")).toBe(true);
+    } finally {
+      stream.close();
+    }
+  });
+});
+
+describe("refused input reaches no one", () => {
+  it("sends nothing to Kafka for bad fields, odd ids, oversized bodies and non-members", async () => {
+    const before = await h.endOffsets();
+    const eve = await h.login("eve");
+    const attempts = [
+      { token: ana, url: `/v1/conversations/${groups[0]}/messages`, payload: { content: { type: "text" } } },
+      {
+        token: ana,
+        url: `/v1/conversations/${groups[0]}/messages`,
+        payload: { content: { type: "text", text: 7 } },
+      },
+      {
+        token: ana,
+        url: `/v1/conversations/${encodeURIComponent('g"1')}/messages`,
+        payload: { content: { type: "text", text: "x" } },
+      },
+      {
+        token: ana,
+        url: "/v1/conversations/g%001/messages",
+        payload: { content: { type: "text", text: "x" } },
+      },
+      {
+        token: ana,
+        url: `/v1/conversations/${"g".repeat(10_000)}/messages`,
+        payload: { content: { type: "text", text: "x" } },
+      },
+      {
+        token: ana,
+        url: `/v1/conversations/${groups[0]}/messages`,
+        payload: { content: { type: "text", text: "x".repeat(70_000) } },
+      },
+      {
+        token: eve,
+        url: `/v1/conversations/${groups[0]}/messages`,
+        payload: { content: { type: "text", text: "x" } },
+      },
+    ];
+    const statuses: number[] = [];
+    for (const a of attempts) {
+      const res = await h.app.inject({
+        method: "POST",
+        url: a.url,
+        headers: { authorization: `Bearer ${a.token}` },
+        payload: a.payload,
+      });
+      statuses.push(res.statusCode);
+      expect(Object.keys(res.json())).toEqual(["error"]);
+    }
+    expect(statuses).toEqual([400, 400, 400, 400, 400, 413, 403]);
+    // A valid send afterwards lands, so the offsets are live: exactly one more record.
+    await send(ana, groups[0]!, "valid");
+    expect(await h.endOffsets()).toBe(before + 1);
+  });
+});

@@ -4,8 +4,9 @@
  *   [MATERIALISER_MAX_BYTES] tsx --conditions=@chatbus/source materialiser-process.ts
  * Prints "ready" once consuming; stops cleanly on SIGTERM.
  */
-import { startMaterialiser } from "@chatbus/consumer-runtime";
+
 import pg from "pg";
+import { startMaterialiser } from "../src/materialiser/index.ts";
 
 const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL, max: 8 });
 const materialiser = await startMaterialiser({

@@ -5,12 +5,6 @@
  * one message each.
  */
 import { execFileSync } from "node:child_process";
-import {
-  createProjectionReader,
-  eventsChannel,
-  type Materialiser,
-  startMaterialiser,
-} from "@chatbus/consumer-runtime";
 import { encodeEvent, uuidv7 } from "@chatbus/producer-sdk";
 import pg from "pg";
 import { Registry } from "prom-client";
@@ -22,6 +16,12 @@ import {
   type TestSchema,
   uniqueName,
 } from "../../test/support/isolation.ts";
+import {
+  createProjectionReader,
+  eventsChannel,
+  type Materialiser,
+  startMaterialiser,
+} from "../src/materialiser/index.ts";
 import {
   produceWorkload,
   sequenceViolations,

@@ -3,8 +3,11 @@
  * log (progress on stderr) and compare two projections.
  */
 import { parseArgs } from "node:util";
-import { type RebuildProgress, rebuildProjection, verifyProjections } from "@chatbus/consumer-runtime";
+import type { RebuildProgress } from "@chatbus/consumer-runtime";
 import pg from "pg";
+
+// Loaded on use, so that `chatbus --help` does not load the runtime.
+const runtime = () => import("@chatbus/consumer-runtime");
 
 /** One line for `chatbus --help`. */
 export const summary = "rebuild the conversation projection from the log, or verify two projections";
@@ -64,6 +67,7 @@ async function rebuild(argv: string[]): Promise<number> {
   }
   const tty = process.stderr.isTTY;
   let lastLine = 0;
+  const { rebuildProjection } = await runtime();
   const result = await rebuildProjection({
     databaseUrl: databaseUrl(values.schema),
     ...(values.topic ? { topic: values.topic } : {}),
@@ -99,6 +103,7 @@ async function verify(argv: string[]): Promise<number> {
   }
   const pool = new pg.Pool({ connectionString: databaseUrl(), max: 1 });
   try {
+    const { verifyProjections } = await runtime();
     const report = await verifyProjections(pool, positionals[0]!, positionals[1]!);
     if (values.json) console.log(JSON.stringify(report, null, 2));
     else {

@@ -9,6 +9,8 @@ export { startMaterialiser } from "./materialiser.ts";
 export { MaterialiserSettings, materialiserDefaults } from "./options.ts";
 export type { ProjectionReader } from "./projection-reader.ts";
 export { createProjectionReader } from "./projection-reader.ts";
+export type { RebuildOptions, RebuildProgress, RebuildResult } from "./rebuild.ts";
+export { RebuildError, rebuildProjection } from "./rebuild.ts";
 export type {
   ConversationView,
   EventCursor,
@@ -18,3 +20,5 @@ export type {
   MemberView,
   MessageView,
 } from "./types.ts";
+export type { TableComparison, VerifyReport } from "./verify.ts";
+export { projectionTables, verifyProjections } from "./verify.ts";

@@ -51,6 +51,8 @@ export interface EncodeOptions {
   id?: string;
   /** Event time; now when omitted. */
   time?: Date;
+  /** Put before field names in errors, e.g. `items[3]` when encoding one of many. */
+  fieldPrefix?: string;
 }
 
 const conversationIdCheck = TypeCompiler.Compile(ConversationId);
@@ -74,12 +76,23 @@ export function encodeEvent(
   input: ChatEventInput,
   options: EncodeOptions,
 ): { record: EncodedRecord; event: ChatEvent } {
-  validateConversationId(conversationId);
+  const prefix = options.fieldPrefix ?? "";
+  const idError = firstError(
+    conversationIdCheck,
+    conversationId,
+    prefix ? `${prefix}.conversationId` : "conversationId",
+  );
+  if (idError) throw idError;
   if (typeof input !== "object" || input === null || Array.isArray(input)) {
-    throw new ValidationError("(event)", "type", "the event must be an object with a `type` field.");
+    const field = prefix || "(event)";
+    throw new ValidationError(
+      field,
+      "type",
+      `\`${field}\` must be an event object with a \`type\` field; got ${JSON.stringify(input)?.slice(0, 60)}.`,
+    );
   }
   const { type, ...data } = input as { type: unknown } & Record<string, unknown>;
-  validateEventData(type as string, data);
+  validateEventData(type as string, data, prefix);
   const eventType = type as ChatEventType;
   const id = options.id ?? uuidv7();
   const time = options.time ?? new Date();

@@ -79,3 +79,14 @@ export class TopicMismatchError extends ChatBusError {
     super("CHATBUS_TOPIC_MISMATCH", message, { retryable: false });
   }
 }
+
+/** Kafka answered but refused the records (e.g. too large, topic deleted); retrying unchanged will not help. */
+export class ProduceRejectedError extends ChatBusError {
+  constructor(topic: string, detail: string, cause?: unknown) {
+    super(
+      "CHATBUS_PRODUCE_REJECTED",
+      `Kafka refused the event for topic "${topic}": ${detail}. Check the topic exists and the event is under the broker's message.max.bytes.`,
+      { retryable: false, cause },
+    );
+  }
+}

@@ -172,3 +172,5 @@ export type ChatEvent<T extends ChatEventType = ChatEventType> = {
     data: EventData<K>;
   };
 }[T];
+/** `direct` (two people) or `group`: sets a conversation's rate limit. */
+export type ConversationKind = Static<typeof ConversationKind>;

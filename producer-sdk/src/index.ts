@@ -1,5 +1,8 @@
 /** @chatbus/producer-sdk: the chat event contract, its record codec, and the producer. */
 
+export type { ChatBus, SendItem, SendOptions, SendResult } from "./chat-bus.ts";
+export { createChatBus } from "./chat-bus.ts";
+export { runSendCommand, sendCommandSummary } from "./cli.ts";
 export type { DecodeFailureCode, DecodeResult, EncodedRecord, EncodeOptions, RawRecord } from "./codec.ts";
 export {
   CLOUDEVENTS_SPEC_VERSION,
@@ -13,6 +16,7 @@ export {
   BrokerUnavailableError,
   BusClosedError,
   ChatBusError,
+  ProduceRejectedError,
   RateLimitedError,
   TopicMismatchError,
   ValidationError,
@@ -34,3 +38,7 @@ export {
   TextContent,
   UserId,
 } from "./events.ts";
+export type { ChatBusOptions } from "./options.ts";
+export { ChatBusOptionsSchema } from "./options.ts";
+export type { EnsureTopicOptions } from "./topic.ts";
+export { ensureTopic } from "./topic.ts";

@@ -1,0 +1,25 @@
+import { describe, expect, it } from "vitest";
+import { createKeyPartitioner } from "../src/partitioner.ts";
+
+// Expected partitions computed with the Java client (kafka-clients 3.9.2):
+// Utils.toPositive(Utils.murmur2(key.getBytes(UTF_8))) % partitions.
+const javaPartitions: [string, number, number][] = [
+  ["conv-42", 9, 6],
+  ["smoke-1", 3, 1],
+  ["a", 4, 5],
+  ["group:team-7", 11, 6],
+  ["user@example.com", 0, 6],
+  ["会话-1", 10, 2],
+  ["x".repeat(100), 4, 4],
+];
+
+describe("key partitioner", () => {
+  it("puts each conversation on the partition Kafka's Java client would", () => {
+    const twelve = createKeyPartitioner(12);
+    const seven = createKeyPartitioner(7);
+    for (const [key, of12, of7] of javaPartitions) {
+      expect(twelve(key), key).toBe(of12);
+      expect(seven(key), key).toBe(of7);
+    }
+  });
+});

@@ -1,0 +1,77 @@
+/**
+ * The operator commands' HTTP client: `CHATBUS_API_URL` (default
+ * http://127.0.0.1:3000) with `CHATBUS_OPERATOR_KEY`; each action is sent with
+ * `X-Chatbus-Operator: $USER` so the API records who did it.
+ */
+import { userInfo } from "node:os";
+
+/** A failure to show as one line (exit code 1). */
+export class CliError extends Error {
+  override name = "CliError";
+}
+
+/** What the commands need from the environment. */
+export interface OperatorEnv {
+  apiUrl: string;
+  operatorKey: string;
+  operator: string;
+}
+
+/** Reads CHATBUS_API_URL, CHATBUS_OPERATOR_KEY and the operator's name. */
+export function operatorEnv(env: NodeJS.ProcessEnv = process.env): OperatorEnv {
+  const operatorKey = env.CHATBUS_OPERATOR_KEY;
+  if (!operatorKey) {
+    throw new CliError("CHATBUS_OPERATOR_KEY is not set; export the API's operator key to use this command.");
+  }
+  let operator = env.CHATBUS_OPERATOR ?? env.USER;
+  if (!operator) {
+    try {
+      operator = userInfo().username;
+    } catch {
+      operator = "cli";
+    }
+  }
+  return {
+    apiUrl: (env.CHATBUS_API_URL ?? "http://127.0.0.1:3000").replace(/\/+$/, ""),
+    operatorKey,
+    operator,
+  };
+}
+
+/** Calls the API; resolves with the JSON body, or throws a CliError with the API's message. */
+export async function callApi<T>(
+  env: OperatorEnv,
+  method: "GET" | "POST",
+  path: string,
+  body?: unknown,
+): Promise<T> {
+  let res: Response;
+  try {
+    res = await fetch(`${env.apiUrl}${path}`, {
+      method,
+      headers: {
+        authorization: `Bearer ${env.operatorKey}`,
+        "x-chatbus-operator": env.operator,
+        ...(body === undefined ? {} : { "content-type": "application/json" }),
+      },
+      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+      signal: AbortSignal.timeout(15_000),
+    });
+  } catch (error) {
+    throw new CliError(
+      `the API at ${env.apiUrl} did not answer (${(error as Error).message}); start it or set CHATBUS_API_URL.`,
+    );
+  }
+  const text = await res.text();
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    throw new CliError(`the API at ${env.apiUrl} answered ${res.status} with something that is not JSON.`);
+  }
+  if (!res.ok) {
+    const error = (json as { error?: { code?: string; message?: string } }).error;
+    throw new CliError(`${error?.code ?? `HTTP ${res.status}`}: ${error?.message ?? text.slice(0, 200)}`);
+  }
+  return json as T;
+}

@@ -28,5 +28,20 @@ export {
   RuntimeStateError,
 } from "./errors.ts";
 export * from "./materialiser/index.ts";
+export type { RuntimeProcess } from "./process.ts";
+export { startRuntimeProcess } from "./process.ts";
+export type { Alert } from "./runtime/alerts.ts";
+export type { BreakerOptions, BreakerState } from "./runtime/circuit-breaker.ts";
+export { breakerDefaults } from "./runtime/circuit-breaker.ts";
+export type { RuntimeMetrics } from "./runtime/metrics.ts";
+export { latencyBuckets, runtimeMetrics } from "./runtime/metrics.ts";
+export type { RegistrationOptions, RuntimeOptions } from "./runtime/options.ts";
+export { runtimeDefaults } from "./runtime/options.ts";
+export type { BusinessRetryOptions, SystemRetryOptions } from "./runtime/retry.ts";
+export { businessRetryDefaults, systemRetryDefaults } from "./runtime/retry.ts";
+export type { Handler, HandlerContext, Runtime } from "./runtime/runtime.ts";
+export { createRuntime } from "./runtime/runtime.ts";
+export type { ShutdownOptions, Stoppable } from "./runtime/shutdown.ts";
+export { stopOnSignals } from "./runtime/shutdown.ts";
 export type { PartitionStatus, SubscriptionState, SubscriptionStatusRow } from "./status/store.ts";
 export { listSubscriptionStatus } from "./status/store.ts";

@@ -1,0 +1,206 @@
+/**
+ * Key-level queues: the events of one key (conversation) run one at a time in push
+ * order; different keys run concurrently up to a limit shared by every partition
+ * (`Slots`). A step may ask to run again later (a retry back-off, an open breaker):
+ * the key is parked without holding a slot, and only that key waits.
+ */
+
+/** What running an item decided. */
+export type Step =
+  /** Finished (handled or dead-lettered): the key moves on. */
+  | { kind: "done" }
+  /** Run the same item again once `when` settles; the key waits, other keys go on. */
+  | { kind: "later"; when: Promise<unknown> }
+  /** Give the item up without finishing it (shutdown): it is dropped with its key's queue. */
+  | { kind: "abandon" };
+
+/** A counting semaphore with FIFO waiters. */
+export class Slots {
+  #free: number;
+  #waiters: (() => void)[] = [];
+
+  constructor(readonly size: number) {
+    this.#free = size;
+  }
+
+  get inUse(): number {
+    return this.size - this.#free;
+  }
+
+  /** Resolves when a slot is free; call the returned function once to free it. */
+  acquire(): Promise<() => void> {
+    if (this.#free > 0) {
+      this.#free--;
+      return Promise.resolve(this.#releaser());
+    }
+    return new Promise((resolve) => this.#waiters.push(() => resolve(this.#releaser())));
+  }
+
+  #releaser(): () => void {
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const next = this.#waiters.shift();
+      if (next) next();
+      else this.#free++;
+    };
+  }
+}
+
+interface Waiter {
+  check: () => boolean;
+  resolve: () => void;
+}
+
+interface KeyState<T> {
+  items: T[];
+  state: "ready" | "running" | "parked";
+}
+
+/**
+ * The queues of one partition. `run` must not throw (a throw is treated as
+ * "later, after one second"); `onDone` is called once per finished item, in key order.
+ */
+export class KeyQueues<T> {
+  #keys = new Map<string, KeyState<T>>();
+  #size = 0;
+  #running = 0;
+  #ready = 0;
+  #parked = 0;
+  #closed = false;
+  #waiters: Waiter[] = [];
+
+  constructor(
+    private readonly slots: Slots,
+    private readonly run: (item: T) => Promise<Step>,
+    private readonly onDone: (item: T) => void,
+  ) {}
+
+  /** Items held (queued, running or parked) and not finished. */
+  get size(): number {
+    return this.#size;
+  }
+  /** Items running right now. */
+  get running(): number {
+    return this.#running;
+  }
+  /** Keys whose next item waits for a slot. */
+  get ready(): number {
+    return this.#ready;
+  }
+  /** Keys waiting for a back-off or the breaker. */
+  get parked(): number {
+    return this.#parked;
+  }
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  push(key: string, item: T): void {
+    if (this.#closed) return;
+    this.#size++;
+    const existing = this.#keys.get(key);
+    if (existing) {
+      existing.items.push(item);
+      return;
+    }
+    const state: KeyState<T> = { items: [item], state: "ready" };
+    this.#keys.set(key, state);
+    this.#schedule(key, state);
+  }
+
+  /** Resolves when nothing runs or waits for a slot (only parked keys, if any, remain). */
+  whenQuiet(): Promise<void> {
+    return this.#when(() => this.#running === 0 && this.#ready === 0);
+  }
+
+  /** Resolves when no item runs. */
+  whenNotRunning(): Promise<void> {
+    return this.#when(() => this.#running === 0);
+  }
+
+  /** Resolves when at most `size` items are held. */
+  whenSizeAtMost(size: number): Promise<void> {
+    return this.#when(() => this.#size <= size);
+  }
+
+  /**
+   * Drops every item that is not running; running ones finish but are not reported
+   * (their offsets are not committed by this generation). Used on revoke and stop.
+   */
+  close(): void {
+    this.#closed = true;
+    this.#keys.clear();
+    this.#size = 0;
+    this.#notify();
+  }
+
+  #when(check: () => boolean): Promise<void> {
+    if (check()) return Promise.resolve();
+    return new Promise((resolve) => this.#waiters.push({ check, resolve }));
+  }
+
+  #notify(): void {
+    if (this.#waiters.length === 0) return;
+    const still: Waiter[] = [];
+    for (const waiter of this.#waiters) {
+      if (this.#closed && this.#running === 0) waiter.resolve();
+      else if (waiter.check()) waiter.resolve();
+      else still.push(waiter);
+    }
+    this.#waiters = still;
+  }
+
+  #schedule(key: string, state: KeyState<T>): void {
+    state.state = "ready";
+    this.#ready++;
+    void this.slots.acquire().then((release) => {
+      this.#ready--;
+      if (this.#closed) {
+        release();
+        this.#notify();
+        return;
+      }
+      void this.#runHead(key, state, release);
+    });
+  }
+
+  async #runHead(key: string, state: KeyState<T>, release: () => void): Promise<void> {
+    state.state = "running";
+    this.#running++;
+    const item = state.items[0]!;
+    let step: Step;
+    try {
+      step = await this.run(item);
+    } catch {
+      step = { kind: "later", when: new Promise((r) => setTimeout(r, 1000)) };
+    }
+    this.#running--;
+    release();
+    if (this.#closed) {
+      this.#notify();
+      return;
+    }
+    if (step.kind === "abandon") {
+      this.#size -= state.items.length;
+      this.#keys.delete(key);
+    } else if (step.kind === "done") {
+      state.items.shift();
+      this.#size--;
+      this.onDone(item);
+      if (state.items.length > 0) this.#schedule(key, state);
+      else this.#keys.delete(key);
+    } else {
+      state.state = "parked";
+      this.#parked++;
+      const wake = () => {
+        this.#parked--;
+        if (this.#closed) return this.#notify();
+        this.#schedule(key, state);
+      };
+      step.when.then(wake, wake);
+    }
+    this.#notify();
+  }
+}

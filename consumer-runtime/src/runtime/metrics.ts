@@ -1,0 +1,120 @@
+/**
+ * The runtime's Prometheus metrics (names fixed by the team contract). Get-or-create
+ * on the registry passed in, so that several subscriptions (and the materialiser) in
+ * one process share one set of metrics, told apart by the `subscription` label.
+ */
+import { Counter, Gauge, Histogram, type Registry } from "prom-client";
+
+/** Latency buckets shared by every chatbus histogram (seconds). */
+export const latencyBuckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+
+/** Every runtime metric. Labels never carry conversation or user ids. */
+export interface RuntimeMetrics {
+  consumed: Counter<"subscription" | "type">;
+  handled: Counter<"subscription" | "type">;
+  failed: Counter<"subscription" | "failure_class">;
+  retried: Counter<"subscription" | "failure_class">;
+  deadLettered: Counter<"subscription" | "failure_class">;
+  deadLettersWaiting: Gauge<"subscription">;
+  breakerState: Gauge<"subscription">;
+  breakerTransitions: Counter<"subscription" | "to">;
+  handlerDuration: Histogram<"subscription" | "type">;
+  lag: Gauge<"subscription" | "partition">;
+  endToEndLatency: Histogram<"subscription">;
+  restarts: Counter<"subscription">;
+  inFlight: Gauge<"subscription">;
+}
+
+function counter<L extends string>(registry: Registry, name: string, help: string, labels: L[]): Counter<L> {
+  return (
+    (registry.getSingleMetric(name) as Counter<L> | undefined) ??
+    new Counter({ name, help, labelNames: labels, registers: [registry] })
+  );
+}
+
+function gauge<L extends string>(registry: Registry, name: string, help: string, labels: L[]): Gauge<L> {
+  return (
+    (registry.getSingleMetric(name) as Gauge<L> | undefined) ??
+    new Gauge({ name, help, labelNames: labels, registers: [registry] })
+  );
+}
+
+function histogram<L extends string>(
+  registry: Registry,
+  name: string,
+  help: string,
+  labels: L[],
+): Histogram<L> {
+  return (
+    (registry.getSingleMetric(name) as Histogram<L> | undefined) ??
+    new Histogram({ name, help, labelNames: labels, buckets: latencyBuckets, registers: [registry] })
+  );
+}
+
+/** The runtime metrics on `registry`, created on first use. */
+export function runtimeMetrics(registry: Registry): RuntimeMetrics {
+  return {
+    consumed: counter(registry, "chatbus_events_consumed_total", "Records fetched by a subscription.", [
+      "subscription",
+      "type",
+    ]),
+    handled: counter(registry, "chatbus_events_handled_total", "Events whose handlers succeeded.", [
+      "subscription",
+      "type",
+    ]),
+    failed: counter(registry, "chatbus_events_failed_total", "Failed handler attempts and poison records.", [
+      "subscription",
+      "failure_class",
+    ]),
+    retried: counter(registry, "chatbus_events_retried_total", "Retries scheduled after a failure.", [
+      "subscription",
+      "failure_class",
+    ]),
+    deadLettered: counter(
+      registry,
+      "chatbus_events_dead_lettered_total",
+      "Events turned into dead letters.",
+      ["subscription", "failure_class"],
+    ),
+    deadLettersWaiting: gauge(registry, "chatbus_dead_letters_waiting", "Dead letters with status waiting.", [
+      "subscription",
+    ]),
+    breakerState: gauge(
+      registry,
+      "chatbus_breaker_state",
+      "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+      ["subscription"],
+    ),
+    breakerTransitions: counter(
+      registry,
+      "chatbus_breaker_transitions_total",
+      "Circuit breaker transitions.",
+      ["subscription", "to"],
+    ),
+    handlerDuration: histogram(
+      registry,
+      "chatbus_handler_duration_seconds",
+      "Handler run time per attempt.",
+      ["subscription", "type"],
+    ),
+    lag: gauge(registry, "chatbus_consumer_lag", "Records not yet committed, per partition.", [
+      "subscription",
+      "partition",
+    ]),
+    endToEndLatency: histogram(
+      registry,
+      "chatbus_end_to_end_latency_seconds",
+      "From ce_time to handled (or materialised).",
+      ["subscription"],
+    ),
+    restarts: counter(
+      registry,
+      "chatbus_consumer_restarts_total",
+      "Kafka consumers restarted after a crash.",
+      ["subscription"],
+    ),
+    inFlight: gauge(registry, "chatbus_events_in_flight", "Events fetched and not yet finished.", [
+      "subscription",
+    ]),
+  };
+}

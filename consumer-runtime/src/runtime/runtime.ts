@@ -1,0 +1,1013 @@
+/**
+ * The consumer runtime: one subscription (consumer group) with handlers per event
+ * type, per-conversation order with concurrency across conversations, system and
+ * business retry, a circuit breaker, dead letters, status and metrics.
+ *
+ * How the pieces fit (see docs/consumer-runtime.md):
+ * - kafkajs `eachBatch` only feeds records into key-level queues (one queue per
+ *   conversation, `KeyQueues`) and then waits, heartbeating, until nothing of its
+ *   partition runs or waits for a slot. Events in a retry back-off or behind an open
+ *   breaker are parked without holding a slot, so the batch returns and fetching goes
+ *   on for the other conversations. Because kafkajs waits for running `eachBatch`
+ *   calls before it rejoins a group, no handler of a revoked partition runs while its
+ *   new owner starts.
+ * - Offsets are committed per partition up to the lowest unfinished event
+ *   (`OffsetTracker`), at the end of each batch and every `commitIntervalMs`, only for
+ *   partitions of the current assignment.
+ * - Pause and resume (back-pressure, open breaker, shutdown) are driven from here,
+ *   never by throwing from a handler callback (kafkajs #1376).
+ */
+import {
+  type ChatEvent,
+  type ChatEventType,
+  type DecodeResult,
+  decodeRecord,
+  eventTypes,
+  ValidationError,
+} from "@chatbus/producer-sdk";
+import {
+  type Admin,
+  type Consumer,
+  type EachBatchPayload,
+  Kafka,
+  type KafkaMessage,
+  type LogEntry,
+  logLevel,
+  type Producer,
+} from "kafkajs";
+import pg from "pg";
+import { type Logger, pino } from "pino";
+import { Registry } from "prom-client";
+import { ensureDeadLetterTopic, publishDeadLetter } from "../dead-letters/dead-letter-topic.ts";
+import { countWaitingDeadLetters, recordDeadLetter } from "../dead-letters/store.ts";
+import type { DeadLetterInput, FailureClass } from "../dead-letters/types.ts";
+import { BusinessError, DeadLetterWriteError, describe, RuntimeStateError } from "../errors.ts";
+import {
+  type PartitionStatus,
+  publishSubscriptionStatus,
+  removeSubscriptionStatus,
+  type SubscriptionState,
+} from "../status/store.ts";
+import { createAlertSender } from "./alerts.ts";
+import { BreakerOpenError, type BreakerState, createCircuitBreaker } from "./circuit-breaker.ts";
+import { KeyQueues, Slots, type Step } from "./key-queues.ts";
+import { runtimeMetrics } from "./metrics.ts";
+import { OffsetTracker } from "./offset-tracker.ts";
+import {
+  type RegistrationOptions,
+  type ResolvedRuntimeOptions,
+  type RuntimeOptions,
+  resolveRegistration,
+  resolveRuntimeOptions,
+} from "./options.ts";
+import { type BusinessRetryOptions, businessRetryDelay, systemRetryDelay } from "./retry.ts";
+
+/** What a handler gets besides the event. */
+export interface HandlerContext {
+  /** The subscription (consumer group) running the handler. */
+  subscription: string;
+  conversationId: string;
+  partition: number;
+  /** Kafka offset of the record (decimal string). */
+  offset: string;
+  /** 1 on the first run of this handler for this event, then 2, 3, ... (per event). */
+  attempt: number;
+  /** True when an operator replayed the event from the dead letters. */
+  replay: boolean;
+  /** A child logger carrying subscription, conversation, partition, offset and event id. */
+  logger: Logger;
+  /** Aborted when the runtime stops and the shutdown deadline passed. */
+  signal: AbortSignal;
+}
+
+/** A handler: resolve = handled; throw BusinessError = business failure; throw anything else = system failure. */
+export type Handler<T extends ChatEventType = ChatEventType> = (
+  event: ChatEvent<T>,
+  context: HandlerContext,
+) => Promise<void> | void;
+
+/** A running (or ready to run) subscription. */
+export interface Runtime {
+  /** The subscription name (= consumer group). */
+  readonly subscription: string;
+  /** This process's instance id (a row of `subscription_status`). */
+  readonly instanceId: string;
+  /** Current breaker state. */
+  readonly breakerState: BreakerState;
+  /** Registers a handler for one event type or all (`"*"`); only before `start`. */
+  on<T extends ChatEventType>(type: T | "*", handler: Handler<T>, options?: RegistrationOptions): Runtime;
+  /** Connects, joins the group and starts handling; resolves once the group is joined. */
+  start(): Promise<void>;
+  /** Graceful stop: stop fetching, let in-flight handlers finish (up to `shutdownTimeoutMs`), commit, leave. */
+  stop(): Promise<void>;
+  /** The state this instance publishes to `subscription_status`. */
+  state(): SubscriptionState;
+}
+
+interface Registration {
+  type: ChatEventType | "*";
+  handler: Handler<ChatEventType>;
+  businessRetry: BusinessRetryOptions;
+}
+
+interface Item {
+  work: PartitionWork;
+  offset: bigint;
+  message: KafkaMessage;
+  decoded: DecodeResult;
+  /** Handlers still to succeed for this event (null until first run). */
+  remaining: Registration[] | null;
+  attempts: Map<Registration, number>;
+  businessFailures: Map<Registration, number>;
+  /** Consecutive system failures of this event; reset by a success (kafkajs #1592). */
+  systemFailures: number;
+  firstFailedAt: Date | null;
+  lastError: unknown;
+  pendingDeadLetter: DeadLetterInput | null;
+  deadLetterWriteFailures: number;
+}
+
+interface PartitionWork {
+  partition: number;
+  generation: number;
+  queues: KeyQueues<Item>;
+  tracker: OffsetTracker;
+  highest: bigint | null;
+  backPressure: boolean;
+}
+
+const noKey = "\u0000no-key";
+
+function isRebalancing(error: unknown): boolean {
+  const e = error as { type?: string; name?: string };
+  return (
+    e?.type === "REBALANCE_IN_PROGRESS" ||
+    e?.type === "NOT_COORDINATOR_FOR_GROUP" ||
+    e?.type === "ILLEGAL_GENERATION" ||
+    e?.type === "UNKNOWN_MEMBER_ID"
+  );
+}
+
+function headersAsStrings(headers: KafkaMessage["headers"]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [name, value] of Object.entries(headers ?? {})) {
+    const first = Array.isArray(value) ? value[0] : value;
+    if (first !== undefined) out[name] = first.toString();
+  }
+  return out;
+}
+
+/** A sleep that ends early (resolving) when `signal` aborts. */
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal?.aborted) return resolve();
+    const timer = setTimeout(done, ms);
+    function done() {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", done);
+      resolve();
+    }
+    signal?.addEventListener("abort", done, { once: true });
+  });
+}
+
+async function withDeadline(promise: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<false>((resolve) => {
+    timer = setTimeout(() => resolve(false), ms);
+  });
+  const result = await Promise.race([promise.then(() => true as const), timeout]);
+  clearTimeout(timer);
+  return result;
+}
+
+function kafkaLogCreator(logger: Logger) {
+  return () =>
+    ({ level, log }: LogEntry) => {
+      const { message, ...extra } = log;
+      const fields = { ...extra, component: "kafkajs" };
+      if (level === logLevel.ERROR) logger.warn(fields, message);
+      else if (level === logLevel.WARN) logger.warn(fields, message);
+      else if (level === logLevel.INFO) logger.debug(fields, message);
+      else logger.trace(fields, message);
+    };
+}
+
+/**
+ * Creates a subscription runtime. Options are validated at once (a ValidationError
+ * names the bad field); nothing connects before `start()`.
+ */
+export function createRuntime(options: RuntimeOptions): Runtime {
+  const config: ResolvedRuntimeOptions = resolveRuntimeOptions(options);
+  const { group: subscription, topic, instanceId } = config;
+  const logger = (config.logger ?? pino({ level: process.env.LOG_LEVEL ?? "info" })).child({
+    subscription,
+  });
+  const registry = config.registry ?? new Registry();
+  const metrics = runtimeMetrics(registry);
+  const breaker = createCircuitBreaker(subscription, config.breaker);
+  const alerts = createAlertSender({
+    url: config.alertWebhook,
+    logger,
+    minIntervalMs: config.alertMinIntervalMs,
+  });
+  const slots = new Slots(config.concurrency);
+  const registrations: Registration[] = [];
+
+  let started = false;
+  let stopping = false;
+  let stopped = false;
+  let rebalancing = false;
+  let rebalanceSettled: { promise: Promise<void>; resolve: () => void } = settled();
+  let generation = 0;
+  let probeInFlight = false;
+  let restarting = false;
+  const startedAt = new Date().toISOString();
+  const counts = { processed: 0, failed: 0, deadLettered: 0, inFlight: 0 };
+  const assigned = new Set<number>();
+  const kafkaPaused = new Set<number>();
+  const works = new Map<number, PartitionWork>();
+  const stopSleeps = new AbortController();
+  const abortHandlers = new AbortController();
+  const timers: NodeJS.Timeout[] = [];
+  const lastPartitionStatus = new Map<number, PartitionStatus>();
+
+  let pool: pg.Pool;
+  let ownsPool = false;
+  let kafka: Kafka;
+  let consumer: Consumer;
+  let producer: Producer;
+  let admin: Admin;
+
+  function settled() {
+    let resolve!: () => void;
+    const promise = new Promise<void>((r) => {
+      resolve = r;
+    });
+    return { promise, resolve };
+  }
+
+  metrics.breakerState.set({ subscription }, 0);
+  breaker.onTransition((to, from) => {
+    const fields = { breaker: to, from };
+    if (to === "open") logger.warn(fields, `circuit breaker of subscription ${subscription} opened`);
+    else logger.info(fields, `circuit breaker of subscription ${subscription} is ${to}`);
+    metrics.breakerState.set({ subscription }, to === "closed" ? 0 : to === "halfOpen" ? 1 : 2);
+    metrics.breakerTransitions.inc({ subscription, to });
+    if (to === "open") {
+      alerts.send({
+        kind: "breaker_opened",
+        subscription,
+        instanceId,
+        message: `The circuit breaker of subscription ${subscription} opened: consumption is paused until a probe succeeds.`,
+      });
+    } else if (to === "closed") {
+      alerts.send({
+        kind: "breaker_closed",
+        subscription,
+        instanceId,
+        message: `The circuit breaker of subscription ${subscription} closed: consumption resumed.`,
+      });
+    }
+    applyPause();
+  });
+
+  function handlersFor(type: ChatEventType): Registration[] {
+    return registrations.filter((r) => r.type === type || r.type === "*");
+  }
+
+  // ---- pause and resume -------------------------------------------------------------
+
+  function applyPause(): void {
+    if (!consumer || stopped) return;
+    for (const partition of assigned) {
+      const want = stopping || breaker.state === "open" || works.get(partition)?.backPressure === true;
+      if (want && !kafkaPaused.has(partition)) {
+        consumer.pause([{ topic, partitions: [partition] }]);
+        kafkaPaused.add(partition);
+      } else if (!want && kafkaPaused.has(partition)) {
+        consumer.resume([{ topic, partitions: [partition] }]);
+        kafkaPaused.delete(partition);
+      }
+    }
+  }
+
+  function checkBackPressure(work: PartitionWork): void {
+    const max = config.maxQueuedPerPartition;
+    if (!work.backPressure && work.queues.size >= max) {
+      work.backPressure = true;
+      logger.debug({ partition: work.partition, queued: work.queues.size }, "partition paused: queue full");
+      applyPause();
+    } else if (work.backPressure && work.queues.size <= Math.floor(max / 2)) {
+      work.backPressure = false;
+      logger.debug(
+        { partition: work.partition, queued: work.queues.size },
+        "partition resumed: queue drained",
+      );
+      applyPause();
+    }
+  }
+
+  // ---- assignment -------------------------------------------------------------------
+
+  function dropAllWork(): void {
+    for (const work of works.values()) {
+      counts.inFlight -= work.queues.size;
+      work.queues.close();
+    }
+    works.clear();
+    metrics.inFlight.set({ subscription }, Math.max(0, counts.inFlight));
+  }
+
+  function onAssignment(partitions: number[]): void {
+    generation++;
+    // kafkajs restarts every assigned partition from its committed offset: the
+    // queued work of the previous generation would be delivered again, so drop it.
+    dropAllWork();
+    assigned.clear();
+    for (const p of partitions) assigned.add(p);
+    for (const p of [...kafkaPaused]) if (!assigned.has(p)) kafkaPaused.delete(p);
+    // Make kafkajs's paused set match ours for the new assignment.
+    for (const p of assigned) {
+      consumer.resume([{ topic, partitions: [p] }]);
+      kafkaPaused.delete(p);
+    }
+    rebalancing = false;
+    rebalanceSettled.resolve();
+    rebalanceSettled = settled();
+    for (const p of lastPartitionStatus.keys()) if (!assigned.has(p)) lastPartitionStatus.delete(p);
+    logger.info({ partitions: [...assigned].sort((a, b) => a - b), generation }, "partitions assigned");
+    applyPause();
+  }
+
+  function workFor(partition: number): PartitionWork {
+    let work = works.get(partition);
+    if (!work) {
+      const created: PartitionWork = {
+        partition,
+        generation,
+        queues: new KeyQueues<Item>(slots, runItem, (item) => finishItem(item)),
+        tracker: new OffsetTracker(),
+        highest: null,
+        backPressure: false,
+      };
+      works.set(partition, created);
+      work = created;
+    }
+    return work;
+  }
+
+  // ---- commits ----------------------------------------------------------------------
+
+  function committable(): { partition: number; offset: string; work: PartitionWork; value: bigint }[] {
+    const out = [];
+    for (const work of works.values()) {
+      if (work.queues.closed || work.generation !== generation || !assigned.has(work.partition)) continue;
+      const value = work.tracker.toCommit();
+      if (value !== null) out.push({ partition: work.partition, offset: value.toString(), work, value });
+    }
+    return out;
+  }
+
+  async function commit(only?: PartitionWork): Promise<void> {
+    const list = committable().filter((c) => !only || c.work === only);
+    if (list.length === 0) return;
+    await consumer.commitOffsets(list.map(({ partition, offset }) => ({ topic, partition, offset })));
+    for (const c of list) c.work.tracker.markCommitted(c.value);
+  }
+
+  async function commitQuietly(only?: PartitionWork): Promise<void> {
+    try {
+      await commit(only);
+    } catch (error) {
+      logger.debug({ err: error }, "offset commit failed; the next commit covers it");
+    }
+  }
+
+  // ---- the batch feed ---------------------------------------------------------------
+
+  async function eachBatch(payload: EachBatchPayload): Promise<void> {
+    const { batch, resolveOffset, heartbeat, isRunning, isStale } = payload;
+    if (stopping) return;
+    const partition = batch.partition;
+    if (!assigned.has(partition)) assigned.add(partition);
+    const work = workFor(partition);
+    for (const message of batch.messages) {
+      if (stopping || !isRunning() || isStale() || work.queues.closed) break;
+      const offset = BigInt(message.offset);
+      if (work.highest !== null && offset <= work.highest) continue;
+      work.highest = offset;
+      work.tracker.track(offset);
+      const decoded = decodeRecord(message);
+      metrics.consumed.inc({ subscription, type: decoded.ok ? decoded.event.type : "poison" });
+      counts.inFlight++;
+      work.queues.push(decoded.ok ? decoded.event.conversationId : (message.key?.toString() ?? noKey), {
+        work,
+        offset,
+        message,
+        decoded,
+        remaining: null,
+        attempts: new Map(),
+        businessFailures: new Map(),
+        systemFailures: 0,
+        firstFailedAt: null,
+        lastError: undefined,
+        pendingDeadLetter: null,
+        deadLetterWriteFailures: 0,
+      });
+      resolveOffset(message.offset);
+    }
+    metrics.inFlight.set({ subscription }, counts.inFlight);
+    checkBackPressure(work);
+    try {
+      const quiet = work.queues.whenQuiet();
+      let done = false;
+      void quiet.then(() => {
+        done = true;
+      });
+      while (!done && !stopping) {
+        await withDeadline(quiet, config.heartbeatIntervalMs);
+        if (!done && !stopping) await heartbeat();
+      }
+      await commit(work);
+    } catch (error) {
+      if (!isRebalancing(error)) {
+        logger.warn({ err: error, partition }, "batch bookkeeping failed; kafkajs retries");
+        throw error;
+      }
+      // Commit before giving partitions up (kafkajs #28): let running handlers of this
+      // partition finish (bounded), then commit what is finished, then rejoin.
+      rebalancing = true;
+      await withDeadline(work.queues.whenNotRunning(), Math.max(1000, config.rebalanceTimeoutMs - 10_000));
+      await commitQuietly();
+      throw error;
+    }
+  }
+
+  // ---- running one event ------------------------------------------------------------
+
+  function finishItem(item: Item): void {
+    const { work } = item;
+    work.tracker.finish(item.offset);
+    counts.inFlight--;
+    metrics.inFlight.set({ subscription }, Math.max(0, counts.inFlight));
+    if (work.backPressure) checkBackPressure(work);
+  }
+
+  function context(item: Item, attempt: number, replay: boolean): HandlerContext {
+    const event = (item.decoded as { event: ChatEvent }).event;
+    let child: Logger | undefined;
+    return {
+      subscription,
+      conversationId: event.conversationId,
+      partition: item.work.partition,
+      offset: item.message.offset,
+      attempt,
+      replay,
+      signal: abortHandlers.signal,
+      get logger() {
+        child ??= logger.child({
+          conversationId: event.conversationId,
+          partition: item.work.partition,
+          offset: item.message.offset,
+          eventId: event.id,
+          type: event.type,
+        });
+        return child;
+      },
+    };
+  }
+
+  function later(ms: number): Step {
+    return { kind: "later", when: sleep(ms, stopSleeps.signal) };
+  }
+
+  function deadLetterInput(
+    item: Item,
+    failureClass: FailureClass,
+    code: string,
+    message: string,
+    stack: string | null,
+  ): DeadLetterInput {
+    const now = new Date();
+    const event = item.decoded.ok ? item.decoded.event : null;
+    let attempts = 0;
+    for (const n of item.attempts.values()) attempts += n;
+    return {
+      subscription,
+      topic,
+      partition: item.work.partition,
+      offset: item.message.offset,
+      key: item.message.key?.toString() ?? null,
+      headers: headersAsStrings(item.message.headers),
+      value: item.message.value ?? null,
+      eventId: event?.id ?? headersAsStrings(item.message.headers).ce_id ?? null,
+      eventType: event?.type ?? headersAsStrings(item.message.headers).ce_type ?? null,
+      conversationId: event?.conversationId ?? null,
+      failureClass,
+      errorCode: code,
+      errorMessage: message,
+      errorStack: stack,
+      attempts,
+      firstFailedAt: item.firstFailedAt ?? now,
+      lastFailedAt: now,
+    };
+  }
+
+  async function writeDeadLetter(item: Item): Promise<Step> {
+    const input = item.pendingDeadLetter!;
+    let failure: DeadLetterWriteError | undefined;
+    try {
+      await recordDeadLetter(pool, input);
+    } catch (error) {
+      failure = new DeadLetterWriteError(
+        "PostgreSQL table dead_letters",
+        item.lastError ?? input.errorMessage,
+        error,
+      );
+    }
+    if (!failure) {
+      try {
+        await publishDeadLetter(producer, config.deadLetterTopic, input);
+      } catch (error) {
+        failure = new DeadLetterWriteError(
+          `Kafka topic ${config.deadLetterTopic}`,
+          item.lastError ?? input.errorMessage,
+          error,
+        );
+      }
+    }
+    if (failure) {
+      item.deadLetterWriteFailures++;
+      logger.error(
+        {
+          err: failure,
+          original: describe(failure.original),
+          writeError: describe(failure.writeError),
+          partition: input.partition,
+          offset: input.offset,
+        },
+        failure.message,
+      );
+      return later(systemRetryDelay(item.deadLetterWriteFailures, config.systemRetry));
+    }
+    item.pendingDeadLetter = null;
+    counts.deadLettered++;
+    metrics.deadLettered.inc({ subscription, failure_class: input.failureClass });
+    logger.warn(
+      {
+        partition: input.partition,
+        offset: input.offset,
+        conversationId: input.conversationId,
+        failureClass: input.failureClass,
+        errorCode: input.errorCode,
+        attempts: input.attempts,
+      },
+      `event dead-lettered: ${input.errorMessage}`,
+    );
+    alerts.send({
+      kind: "dead_lettering_started",
+      subscription,
+      instanceId,
+      message: `Subscription ${subscription} is dead-lettering events (latest: ${input.failureClass} ${input.errorCode}: ${input.errorMessage}).`,
+      details: { failureClass: input.failureClass, errorCode: input.errorCode, partition: input.partition },
+    });
+    return { kind: "done" };
+  }
+
+  function onFailure(item: Item, registration: Registration, error: unknown): Promise<Step> | Step {
+    const now = new Date();
+    item.firstFailedAt ??= now;
+    item.lastError = error;
+    counts.failed++;
+    const event = (item.decoded as { event: ChatEvent }).event;
+    const fields = {
+      partition: item.work.partition,
+      offset: item.message.offset,
+      conversationId: event.conversationId,
+      type: event.type,
+      err: error,
+    };
+    if (error instanceof BusinessError) {
+      metrics.failed.inc({ subscription, failure_class: "business" });
+      const failures = (item.businessFailures.get(registration) ?? 0) + 1;
+      item.businessFailures.set(registration, failures);
+      const delay = businessRetryDelay(failures, registration.businessRetry);
+      if (delay === null) {
+        item.pendingDeadLetter = deadLetterInput(
+          item,
+          "business",
+          error.code,
+          error.message,
+          error.stack ?? null,
+        );
+        return writeDeadLetter(item);
+      }
+      metrics.retried.inc({ subscription, failure_class: "business" });
+      logger.info({ ...fields, failures, delayMs: delay }, "business failure; retrying as registered");
+      return later(delay);
+    }
+    metrics.failed.inc({ subscription, failure_class: "system" });
+    item.systemFailures++;
+    const max = config.systemRetry.maxAttempts;
+    if (max > 0 && item.systemFailures >= max) {
+      const e = error as { code?: unknown; message?: unknown; stack?: unknown };
+      item.pendingDeadLetter = deadLetterInput(
+        item,
+        "system",
+        typeof e?.code === "string" ? e.code : "CHATBUS_SYSTEM_FAILURE",
+        typeof e?.message === "string" ? e.message : String(error),
+        typeof e?.stack === "string" ? e.stack : null,
+      );
+      return writeDeadLetter(item);
+    }
+    const delay = systemRetryDelay(item.systemFailures, config.systemRetry);
+    metrics.retried.inc({ subscription, failure_class: "system" });
+    logger.warn(
+      { ...fields, failures: item.systemFailures, delayMs: delay },
+      `system failure; retrying in ${delay} ms (conversation held): ${describe(error)}`,
+    );
+    return later(delay);
+  }
+
+  async function runItem(item: Item): Promise<Step> {
+    if (stopping || item.work.generation !== generation) return { kind: "abandon" };
+    if (rebalancing) return { kind: "later", when: rebalanceSettled.promise };
+    if (item.pendingDeadLetter) return writeDeadLetter(item);
+    const { decoded } = item;
+    if (!decoded.ok) {
+      counts.failed++;
+      metrics.failed.inc({ subscription, failure_class: "poison" });
+      item.pendingDeadLetter = deadLetterInput(item, "poison", decoded.code, decoded.reason, null);
+      return writeDeadLetter(item);
+    }
+    const event = decoded.event;
+    item.remaining ??= handlersFor(event.type);
+    if (item.remaining.length === 0) return { kind: "done" };
+
+    if (breaker.state === "open") return { kind: "later", when: breaker.nextTransition() };
+    let probe = false;
+    if (breaker.state === "halfOpen") {
+      if (probeInFlight) return { kind: "later", when: breaker.nextTransition() };
+      probeInFlight = probe = true;
+    }
+    try {
+      while (item.remaining.length > 0) {
+        const registration = item.remaining[0]!;
+        const attempt = (item.attempts.get(registration) ?? 0) + 1;
+        item.attempts.set(registration, attempt);
+        const ctx = context(item, attempt, false);
+        const timer = metrics.handlerDuration.startTimer({ subscription, type: event.type });
+        try {
+          await breaker.fire(async () => registration.handler(event, ctx));
+        } catch (error) {
+          timer();
+          if (error instanceof BreakerOpenError) {
+            item.attempts.set(registration, attempt - 1);
+            return breaker.state === "closed" ? later(50) : { kind: "later", when: breaker.nextTransition() };
+          }
+          return await onFailure(item, registration, error);
+        }
+        timer();
+        item.remaining.shift();
+        item.systemFailures = 0;
+      }
+    } finally {
+      if (probe) probeInFlight = false;
+    }
+    counts.processed++;
+    metrics.handled.inc({ subscription, type: event.type });
+    metrics.endToEndLatency.observe({ subscription }, Math.max(0, Date.now() - event.time.getTime()) / 1000);
+    return { kind: "done" };
+  }
+
+  // ---- replay of dead letters -----------------------------------------------------
+
+  let replayBusy = false;
+  async function replayPoll(): Promise<void> {
+    if (replayBusy || stopping || rebalancing || breaker.state !== "closed") return;
+    replayBusy = true;
+    try {
+      const { rows } = await pool.query<{
+        id: string;
+        record_key: string | null;
+        headers: Record<string, string>;
+        value: Buffer | null;
+        partition: number;
+        offset: string;
+      }>(
+        `UPDATE dead_letters d SET claimed_by = $2, claimed_at = now()
+         FROM (SELECT id FROM dead_letters
+               WHERE subscription = $1 AND status = 'replaying'
+                 AND (claimed_at IS NULL OR claimed_at < now() - interval '5 minutes')
+               ORDER BY id LIMIT 20 FOR UPDATE SKIP LOCKED) c
+         WHERE d.id = c.id
+         RETURNING d.id::text AS id, d.record_key, d.headers, d.value, d.partition, d."offset"::text AS "offset"`,
+        [subscription, instanceId],
+      );
+      for (const row of rows) {
+        if (stopping) break;
+        await replayOne(row);
+      }
+    } catch (error) {
+      logger.warn({ err: error }, "polling dead letters to replay failed; trying again");
+    } finally {
+      replayBusy = false;
+    }
+  }
+
+  async function markReplay(id: string, status: "replayed" | "waiting", error: string | null): Promise<void> {
+    await pool.query(
+      `UPDATE dead_letters SET status = $2, status_changed_at = now(), replay_count = replay_count + 1,
+         last_replay_error = $3, claimed_by = NULL, claimed_at = NULL
+       WHERE id = $1 AND claimed_by = $4`,
+      [id, status, error, instanceId],
+    );
+  }
+
+  async function replayOne(row: {
+    id: string;
+    record_key: string | null;
+    headers: Record<string, string>;
+    value: Buffer | null;
+    partition: number;
+    offset: string;
+  }): Promise<void> {
+    const decoded = decodeRecord({ key: row.record_key, headers: row.headers, value: row.value });
+    const log = logger.child({ deadLetterId: row.id, partition: row.partition, offset: row.offset });
+    if (!decoded.ok) {
+      await markReplay(row.id, "waiting", `${decoded.code}: ${decoded.reason}`);
+      log.warn(`replayed dead letter is still poison: ${decoded.reason}`);
+      return;
+    }
+    const event = decoded.event;
+    for (const registration of handlersFor(event.type)) {
+      const ctx: HandlerContext = {
+        subscription,
+        conversationId: event.conversationId,
+        partition: row.partition,
+        offset: row.offset,
+        attempt: 1,
+        replay: true,
+        logger: log,
+        signal: abortHandlers.signal,
+      };
+      try {
+        await breaker.fire(async () => registration.handler(event, ctx));
+      } catch (error) {
+        if (error instanceof BusinessError) {
+          await markReplay(row.id, "waiting", `${error.code}: ${error.message}`);
+          log.warn({ err: error }, "replayed dead letter failed again; it is waiting again");
+          return;
+        }
+        // A system failure (or open breaker): give the claim back and try again later.
+        await pool.query("UPDATE dead_letters SET claimed_by = NULL, claimed_at = NULL WHERE id = $1", [
+          row.id,
+        ]);
+        log.warn({ err: error }, "replay hit a system failure; it will be tried again");
+        return;
+      }
+    }
+    await markReplay(row.id, "replayed", null);
+    metrics.handled.inc({ subscription, type: event.type });
+    log.info("dead letter replayed");
+  }
+
+  // ---- status -----------------------------------------------------------------------
+
+  let statusBusy = false;
+  async function publishStatus(): Promise<void> {
+    if (statusBusy || stopped) return;
+    statusBusy = true;
+    try {
+      try {
+        const [committed, ends] = await Promise.all([
+          admin.fetchOffsets({ groupId: subscription, topics: [topic] }),
+          admin.fetchTopicOffsets(topic),
+        ]);
+        const committedBy = new Map(
+          (committed[0]?.partitions ?? []).map((p) => [p.partition, p.offset] as const),
+        );
+        for (const end of ends) {
+          if (!assigned.has(end.partition)) continue;
+          const committedOffset = committedBy.get(end.partition) ?? "-1";
+          const base = BigInt(committedOffset) < 0n ? BigInt(end.low) : BigInt(committedOffset);
+          const lag = Number(BigInt(end.high) - base);
+          metrics.lag.set({ subscription, partition: String(end.partition) }, lag);
+          lastPartitionStatus.set(end.partition, {
+            partition: end.partition,
+            committedOffset,
+            highWatermark: end.high,
+            lag,
+            paused: kafkaPaused.has(end.partition),
+          });
+        }
+      } catch (error) {
+        logger.debug({ err: error }, "reading Kafka offsets for the status failed");
+      }
+      await publishSubscriptionStatus(pool, subscription, instanceId, state());
+      const waiting = await countWaitingDeadLetters(pool);
+      metrics.deadLettersWaiting.set({ subscription }, waiting[subscription] ?? 0);
+    } catch (error) {
+      logger.warn({ err: error }, "publishing the subscription status failed; trying again");
+    } finally {
+      statusBusy = false;
+    }
+  }
+
+  function state(): SubscriptionState {
+    const partitions = [...assigned]
+      .sort((a, b) => a - b)
+      .map(
+        (partition) =>
+          ({
+            ...(lastPartitionStatus.get(partition) ?? {
+              partition,
+              committedOffset: "-1",
+              highWatermark: "0",
+              lag: 0,
+            }),
+            paused: kafkaPaused.has(partition),
+          }) as PartitionStatus,
+      );
+    return {
+      group: subscription,
+      topic,
+      breaker: breaker.state,
+      inFlight: Math.max(0, counts.inFlight),
+      processed: counts.processed,
+      failed: counts.failed,
+      deadLettered: counts.deadLettered,
+      startedAt,
+      partitions,
+    };
+  }
+
+  // ---- the Kafka consumer -----------------------------------------------------------
+
+  async function startConsumer(): Promise<void> {
+    const created = kafka.consumer({
+      groupId: subscription,
+      sessionTimeout: config.sessionTimeoutMs,
+      heartbeatInterval: config.heartbeatIntervalMs,
+      rebalanceTimeout: config.rebalanceTimeoutMs,
+    });
+    consumer = created;
+    created.on(created.events.GROUP_JOIN, ({ payload }) => {
+      if (consumer !== created) return;
+      onAssignment(payload.memberAssignment[topic] ?? []);
+    });
+    created.on(created.events.REBALANCING, () => {
+      if (consumer !== created) return;
+      rebalancing = true;
+    });
+    created.on(created.events.CRASH, ({ payload }) => {
+      if (consumer !== created || stopping) return;
+      logger.error({ err: payload.error, restart: payload.restart }, "the Kafka consumer crashed");
+      if (!payload.restart) void restartConsumer(created);
+    });
+    await created.connect();
+    await created.subscribe({ topic, fromBeginning: config.fromBeginning });
+    await created.run({
+      autoCommit: false,
+      eachBatchAutoResolve: false,
+      partitionsConsumedConcurrently: 32,
+      eachBatch,
+    });
+  }
+
+  /** kafkajs stops for good on some errors (#659, #1545): start a new consumer, count it, alert. */
+  async function restartConsumer(crashed: Consumer): Promise<void> {
+    if (restarting || stopping) return;
+    restarting = true;
+    metrics.restarts.inc({ subscription });
+    alerts.send({
+      kind: "consumer_restarted",
+      subscription,
+      instanceId,
+      message: `The Kafka consumer of subscription ${subscription} crashed and is being restarted.`,
+    });
+    generation++;
+    dropAllWork();
+    assigned.clear();
+    kafkaPaused.clear();
+    await crashed.disconnect().catch(() => {});
+    let delay = 1000;
+    while (!stopping) {
+      try {
+        await startConsumer();
+        logger.info("the Kafka consumer was restarted");
+        break;
+      } catch (error) {
+        logger.error({ err: error, delayMs: delay }, "restarting the Kafka consumer failed; trying again");
+        await sleep(delay, stopSleeps.signal);
+        delay = Math.min(delay * 2, 30_000);
+      }
+    }
+    restarting = false;
+  }
+
+  // ---- lifecycle --------------------------------------------------------------------
+
+  const runtime: Runtime = {
+    subscription,
+    instanceId,
+    get breakerState() {
+      return breaker.state;
+    },
+    on(type, handler, registrationOptions) {
+      if (started) {
+        throw new RuntimeStateError(
+          `runtime.on("${type}") was called after start(); register every handler before start().`,
+        );
+      }
+      if (type !== "*" && !eventTypes.includes(type)) {
+        throw new ValidationError(
+          "type",
+          "enum",
+          `runtime.on: \`type\` must be "*" or one of ${eventTypes.join(", ")}; got ${JSON.stringify(type)}.`,
+        );
+      }
+      if (typeof handler !== "function") {
+        throw new ValidationError("handler", "type", "runtime.on: `handler` must be a function.");
+      }
+      registrations.push({
+        type,
+        handler: handler as Handler<ChatEventType>,
+        businessRetry: resolveRegistration(registrationOptions),
+      });
+      return runtime;
+    },
+
+    async start() {
+      if (started)
+        throw new RuntimeStateError("start() was called twice; create a new runtime to start again.");
+      started = true;
+      if (config.pool) pool = config.pool;
+      else {
+        pool = new pg.Pool({ connectionString: config.databaseUrl, max: 4 });
+        ownsPool = true;
+      }
+      kafka = new Kafka({
+        clientId: config.clientId,
+        brokers: config.brokers,
+        logLevel: logLevel.WARN,
+        logCreator: kafkaLogCreator(logger),
+      });
+      admin = kafka.admin();
+      producer = kafka.producer({ allowAutoTopicCreation: false });
+      await admin.connect();
+      await producer.connect();
+      try {
+        await ensureDeadLetterTopic(admin, topic, config.deadLetterTopic);
+      } catch (error) {
+        logger.warn(
+          { err: error },
+          `could not create the dead-letter topic ${config.deadLetterTopic}; dead letters wait until it exists`,
+        );
+      }
+      await startConsumer();
+      timers.push(setInterval(() => void commitQuietly(), config.commitIntervalMs));
+      timers.push(setInterval(() => void publishStatus(), config.statusIntervalMs));
+      timers.push(setInterval(() => void replayPoll(), config.replayPollMs));
+      void publishStatus();
+      logger.info(
+        { topic, instanceId, concurrency: config.concurrency, handlers: registrations.map((r) => r.type) },
+        `subscription ${subscription} started`,
+      );
+    },
+
+    async stop() {
+      if (!started || stopping) return;
+      stopping = true;
+      for (const timer of timers) clearInterval(timer);
+      applyPause();
+      stopSleeps.abort();
+      rebalanceSettled.resolve();
+      const running = () => Promise.all([...works.values()].map((w) => w.queues.whenNotRunning()));
+      if (!(await withDeadline(running(), config.shutdownTimeoutMs))) {
+        logger.warn(
+          `handlers still running after ${config.shutdownTimeoutMs} ms; aborting them (their events are redelivered)`,
+        );
+        abortHandlers.abort();
+        await withDeadline(running(), 2000);
+      }
+      await commitQuietly();
+      dropAllWork();
+      await consumer?.disconnect().catch((error) => logger.warn({ err: error }, "leaving the group failed"));
+      stopped = true;
+      breaker.shutdown();
+      await Promise.all([
+        producer?.disconnect().catch(() => {}),
+        admin?.disconnect().catch(() => {}),
+        removeSubscriptionStatus(pool, subscription, instanceId).catch(() => {}),
+        withDeadline(alerts.flush(), 5000),
+      ]);
+      if (ownsPool) await pool.end().catch(() => {});
+      logger.info(`subscription ${subscription} stopped`);
+    },
+
+    state,
+  };
+  return runtime;
+}

@@ -248,6 +248,13 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   }
 
   metrics.breakerState.set({ subscription }, 0);
+  // Counters start at 0 so that rate() and increase() see their first increment (docs/metrics.md).
+  metrics.restarts.inc({ subscription }, 0);
+  for (const failure_class of ["poison", "business", "system"]) {
+    metrics.failed.inc({ subscription, failure_class }, 0);
+    metrics.retried.inc({ subscription, failure_class }, 0);
+    metrics.deadLettered.inc({ subscription, failure_class }, 0);
+  }
   breaker.onTransition((to, from) => {
     const fields = { breaker: to, from };
     if (to === "open") logger.warn(fields, `circuit breaker of subscription ${subscription} opened`);

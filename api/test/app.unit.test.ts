@@ -12,7 +12,8 @@ import { Registry } from "prom-client";
 import { afterEach, describe, expect, it } from "vitest";
 import type { ApiApp } from "../src/app.ts";
 import { buildApp } from "../src/build-app.ts";
-import { type ApiConfig, configDefaults, validateConfig } from "../src/config.ts";
+import { type ApiConfig, configDefaults, loadConfig, validateConfig } from "../src/config.ts";
+import { ConfigError } from "../src/errors.ts";
 
 const jwtSecret = "unit-test-secret-0123456789abcdef";
 const operatorKey = "unit-operator-key-0123456789";
@@ -314,5 +315,32 @@ describe("docs and metrics", () => {
     expect(res.body).toMatch(
       /chatbus_http_request_duration_seconds_count\{method="GET",route="\/healthz",status_code="200"\} 1/,
     );
+  });
+});
+
+describe("configuration", () => {
+  const base = {
+    NODE_ENV: "production",
+    CHATBUS_JWT_SECRET: "s".repeat(32),
+    CHATBUS_OPERATOR_KEY: "o".repeat(32),
+    CHATBUS_SERVICE_KEYS: "k".repeat(32),
+  };
+  for (const name of ["CHATBUS_JWT_SECRET", "CHATBUS_OPERATOR_KEY", "CHATBUS_SERVICE_KEYS"] as const) {
+    it(`refuses to start in production without ${name}, naming it`, () => {
+      const env = { ...base, [name]: "" };
+      expect(() => loadConfig(env)).toThrow(ConfigError);
+      expect(() => loadConfig(env)).toThrow(name);
+    });
+  }
+
+  it("starts in development with random secrets and says so", () => {
+    const { config, notes } = loadConfig({ NODE_ENV: "development" });
+    expect(config.jwtSecret.length).toBeGreaterThanOrEqual(32);
+    expect(notes.warnings.join(" ")).toContain("CHATBUS_JWT_SECRET");
+  });
+
+  it("reads service keys as a comma list", () => {
+    const { config } = loadConfig({ ...base, CHATBUS_SERVICE_KEYS: `${"a".repeat(16)}, ${"b".repeat(16)}` });
+    expect(config.serviceKeys).toEqual(["a".repeat(16), "b".repeat(16)]);
   });
 });

@@ -151,7 +151,7 @@ describe("SSE resume", () => {
   it("refuses a stream without a valid token, with JSON", async () => {
     const res = await fetch(`${h.url}/v1/me/events?access_token=forged.token.value`);
     expect(res.status).toBe(401);
-    expect((await res.json()).error.code).toBe("CHATBUS_UNAUTHORIZED");
+    expect(((await res.json()) as { error: { code: string } }).error.code).toBe("CHATBUS_UNAUTHORIZED");
   });
 });
 

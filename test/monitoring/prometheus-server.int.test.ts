@@ -35,7 +35,8 @@ beforeAll(async () => {
   await new Promise<void>((resolve) => http.listen(0, "127.0.0.1", resolve));
   const { port } = http.address() as AddressInfo;
   prometheus = await startPrometheus({
-    port: 19090,
+    // 19090 is the e2e test's; the int and e2e tiers may run at the same time.
+    port: 19091,
     targets: [{ job: "chatbus-runtime", target: `127.0.0.1:${port}` }],
     rules: shortenRuleDurations(readFileSync(alertsFile, "utf8"), 2),
   });

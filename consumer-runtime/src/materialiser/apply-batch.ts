@@ -151,36 +151,29 @@ export async function applyBatch(
     range: null,
   };
   if (records.length === 0) return result;
-  await client.query("BEGIN");
   try {
-    await client.query(
-      "INSERT INTO projection_offsets (topic, partition, next_offset) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING",
-      [context.topic, context.partition],
-    );
-    const { rows } = await client.query<{ next_offset: string }>(
-      "SELECT next_offset FROM projection_offsets WHERE topic = $1 AND partition = $2 FOR UPDATE",
-      [context.topic, context.partition],
-    );
-    const nextOffset = BigInt(rows[0]!.next_offset);
+    // BEGIN and the offset row lock in one round trip (simple protocol, so literals):
+    // the upsert creates the row if needed and ON CONFLICT DO UPDATE locks it.
+    const results = (await client.query(
+      `BEGIN; INSERT INTO projection_offsets AS o (topic, partition, next_offset)
+       VALUES (${client.escapeLiteral(context.topic)}, ${Number(context.partition)}, 0)
+       ON CONFLICT (topic, partition) DO UPDATE SET next_offset = o.next_offset
+       RETURNING next_offset`,
+    )) as unknown as pg.QueryResult<{ next_offset: string }>[];
+    const nextOffset = BigInt(results[1]!.rows[0]!.next_offset);
     const todo = records.filter((r) => BigInt(r.offset) >= nextOffset);
     result.skipped = records.length - todo.length;
     if (todo.length === 0) {
       await client.query("COMMIT");
       return result;
     }
-    await fold(client, context, todo, result);
     const last = todo[todo.length - 1]!.offset;
-    await client.query(
-      "UPDATE projection_offsets SET next_offset = $3, updated_at = now() WHERE topic = $1 AND partition = $2",
-      [context.topic, context.partition, (BigInt(last) + 1n).toString()],
-    );
-    result.handled = todo.length;
     result.range = { from: todo[0]!.offset, to: last };
-    // Delivered by PostgreSQL only when the transaction commits.
-    await client.query("SELECT pg_notify($1, $2)", [
-      eventsChannel(context.schema),
-      JSON.stringify({ partition: context.partition, from: result.range.from, to: result.range.to }),
-    ]);
+    await fold(client, context, todo, result, {
+      last,
+      notify: JSON.stringify({ partition: context.partition, from: result.range.from, to: last }),
+    });
+    result.handled = todo.length;
     await client.query("COMMIT");
     return result;
   } catch (error) {
@@ -194,6 +187,7 @@ async function fold(
   context: ApplyContext,
   records: BatchRecord[],
   result: BatchResult,
+  tailInfo: { last: string; notify: string },
 ): Promise<void> {
   const deadLetters: DeadLetterRow[] = [];
   const decoded: { record: BatchRecord; event: ChatEvent }[] = [];
@@ -223,56 +217,6 @@ async function fold(
   const membersOf = new Map<string, MemberState[]>();
   const messages = new Map<string, MessageState>();
   const byClientMsgId = new Map<string, MessageState>();
-  if (conversationIds.length > 0) {
-    const c = await client.query(
-      `SELECT conversation_id, kind, title, created_by, created_at, created_event_id, last_seq, last_message_at, last_activity_at
-         FROM conversations WHERE conversation_id = ANY($1::text[])`,
-      [conversationIds],
-    );
-    for (const r of c.rows) {
-      conversations.set(r.conversation_id, {
-        id: r.conversation_id,
-        kind: r.kind,
-        title: r.title,
-        createdBy: r.created_by,
-        createdAt: r.created_at,
-        createdEventId: r.created_event_id,
-        lastSeq: Number(r.last_seq),
-        lastMessageAt: r.last_message_at,
-        lastActivityAt: r.last_activity_at,
-        isNew: false,
-        dirty: false,
-      });
-    }
-    const m = await client.query(
-      `SELECT conversation_id, user_id, role, joined_at, joined_offset, joined_seq, left_at, left_offset,
-              last_delivered_seq, last_read_seq, unread_count
-         FROM members WHERE conversation_id = ANY($1::text[])`,
-      [conversationIds],
-    );
-    for (const r of m.rows) {
-      const state: MemberState = {
-        conversationId: r.conversation_id,
-        userId: r.user_id,
-        role: r.role,
-        joinedAt: r.joined_at,
-        joinedOffset: String(r.joined_offset),
-        joinedSeq: Number(r.joined_seq),
-        leftAt: r.left_at,
-        leftOffset: r.left_offset === null ? null : String(r.left_offset),
-        lastDeliveredSeq: Number(r.last_delivered_seq),
-        lastReadSeq: Number(r.last_read_seq),
-        unreadCount: r.unread_count,
-        dirty: false,
-        recount: false,
-        recountUpTo: 0,
-      };
-      members.set(memberKey(r.conversation_id, r.user_id), state);
-      const list = membersOf.get(r.conversation_id);
-      if (list) list.push(state);
-      else membersOf.set(r.conversation_id, [state]);
-    }
-  }
   const targetIds: string[] = [];
   const clientConv: string[] = [];
   const clientSender: string[] = [];
@@ -287,33 +231,91 @@ async function fold(
       clientIds.push(event.data.clientMsgId);
     }
   }
-  if (targetIds.length > 0 || clientIds.length > 0) {
-    const g = await client.query(
-      `SELECT conversation_id, seq, event_id, sender_id, client_msg_id, content, priority, sent_at,
-              edited_at, edit_count, recalled_at, recalled_by, "offset"
-         FROM messages WHERE event_id = ANY($1::text[])
-       UNION
-       SELECT g.conversation_id, g.seq, g.event_id, g.sender_id, g.client_msg_id, g.content, g.priority, g.sent_at,
-              g.edited_at, g.edit_count, g.recalled_at, g.recalled_by, g."offset"
-         FROM unnest($2::text[], $3::text[], $4::text[]) AS k(conversation_id, sender_id, client_msg_id)
-         JOIN messages g ON g.conversation_id = k.conversation_id AND g.sender_id = k.sender_id
-                        AND g.client_msg_id = k.client_msg_id`,
-      [targetIds, clientConv, clientSender, clientIds],
+  // Event ids applied before (the same record produced twice lands at another offset).
+  const seen = new Set<string>();
+  if (decoded.length > 0) {
+    // One round trip for everything the fold needs to know (JSON keeps it one row).
+    const { rows } = await client.query<{
+      conversations: Record<string, unknown>[];
+      members: Record<string, unknown>[];
+      messages: Record<string, unknown>[];
+      seen: string[];
+    }>(
+      `SELECT
+         (SELECT coalesce(json_agg(c), '[]') FROM (
+            SELECT conversation_id, kind, title, created_by, created_at, created_event_id, last_seq,
+                   last_message_at, last_activity_at
+              FROM conversations WHERE conversation_id = ANY($1::text[])) c) AS conversations,
+         (SELECT coalesce(json_agg(m), '[]') FROM (
+            SELECT conversation_id, user_id, role, joined_at, joined_offset, joined_seq, left_at, left_offset,
+                   last_delivered_seq, last_read_seq, unread_count
+              FROM members WHERE conversation_id = ANY($1::text[])) m) AS members,
+         (SELECT coalesce(json_agg(g), '[]') FROM (
+            SELECT conversation_id, seq, event_id, sender_id, client_msg_id, content, priority, sent_at,
+                   edited_at, edit_count, recalled_at, recalled_by, "offset"
+              FROM messages WHERE event_id = ANY($2::text[])
+            UNION
+            SELECT g.conversation_id, g.seq, g.event_id, g.sender_id, g.client_msg_id, g.content, g.priority,
+                   g.sent_at, g.edited_at, g.edit_count, g.recalled_at, g.recalled_by, g."offset"
+              FROM unnest($3::text[], $4::text[], $5::text[]) AS k(conversation_id, sender_id, client_msg_id)
+              JOIN messages g ON g.conversation_id = k.conversation_id AND g.sender_id = k.sender_id
+                             AND g.client_msg_id = k.client_msg_id) g) AS messages,
+         (SELECT coalesce(json_agg(event_id), '[]') FROM event_log WHERE event_id = ANY($6::text[])) AS seen`,
+      [conversationIds, targetIds, clientConv, clientSender, clientIds, decoded.map((d) => d.event.id)],
     );
-    for (const r of g.rows) {
+    const loaded = rows[0]!;
+    const date = (v: unknown) => (v === null || v === undefined ? null : new Date(v as string));
+    for (const r of loaded.conversations) {
+      conversations.set(r.conversation_id as string, {
+        id: r.conversation_id as string,
+        kind: r.kind as string,
+        title: r.title as string | null,
+        createdBy: r.created_by as string,
+        createdAt: date(r.created_at)!,
+        createdEventId: r.created_event_id as string,
+        lastSeq: Number(r.last_seq),
+        lastMessageAt: date(r.last_message_at),
+        lastActivityAt: date(r.last_activity_at)!,
+        isNew: false,
+        dirty: false,
+      });
+    }
+    for (const r of loaded.members) {
+      const state: MemberState = {
+        conversationId: r.conversation_id as string,
+        userId: r.user_id as string,
+        role: r.role as string,
+        joinedAt: date(r.joined_at)!,
+        joinedOffset: String(r.joined_offset),
+        joinedSeq: Number(r.joined_seq),
+        leftAt: date(r.left_at),
+        leftOffset: r.left_offset === null ? null : String(r.left_offset),
+        lastDeliveredSeq: Number(r.last_delivered_seq),
+        lastReadSeq: Number(r.last_read_seq),
+        unreadCount: Number(r.unread_count),
+        dirty: false,
+        recount: false,
+        recountUpTo: 0,
+      };
+      members.set(memberKey(state.conversationId, state.userId), state);
+      const list = membersOf.get(state.conversationId);
+      if (list) list.push(state);
+      else membersOf.set(state.conversationId, [state]);
+    }
+    for (const r of loaded.messages) {
       const state: MessageState = {
-        conversationId: r.conversation_id,
+        conversationId: r.conversation_id as string,
         seq: Number(r.seq),
-        eventId: r.event_id,
-        senderId: r.sender_id,
-        clientMsgId: r.client_msg_id,
+        eventId: r.event_id as string,
+        senderId: r.sender_id as string,
+        clientMsgId: r.client_msg_id as string | null,
         content: r.content,
-        priority: r.priority,
-        sentAt: r.sent_at,
-        editedAt: r.edited_at,
-        editCount: r.edit_count,
-        recalledAt: r.recalled_at,
-        recalledBy: r.recalled_by,
+        priority: r.priority as string,
+        sentAt: date(r.sent_at)!,
+        editedAt: date(r.edited_at),
+        editCount: Number(r.edit_count),
+        recalledAt: date(r.recalled_at),
+        recalledBy: r.recalled_by as string | null,
         offset: String(r.offset),
         isNew: false,
         dirty: false,
@@ -322,16 +324,7 @@ async function fold(
       if (state.clientMsgId)
         byClientMsgId.set(clientKey(state.conversationId, state.senderId, state.clientMsgId), state);
     }
-  }
-
-  // Event ids applied before (the same record produced twice lands at another offset).
-  const seen = new Set<string>();
-  if (decoded.length > 0) {
-    const e = await client.query<{ event_id: string }>(
-      "SELECT event_id FROM event_log WHERE event_id = ANY($1::text[])",
-      [decoded.map((d) => d.event.id)],
-    );
-    for (const r of e.rows) seen.add(r.event_id);
+    for (const id of loaded.seen) seen.add(id);
   }
 
   // Fold in log order.
@@ -597,15 +590,20 @@ async function fold(
     }
   }
   for (const d of deadLetters) result.deadLettered[d.failureClass]++;
-  await write(client, context, {
-    conversations: [...conversations.values()].filter((c) => c.dirty),
-    members: [...members.values()].filter((m) => m.dirty),
-    messages: [...messages.values()].filter((g) => g.dirty),
-    receipts: [...receipts.values()],
-    duplicates,
-    eventLog,
-    deadLetters,
-  });
+  await write(
+    client,
+    context,
+    {
+      conversations: [...conversations.values()].filter((c) => c.dirty),
+      members: [...members.values()].filter((m) => m.dirty),
+      messages: [...messages.values()].filter((g) => g.dirty),
+      receipts: [...receipts.values()],
+      duplicates,
+      eventLog,
+      deadLetters,
+    },
+    tailInfo,
+  );
 }
 
 async function write(
@@ -632,11 +630,14 @@ async function write(
     eventLog: { offset: string; event: ChatEvent; seq: number | null }[];
     deadLetters: DeadLetterRow[];
   },
+  tailInfo: { last: string; notify: string },
 ): Promise<void> {
   const p = context.partition;
+  const parts: { sql: string; params: unknown[] }[] = [];
+  const add = (sql: string, params: unknown[]) => parts.push({ sql, params });
   const fresh = rows.conversations.filter((c) => c.isNew);
   if (fresh.length > 0) {
-    await client.query(
+    add(
       `INSERT INTO conversations (conversation_id, kind, title, created_by, created_at, created_event_id, partition,
                                   last_seq, last_message_at, last_activity_at)
        SELECT id, kind, title, created_by, created_at, created_event_id, $8, last_seq, last_message_at, last_activity_at
@@ -660,7 +661,7 @@ async function write(
   const changed = rows.conversations.filter((c) => !c.isNew);
   if (changed.length > 0) {
     // One statement for every conversation the batch touched (the per-conversation fold).
-    await client.query(
+    add(
       `UPDATE conversations c SET last_seq = x.last_seq, last_message_at = x.last_message_at,
                                   last_activity_at = x.last_activity_at
          FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::timestamptz[])
@@ -676,7 +677,7 @@ async function write(
   }
   const ms = rows.members;
   if (ms.length > 0) {
-    await client.query(
+    add(
       `INSERT INTO members (conversation_id, user_id, role, joined_at, joined_offset, joined_seq, left_at, left_offset,
                             last_delivered_seq, last_read_seq, unread_count)
        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[], $6::bigint[],
@@ -703,7 +704,7 @@ async function write(
   }
   const newMessages = rows.messages.filter((g) => g.isNew);
   if (newMessages.length > 0) {
-    await client.query(
+    add(
       `INSERT INTO messages (conversation_id, seq, event_id, sender_id, client_msg_id, content, priority, sent_at,
                              materialised_at, edited_at, edit_count, recalled_at, recalled_by, partition, "offset")
        SELECT conversation_id, seq, event_id, sender_id, client_msg_id, content::jsonb, priority, sent_at,
@@ -732,7 +733,7 @@ async function write(
   }
   const edited = rows.messages.filter((g) => !g.isNew);
   if (edited.length > 0) {
-    await client.query(
+    add(
       `UPDATE messages g SET content = x.content::jsonb, edited_at = x.edited_at, edit_count = x.edit_count,
                              recalled_at = x.recalled_at, recalled_by = x.recalled_by
          FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::int[], $5::timestamptz[], $6::text[])
@@ -748,28 +749,9 @@ async function write(
       ],
     );
   }
-  const recount = ms.filter((m) => m.recount);
-  if (recount.length > 0) {
-    // Unread after a read receipt: counted from the rows up to the receipt's position,
-    // plus what later messages of the batch added (the member may have left since).
-    await client.query(
-      `UPDATE members m SET unread_count = x.extra + (
-          SELECT count(*) FROM messages g
-           WHERE g.conversation_id = m.conversation_id AND g.seq > greatest(m.last_read_seq, m.joined_seq)
-             AND g.seq <= x.up_to AND g.sender_id <> m.user_id)
-         FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[]) AS x(conversation_id, user_id, up_to, extra)
-        WHERE m.conversation_id = x.conversation_id AND m.user_id = x.user_id`,
-      [
-        recount.map((m) => m.conversationId),
-        recount.map((m) => m.userId),
-        recount.map((m) => m.recountUpTo),
-        recount.map((m) => m.unreadCount),
-      ],
-    );
-  }
   const rs = rows.receipts;
   if (rs.length > 0) {
-    await client.query(
+    add(
       `INSERT INTO receipts (conversation_id, user_id, kind, up_to_seq, event_id, receipt_at)
        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::timestamptz[])
        ON CONFLICT (conversation_id, user_id, kind) DO UPDATE SET
@@ -786,7 +768,7 @@ async function write(
   }
   const ds = rows.duplicates;
   if (ds.length > 0) {
-    await client.query(
+    add(
       `INSERT INTO duplicate_messages (partition, "offset", event_id, conversation_id, sender_id, client_msg_id,
                                        reason, original_event_id, original_seq, sent_at)
        SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $10::text[], $7::text[],
@@ -807,7 +789,7 @@ async function write(
   }
   const log = rows.eventLog;
   if (log.length > 0) {
-    await client.query(
+    add(
       `INSERT INTO event_log (partition, "offset", conversation_id, event_id, type, seq, payload, event_time, materialised_at)
        SELECT $1, "offset", conversation_id, event_id, type, seq, payload::jsonb, event_time, now()
          FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::timestamptz[])
@@ -827,7 +809,7 @@ async function write(
   const dl = rows.deadLetters;
   if (dl.length > 0) {
     // Written in the batch's transaction so that a dead letter and the offset move together.
-    await client.query(
+    add(
       `INSERT INTO dead_letters (subscription, topic, partition, "offset", record_key, headers, value, event_id,
                                  event_type, conversation_id, failure_class, error_code, error_message, attempts,
                                  first_failed_at, last_failed_at)
@@ -856,6 +838,42 @@ async function write(
         dl.map((d) => d.failureClass),
         dl.map((d) => d.code),
         dl.map((d) => d.message),
+      ],
+    );
+  }
+  // The offset moves in the same statement as the rows.
+  add(
+    "UPDATE projection_offsets SET next_offset = $3, updated_at = now() WHERE topic = $1 AND partition = $2",
+    [context.topic, p, (BigInt(tailInfo.last) + 1n).toString()],
+  );
+  const params: unknown[] = [];
+  const ctes = parts.map((part, i) => {
+    const base = params.length;
+    params.push(...part.params);
+    return `w${i} AS (${part.sql.replace(/\$(\d+)/g, (_, n) => `$${base + Number(n)}`)})`;
+  });
+  params.push(eventsChannel(context.schema), tailInfo.notify);
+  // Data-modifying CTEs run once each whether referenced or not; the NOTIFY is delivered at commit.
+  await client.query(
+    `WITH ${ctes.join(",\n")} SELECT pg_notify($${params.length - 1}, $${params.length})`,
+    params,
+  );
+  const recount = ms.filter((m) => m.recount);
+  if (recount.length > 0) {
+    // Unread after a read receipt: counted from the rows up to the receipt's position,
+    // plus what later messages of the batch added (the member may have left since).
+    await client.query(
+      `UPDATE members m SET unread_count = x.extra + (
+          SELECT count(*) FROM messages g
+           WHERE g.conversation_id = m.conversation_id AND g.seq > greatest(m.last_read_seq, m.joined_seq)
+             AND g.seq <= x.up_to AND g.sender_id <> m.user_id)
+         FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[]) AS x(conversation_id, user_id, up_to, extra)
+        WHERE m.conversation_id = x.conversation_id AND m.user_id = x.user_id`,
+      [
+        recount.map((m) => m.conversationId),
+        recount.map((m) => m.userId),
+        recount.map((m) => m.recountUpTo),
+        recount.map((m) => m.unreadCount),
       ],
     );
   }

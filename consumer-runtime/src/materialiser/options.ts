@@ -34,7 +34,7 @@ export const materialiserDefaults = {
   retryInitialMs: 100, // 100 ms, doubled per failed attempt, with full jitter
   retryMaxMs: 10_000, // 10 s
   statusIntervalMs: 2_000, // 2 s between subscription_status upserts
-  partitionsConsumedConcurrently: 4, // partition batches applied at once (one connection each)
+  partitionsConsumedConcurrently: 12, // partition batches applied at once (one connection each)
   maxBytesPerPartition: 4 * 1024 * 1024, // 4 MiB per partition fetch
   sessionTimeoutMs: 30_000, // 30 s
   measureLatency: true, // observe chatbus_end_to_end_latency_seconds (off for rebuilds)

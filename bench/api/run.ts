@@ -1,0 +1,309 @@
+/**
+ * API benchmark (not a timed test). One run, side by side:
+ *
+ * 1. Send: requests/s of `POST /v1/conversations/:id/messages` (auth, validation,
+ *    membership check in PostgreSQL, produce with acks=all) next to a trivial
+ *    fastify route (`POST /noop`, JSON body echoed) in the same process: the
+ *    framework ceiling on this machine. autocannon, same connections and duration.
+ * 2. History: p50/p99 of `GET /v1/conversations/:id/messages?limit=50`.
+ * 3. SSE fan-out: N streams (default 5,000) of N members of one group, opened by a
+ *    child process; one message to the group; time from `send` until each stream
+ *    has it (p50/p99/max); the API process's memory per idle stream.
+ *
+ *   npx tsx --conditions=@chatbus/source bench/api/run.ts [--streams 5000] [--seconds 8] [--connections 32]
+ *
+ * Uses KAFKA_BROKERS and DATABASE_URL; its topic and schema are its own (the schema is dropped at the end).
+ */
+import { spawn } from "node:child_process";
+import { rmSync, writeFileSync } from "node:fs";
+import { cpus, loadavg, tmpdir, totalmem } from "node:os";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { parseArgs } from "node:util";
+import { setFlagsFromString } from "node:v8";
+import { runInNewContext } from "node:vm";
+import { createProjectionReader, eventsChannel, startMaterialiser } from "@chatbus/consumer-runtime";
+import { createChatBus, uuidv7 } from "@chatbus/producer-sdk";
+import autocannon from "autocannon";
+import Fastify from "fastify";
+import pg from "pg";
+import pino from "pino";
+import { Registry } from "prom-client";
+import { buildApp } from "../../api/src/build-app.ts";
+import { configDefaults, validateConfig } from "../../api/src/config.ts";
+import { createTestSchema, createTestTopic, uniqueName } from "../../test/support/isolation.ts";
+
+const { values } = parseArgs({
+  options: {
+    streams: { type: "string", default: "5000" },
+    seconds: { type: "string", default: "8" },
+    connections: { type: "string", default: "32" },
+  },
+});
+const STREAMS = Number(values.streams);
+const SECONDS = Number(values.seconds);
+const CONNECTIONS = Number(values.connections);
+const PARTITIONS = 12;
+const SEND_CONVERSATIONS = 200;
+const HISTORY_MESSAGES = 2000;
+const brokers = (process.env.KAFKA_BROKERS ?? "127.0.0.1:9092").split(",");
+
+setFlagsFromString("--expose-gc");
+const gc = runInNewContext("gc") as () => void;
+const say = (text: string) => console.log(`bench/api: ${text}`);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const pct = (sorted: number[], p: number) =>
+  sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+
+async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs = 300_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(200);
+  }
+}
+
+const logger = pino({ level: "warn" });
+const [topic, schema] = await Promise.all([
+  createTestTopic("bench_api", PARTITIONS),
+  createTestSchema("bench_api"),
+]);
+const bus = await createChatBus({
+  brokers,
+  topic,
+  partitions: PARTITIONS,
+  ensureTopic: false,
+  logger,
+  registry: new Registry(),
+});
+const materialiser = await startMaterialiser({
+  pool: schema.pool,
+  brokers,
+  topic,
+  groupId: uniqueName("bench-api-mat"),
+  logger,
+});
+const config = validateConfig({
+  ...configDefaults,
+  nodeEnv: "test",
+  jwtSecret: "bench-secret-0123456789abcdef012345",
+  operatorKey: "bench-operator-key-0123456789",
+  serviceKeys: ["bench-service-key-0123456789"],
+  topic,
+  kafkaBrokers: brokers,
+  databaseUrl: schema.url,
+  sse: { ...configDefaults.sse, maxBufferedBytes: 4 * 1024 * 1024 },
+});
+const pool = new pg.Pool({ connectionString: schema.url, max: 20 });
+const app = await buildApp({
+  config,
+  logger,
+  registry: new Registry(),
+  bus,
+  pool,
+  projection: createProjectionReader(pool),
+  readiness: {},
+  realtime: { pool, databaseUrl: schema.url, channel: eventsChannel(schema.schema) },
+});
+const apiUrl = await app.listen({ port: 3310, host: "127.0.0.1" });
+const trivial = Fastify({ logger: false, bodyLimit: config.bodyLimitBytes });
+trivial.post("/noop", async (request) => ({
+  ok: true,
+  echo: (request.body as { content?: unknown }).content,
+}));
+const trivialUrl = await trivial.listen({ port: 3311, host: "127.0.0.1" });
+
+// Conversations for the send benchmark: `sender` is a member of each.
+const sendConversations = Array.from({ length: SEND_CONVERSATIONS }, (_, i) => `bench-send-${i}`);
+await bus.sendMany(
+  sendConversations.map((conversationId) => ({
+    conversationId,
+    kind: "group" as const,
+    event: {
+      type: "chat.conversation.created" as const,
+      kind: "group" as const,
+      createdBy: "sender",
+      members: ["sender", "reader"],
+    },
+  })),
+);
+// History: one conversation with HISTORY_MESSAGES messages.
+const historyConversation = "bench-history";
+await bus.send(
+  historyConversation,
+  { type: "chat.conversation.created", kind: "group", createdBy: "reader", members: ["reader"] },
+  { kind: "group" },
+);
+for (let i = 0; i < HISTORY_MESSAGES; i += 500) {
+  await bus.sendMany(
+    Array.from({ length: Math.min(500, HISTORY_MESSAGES - i) }, (_, j) => ({
+      conversationId: historyConversation,
+      kind: "group" as const,
+      event: {
+        type: "chat.message.sent" as const,
+        senderId: "reader",
+        priority: "high" as const,
+        content: { type: "text" as const, text: `history ${i + j} `.padEnd(200, "x") },
+      },
+    })),
+  );
+}
+const projection = createProjectionReader(pool);
+await waitFor("the send conversations and history", async () => {
+  const [last, history] = await Promise.all([
+    projection.isMember(sendConversations.at(-1)!, "sender"),
+    projection.conversation(historyConversation),
+  ]);
+  return last && history?.lastSeq === HISTORY_MESSAGES;
+});
+const senderToken = app.jwt.sign({ sub: "sender" });
+const readerToken = app.jwt.sign({ sub: "reader" });
+
+async function cannon(title: string, opts: autocannon.Options) {
+  const result = await autocannon({ connections: CONNECTIONS, duration: SECONDS, ...opts });
+  const non2xx = result.non2xx;
+  say(
+    `${title}: ${Math.round(result.requests.average)} req/s, p50 ${result.latency.p50} ms, p99 ${result.latency.p99} ms, non-2xx ${non2xx}, errors ${result.errors}`,
+  );
+  return result;
+}
+
+const body = JSON.stringify({ content: { type: "text", text: "hello from autocannon" }, priority: "high" });
+let pick = 0;
+say(`send: ${CONNECTIONS} connections, ${SECONDS} s each, ${SEND_CONVERSATIONS} conversations`);
+const noop = await cannon("trivial fastify route", {
+  url: `${trivialUrl}/noop`,
+  method: "POST",
+  headers: { "content-type": "application/json" },
+  body,
+});
+const send = await cannon("POST /v1/conversations/:id/messages", {
+  url: apiUrl,
+  requests: [
+    {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${senderToken}` },
+      body,
+      setupRequest: (request) => ({
+        ...request,
+        path: `/v1/conversations/${sendConversations[pick++ % SEND_CONVERSATIONS]}/messages`,
+      }),
+    },
+  ],
+});
+const history = await cannon("GET history (limit 50)", {
+  url: `${apiUrl}/v1/conversations/${historyConversation}/messages?limit=50`,
+  headers: { authorization: `Bearer ${readerToken}` },
+});
+
+// SSE fan-out: a group with STREAMS members, each with one open stream.
+const group = "bench-fanout";
+const members = Array.from({ length: STREAMS }, (_, i) => `fan-${i}`);
+await bus.send(
+  group,
+  {
+    type: "chat.conversation.created",
+    kind: "group",
+    createdBy: members[0]!,
+    members: members.slice(0, 1000),
+  },
+  { kind: "group" },
+);
+for (let i = 1000; i < STREAMS; i += 1000) {
+  await bus.sendMany(
+    members.slice(i, i + 1000).map((userId) => ({
+      conversationId: group,
+      kind: "group" as const,
+      event: { type: "chat.member.joined" as const, userId },
+    })),
+  );
+}
+await waitFor(
+  "the fan-out group's members",
+  async () => (await projection.members(group)).length === STREAMS,
+);
+const tokensFile = join(tmpdir(), `${uniqueName("bench-api-tokens")}.json`);
+writeFileSync(tokensFile, JSON.stringify(members.map((sub) => app.jwt.sign({ sub }))));
+const marker = `fanout-${uuidv7()}`;
+
+gc();
+await sleep(200);
+gc();
+const before = process.memoryUsage();
+const child = spawn(
+  process.execPath,
+  [...process.execArgv, join(import.meta.dirname, "sse-clients.ts"), tokensFile, apiUrl, marker],
+  {
+    stdio: ["pipe", "pipe", "inherit"],
+  },
+);
+const lines = createInterface({ input: child.stdout! });
+const nextLine = (prefix: string) =>
+  new Promise<string>((resolve) => {
+    const onLine = (line: string) => {
+      if (line.startsWith(prefix)) {
+        lines.off("line", onLine);
+        resolve(line.slice(prefix.length));
+      }
+    };
+    lines.on("line", onLine);
+  });
+const openStarted = Date.now();
+const opened = Number(await nextLine("open "));
+const openSeconds = (Date.now() - openStarted) / 1000;
+await sleep(1000);
+gc();
+await sleep(200);
+gc();
+const after = process.memoryUsage();
+const perStreamHeap = (after.heapUsed - before.heapUsed) / opened;
+const perStreamRss = (after.rss - before.rss) / opened;
+say(
+  `opened ${opened} streams in ${openSeconds.toFixed(1)} s; per idle stream: heap ${(perStreamHeap / 1024).toFixed(1)} KiB, rss ${(perStreamRss / 1024).toFixed(1)} KiB`,
+);
+
+const gotLine = nextLine("got ");
+const sentAt = performance.timeOrigin + performance.now();
+await bus.send(
+  group,
+  {
+    type: "chat.message.sent",
+    senderId: members[0]!,
+    priority: "high",
+    content: { type: "text", text: marker },
+  },
+  { kind: "group" },
+);
+const sendResolved = performance.timeOrigin + performance.now();
+const timeout = setTimeout(() => child.stdin!.write("report\n"), 30_000);
+const received = (JSON.parse(await gotLine) as number[]).map((t) => t - sentAt).sort((a, b) => a - b);
+clearTimeout(timeout);
+say(
+  `fan-out: ${received.length}/${opened} streams got the message; from send: p50 ${pct(received, 50).toFixed(0)} ms, p99 ${pct(received, 99).toFixed(0)} ms, last ${received.at(-1)!.toFixed(0)} ms (send itself ${(sendResolved - sentAt).toFixed(0)} ms)`,
+);
+
+console.log(`
+machine: ${cpus().length} cores, ${Math.round(totalmem() / 2 ** 30)} GiB; load average at the end ${loadavg()
+  .map((l) => l.toFixed(1))
+  .join(" ")} (shared with other work)
+
+| measurement | result |
+|---|---|
+| trivial fastify route (POST /noop, same process) | ${Math.round(noop.requests.average)} req/s, p99 ${noop.latency.p99} ms |
+| send endpoint (auth + validation + membership + Kafka acks=all) | ${Math.round(send.requests.average)} req/s, p99 ${send.latency.p99} ms, non-2xx ${send.non2xx} |
+| send / trivial | ${((send.requests.average / noop.requests.average) * 100).toFixed(1)} % |
+| history page of 50 (${HISTORY_MESSAGES} messages) | ${Math.round(history.requests.average)} req/s, p50 ${history.latency.p50} ms, p99 ${history.latency.p99} ms |
+| SSE streams open on one process | ${opened} (opened in ${openSeconds.toFixed(1)} s) |
+| memory per idle stream (API process) | heap ${(perStreamHeap / 1024).toFixed(1)} KiB, rss ${(perStreamRss / 1024).toFixed(1)} KiB |
+| one message to a group of ${STREAMS}: send → stream | p50 ${pct(received, 50).toFixed(0)} ms, p99 ${pct(received, 99).toFixed(0)} ms, last ${received.at(-1)!.toFixed(0)} ms (${received.length}/${opened} streams) |
+`);
+
+child.kill();
+rmSync(tokensFile, { force: true });
+await app.close();
+await trivial.close();
+await materialiser.stop();
+await bus.close();
+await pool.end();
+await schema.cleanup();
+process.exit(0);

@@ -8,9 +8,10 @@
  * A subscription's handler first rejects every event with a BusinessError (dead
  * letters pile up: ChatbusDeadLettersGrowing fires), then fails with a system error
  * (its circuit breaker opens: ChatbusBreakerOpen fires). After the fix the breaker
- * closes, one dead letter is replayed, then the rest: both alerts resolve. Finally
+ * closes, one dead letter is replayed, then the rest: both alerts resolve. Then
  * every PromQL query of the Grafana dashboard runs against that Prometheus and must
- * parse and return series.
+ * parse and return series. Last, the runtime's metrics endpoint goes away and
+ * ChatbusInstanceDown fires.
  */
 import { readFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
@@ -191,7 +192,11 @@ afterAll(async () => {
   await runtime?.stop();
   await materialiser?.stop();
   await bus?.close();
-  await Promise.all(servers.map((server) => new Promise((resolve) => server.close(resolve))));
+  await Promise.all(
+    servers
+      .filter((server) => server.listening)
+      .map((server) => new Promise((resolve) => server.close(resolve))),
+  );
   await db?.cleanup();
 });
 
@@ -373,5 +378,35 @@ describe("the Grafana dashboard's queries", () => {
     } finally {
       abort.abort();
     }
+  });
+});
+
+describe("a runtime instance that goes away", () => {
+  it("fires ChatbusInstanceDown once Prometheus cannot scrape it", async () => {
+    const runtimeServer = servers[0] as Server;
+    const { port } = runtimeServer.address() as AddressInfo;
+    await new Promise((resolve) => {
+      runtimeServer.close(resolve);
+      runtimeServer.closeAllConnections();
+    });
+    const alert = await prometheus.waitFor(
+      "ChatbusInstanceDown for the runtime",
+      async () =>
+        (await prometheus.alerts()).find(
+          (a) =>
+            a.labels.alertname === "ChatbusInstanceDown" &&
+            a.labels.instance === `127.0.0.1:${port}` &&
+            a.state === "firing",
+        ),
+      60_000,
+    );
+    expect(alert.labels.job).toBe("chatbus-runtime");
+    expect(alert.labels.severity).toBe("critical");
+    expect(alert.annotations.runbook_url).toBe("docs/runbook.md#chatbusinstancedown");
+    // The API is still scraped: no alert for it.
+    const api = (await prometheus.alerts()).filter(
+      (a) => a.labels.alertname === "ChatbusInstanceDown" && a.labels.job === "chatbus-api",
+    );
+    expect(api).toEqual([]);
   });
 });

@@ -6,6 +6,7 @@ import pg from "pg";
 import { type Logger, pino } from "pino";
 import { Registry } from "prom-client";
 import { ensureDatabase, migrate } from "./database/migrate.ts";
+import { startMaterialiser } from "./materialiser/materialiser.ts";
 import { createRuntime, type Runtime } from "./runtime/runtime.ts";
 import { type Stoppable, stopOnSignals } from "./runtime/shutdown.ts";
 
@@ -51,6 +52,10 @@ export async function startRuntimeProcess(): Promise<RuntimeProcess> {
   const notifications = notificationsDemo({ pool, logger, registry });
   await notifications.start();
   started.push(notifications);
+  // The materialiser applies up to 12 partitions at once, one connection each: its own pool.
+  const materialiserPool = new pg.Pool({ connectionString: databaseUrl, max: 13 });
+  const materialiser = await startMaterialiser({ pool: materialiserPool, logger, registry });
+  started.push({ stop: () => materialiser.stop().then(() => materialiserPool.end()) });
 
   return { logger, pool, registry, started, stop };
 }

@@ -125,6 +125,10 @@ export async function startMaterialiser(options: MaterialiserOptions): Promise<M
   const labels = { subscription };
   const log = logger?.child({ subscription, component: "materialiser" });
 
+  // An idle connection that dies (PostgreSQL restarted) must not crash the process;
+  // the batch that needs a connection next sees the failure and retries.
+  const onPoolError = (error: Error) => log?.warn({ err: error }, "PostgreSQL connection lost");
+  pool.on("error", onPoolError);
   const { rows } = await pool.query<{ schema: string }>("SELECT current_schema() AS schema");
   const schema = rows[0]!.schema;
 
@@ -166,10 +170,18 @@ export async function startMaterialiser(options: MaterialiserOptions): Promise<M
     if (running) await run().catch((error) => log?.error({ err: error }, "materialiser restart failed"));
   };
 
+  // "open" while any partition batch is failing with system failures (the partition is held).
+  const setBreaker = () => {
+    const next = failingBatches > 0 ? "open" : "closed";
+    if (next !== state.breaker) {
+      metrics?.breakerTransitions.inc({ ...labels, to: next });
+      log?.warn({ breaker: next }, `materialiser ${next === "open" ? "holds: PostgreSQL fails" : "resumed"}`);
+    }
+    state.breaker = next;
+    metrics?.breakerState.set(labels, next === "open" ? 2 : 0);
+  };
   const publish = async () => {
     state.partitions = [...partitions.values()].sort((a, b) => a.partition - b.partition);
-    state.breaker = failingBatches > 0 ? "open" : "closed";
-    metrics?.breakerState.set(labels, failingBatches > 0 ? 2 : 0);
     await pool.query(
       `INSERT INTO subscription_status (subscription, instance_id, state, last_seen_at) VALUES ($1, $2, $3, now())
        ON CONFLICT (subscription, instance_id) DO UPDATE SET state = excluded.state, last_seen_at = now()`,
@@ -218,6 +230,7 @@ export async function startMaterialiser(options: MaterialiserOptions): Promise<M
             onFailure: (error, attempt, delayMs) => {
               if (!failing) failingBatches++;
               failing = true;
+              setBreaker();
               state.failed += batch.messages.length;
               metrics?.failed.inc({ ...labels, failure_class: "system" }, batch.messages.length);
               metrics?.retried.inc({ ...labels, failure_class: "system" }, batch.messages.length);
@@ -229,6 +242,7 @@ export async function startMaterialiser(options: MaterialiserOptions): Promise<M
           });
         } finally {
           if (failing) failingBatches--;
+          setBreaker();
           state.inFlight -= batch.messages.length;
           metrics?.inFlight.dec(labels, batch.messages.length);
         }
@@ -277,6 +291,7 @@ export async function startMaterialiser(options: MaterialiserOptions): Promise<M
       running = false;
       clearInterval(statusTimer);
       await consumer.disconnect();
+      pool.off("error", onPoolError);
     },
   };
 }

@@ -15,6 +15,7 @@ export interface MaterialiserMetrics {
   retried: Counter<"subscription" | "failure_class">;
   deadLettered: Counter<"subscription" | "failure_class">;
   breakerState: Gauge<"subscription">;
+  breakerTransitions: Counter<"subscription" | "to">;
   handlerDuration: Histogram<"subscription" | "type">;
   lag: Gauge<"subscription" | "partition">;
   endToEnd: Histogram<"subscription">;
@@ -70,6 +71,10 @@ export function materialiserMetrics(registry: Registry): MaterialiserMetrics {
       "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
       ["subscription"],
     ),
+    breakerTransitions: counter(registry, "chatbus_breaker_transitions_total", "Breaker state changes.", [
+      "subscription",
+      "to",
+    ]),
     handlerDuration: histogram(registry, "chatbus_handler_duration_seconds", "Handler duration.", [
       "subscription",
       "type",

@@ -6,6 +6,7 @@
  */
 import { spawn } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { configDefaults } from "../src/config.ts";
 import { eventually, type Harness, openSse, parseSse, type SseMessage, startHarness } from "./harness.ts";
 
 let h: Harness;
@@ -14,7 +15,7 @@ let ben: string;
 const groups: string[] = [];
 
 beforeAll(async () => {
-  h = await startHarness("api_rt");
+  h = await startHarness("api_rt", { sse: { ...configDefaults.sse, heartbeatMs: 300 } });
   [ana, ben] = await Promise.all([h.login("ana"), h.login("ben")]);
   for (let i = 0; i < 3; i++) {
     const res = await h.app.inject({
@@ -131,6 +132,7 @@ describe("SSE resume", () => {
       await eventually("curl to print the missed messages", () => texts(parseSse(raw).events).length >= 3);
       await send(ana, groups[0]!, "curl-marker");
       await eventually("curl to print the marker", () => texts(parseSse(raw).events).includes("curl-marker"));
+      await eventually("a heartbeat comment", () => raw.includes(": heartbeat\n\n"));
     } finally {
       curl.kill();
     }
@@ -152,6 +154,45 @@ describe("SSE resume", () => {
     const res = await fetch(`${h.url}/v1/me/events?access_token=forged.token.value`);
     expect(res.status).toBe(401);
     expect(((await res.json()) as { error: { code: string } }).error.code).toBe("CHATBUS_UNAUTHORIZED");
+  });
+});
+
+describe("presence", () => {
+  it("announces online to fellow members, and offline only after the grace period (no flap on reconnect)", async () => {
+    const [carol, dave] = await Promise.all([h.login("carol"), h.login("dave")]);
+    const created = await h.app.inject({
+      method: "POST",
+      url: "/v1/conversations",
+      headers: { authorization: `Bearer ${carol}` },
+      payload: { kind: "direct", members: ["dave"] },
+    });
+    expect(created.json().conversationId).toBe("dm:carol:dave");
+    await eventually("the direct conversation", async () => {
+      const res = await h.app.inject({
+        method: "GET",
+        url: "/v1/me/conversations",
+        headers: { authorization: `Bearer ${dave}` },
+      });
+      return res.json().conversations.length === 1;
+    });
+    const watcher = await openSse(h.url, carol);
+    const presence = () =>
+      watcher.events.filter((e) => e.event === "presence").map((e) => `${e.data.userId}:${e.data.status}`);
+    try {
+      const first = await openSse(h.url, dave);
+      await eventually("dave online", () => presence().includes("dave:online"));
+      expect(first.events.some((e) => e.event === "presence" && e.data.userId === "carol")).toBe(true);
+      first.close();
+      const again = await openSse(h.url, dave); // reconnect within the grace period
+      await new Promise((r) => setTimeout(r, 800)); // longer than the 500 ms grace: an offline would have come
+      expect(presence()).toEqual(["dave:online"]);
+      const closedAt = Date.now();
+      again.close();
+      await eventually("dave offline", () => presence().includes("dave:offline"));
+      expect(Date.now() - closedAt).toBeGreaterThanOrEqual(450);
+    } finally {
+      watcher.close();
+    }
   });
 });
 

@@ -171,10 +171,9 @@ export class EventHub {
         for (const event of events) this.#dispatch(event);
         this.cursor[partition] = to;
       } catch (error) {
-        this.#options.logger.warn(
-          { err: error, partition },
-          "could not read the event log; streams resume later",
-        );
+        // The hub's position did not move: a retry (or the next notification) reads the same range again.
+        this.#options.logger.warn({ err: error, partition }, "could not read the event log; retrying in 1 s");
+        if (!this.#stopped) setTimeout(() => this.#enqueue(partition, to), 1000).unref();
       }
     });
     this.#chains.set(partition, next);

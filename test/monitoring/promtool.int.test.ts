@@ -5,7 +5,7 @@
  * every metric is documented, and every dashboard query parses.
  */
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -25,6 +25,8 @@ import {
   root,
   runbookAnchors,
 } from "./monitoring-files.ts";
+
+const read = (path: string) => readFileSync(join(root, path), "utf8");
 
 function promtool(args: string[]): { status: number | null; output: string } {
   const result = spawnSync("promtool", args, { cwd: root, encoding: "utf8" });
@@ -177,5 +179,36 @@ describe("Grafana dashboard", () => {
     );
     const unshown = [...documented.keys()].filter((name) => name !== "up" && !shown.has(name));
     expect(unshown).toEqual([]);
+  });
+});
+
+describe("docker compose provisioning", () => {
+  // compose.yaml mounts dashboards/prometheus at /etc/prometheus, the provisioning
+  // folder at /etc/grafana/provisioning and dashboards/grafana at /var/lib/grafana/dashboards.
+  const compose = read("compose.yaml");
+
+  it("mounts the folders the configuration files point into", () => {
+    expect(compose).toContain("./dashboards/prometheus:/etc/prometheus");
+    expect(compose).toContain("./dashboards/grafana/provisioning:/etc/grafana/provisioning");
+    expect(compose).toContain("./dashboards/grafana:/var/lib/grafana/dashboards");
+    expect(compose).toContain("--config.file=/etc/prometheus/prometheus.yml");
+    expect(read("dashboards/grafana/provisioning/dashboards/chatbus.yml")).toMatch(
+      /path: \/var\/lib\/grafana\/dashboards\n/,
+    );
+    expect(read("dashboards/grafana/provisioning/datasources/prometheus.yml")).toContain(
+      "url: http://prometheus:9090",
+    );
+  });
+
+  it("gives Prometheus a configuration that promtool accepts, with the alert rules", () => {
+    const config = read("dashboards/prometheus/prometheus.yml");
+    expect(config).toContain("- /etc/prometheus/alerts.yml");
+    for (const job of ["chatbus-runtime", "chatbus-api"]) expect(config).toContain(`job_name: ${job}`);
+    // Check it as compose runs it: the rule path mapped to this checkout.
+    const file = join(scratch, "prometheus.yml");
+    writeFileSync(file, config.replace("/etc/prometheus/alerts.yml", alertsFile));
+    const { status, output } = promtool(["check", "config", file]);
+    expect(output).toContain(`SUCCESS: ${rules.length} rules found`);
+    expect(status, output).toBe(0);
   });
 });

@@ -6,6 +6,8 @@
  */
 import { spawnSync } from "node:child_process";
 import { chownSync, existsSync, mkdtempSync, rmSync } from "node:fs";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pg from "pg";
@@ -35,6 +37,8 @@ let schema: TestSchema;
 let topic: string;
 let runtime: Runtime | undefined;
 let target: pg.Pool | undefined;
+let webhook: Server | undefined;
+const alerts: { kind: string; subscription: string }[] = [];
 
 function asPostgres(args: string[]): void {
   const result = spawnSync("runuser", ["-u", "postgres", "--", ...args], { encoding: "utf8" });
@@ -73,6 +77,18 @@ beforeAll(async () => {
     query_timeout: 2000,
   });
   target.on("error", () => {}); // idle clients die with the cluster; queries report it
+  // The alert webhook: a local HTTP server that records the posted JSON.
+  webhook = createServer((request, response) => {
+    let body = "";
+    request.on("data", (chunk) => {
+      body += chunk;
+    });
+    request.on("end", () => {
+      alerts.push(JSON.parse(body));
+      response.end("ok");
+    });
+  });
+  await new Promise<void>((resolve) => webhook!.listen(0, "127.0.0.1", resolve));
   await target.query(
     "CREATE TABLE handled (id bigserial PRIMARY KEY, conversation text NOT NULL, n int NOT NULL, UNIQUE (conversation, n))",
   );
@@ -81,6 +97,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await runtime?.stop();
   await target?.end().catch(() => {});
+  webhook?.close();
   if (dataDir && existsSync(join(dataDir, "postmaster.pid"))) pgCtl("stop");
   if (dataDir) rmSync(join(dataDir, ".."), { recursive: true, force: true });
   await schema.cleanup();
@@ -113,6 +130,7 @@ describe("real infrastructure failure", () => {
       concurrency: 8,
       systemRetry: { initialDelayMs: 100, maxDelayMs: 1000 },
       breaker: { volumeThreshold: 5, resetTimeoutMs: 1500, rollingWindowMs: 5000 },
+      alertWebhook: `http://127.0.0.1:${(webhook!.address() as AddressInfo).port}/alerts`,
     });
     runtime.on("chat.message.sent", async (event) => {
       calls++;
@@ -161,5 +179,9 @@ describe("real infrastructure failure", () => {
       await metric(registry, "chatbus_events_failed_total", { failure_class: "system" }),
     ).toBeGreaterThanOrEqual(5);
     expect(await metric(registry, "chatbus_events_dead_lettered_total", {})).toBe(0);
+    // The webhook heard the breaker open and close.
+    await waitFor(() => alerts.some((a) => a.kind === "breaker_closed"), 10_000, "the breaker_closed alert");
+    expect(alerts.map((a) => a.kind)).toContain("breaker_opened");
+    expect(alerts.every((a) => a.subscription === runtime!.subscription)).toBe(true);
   });
 });

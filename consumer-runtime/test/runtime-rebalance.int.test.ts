@@ -31,7 +31,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  for (const runtime of runtimes) await runtime.stop();
+  await Promise.all(runtimes.map((runtime) => runtime.stop()));
   await schema.cleanup();
 });
 
@@ -105,5 +105,49 @@ describe("two instances, one leaving mid-run", () => {
       }
     }
     expect(handled - total).toBeLessThan(total / 2);
+  });
+});
+
+describe("a handler slower than the session timeout", () => {
+  it("keeps the member alive with heartbeats: no rebalance, no redelivery", async () => {
+    const slowTopic = await createTestTopic("rt_slow", 4);
+    const group = uniqueName("slow");
+    const calls = new Map<string, number>();
+    const members: Runtime[] = [];
+    for (const name of ["s1", "s2", "s3"]) {
+      const runtime = createRuntime({
+        group,
+        topic: slowTopic,
+        brokers: kafkaBrokers(),
+        pool: schema.pool,
+        logger: quietLogger(),
+        sessionTimeoutMs: 6000,
+        heartbeatIntervalMs: 1000,
+        instanceId: name,
+      });
+      runtime.on("chat.message.sent", async (event) => {
+        const id = `${event.conversationId} ${numberOf(event)}`;
+        calls.set(id, (calls.get(id) ?? 0) + 1);
+        if (event.conversationId === "slow-0" && numberOf(event) === 0) {
+          await new Promise((r) => setTimeout(r, 9000));
+        }
+      });
+      runtimes.push(runtime);
+      members.push(runtime);
+    }
+    await Promise.all(members.map((m) => m.start()));
+    await waitFor(
+      () => members.reduce((sum, m) => sum + m.state().partitions.length, 0) === 4,
+      30_000,
+      "the three members to share the four partitions",
+    );
+    const producer = await connectProducer();
+    await produceNumbered(producer, slowTopic, 1, 2, "slow");
+    await produceNumbered(producer, slowTopic, 20, 3, "quick");
+    await producer.disconnect();
+    await waitFor(() => calls.size === 2 + 60, 60_000, "every event handled");
+    // A rebalance after a lost session would redeliver: give it time to show.
+    await new Promise((r) => setTimeout(r, 2000));
+    expect([...calls.values()].every((n) => n === 1)).toBe(true);
   });
 });

@@ -33,6 +33,7 @@ import {
   type KafkaMessage,
   type LogEntry,
   logLevel,
+  Partitioners,
   type Producer,
 } from "kafkajs";
 import pg from "pg";
@@ -117,8 +118,9 @@ interface Item {
   decoded: DecodeResult;
   /** Handlers still to succeed for this event (null until first run). */
   remaining: Registration[] | null;
-  attempts: Map<Registration, number>;
-  businessFailures: Map<Registration, number>;
+  /** Runs per handler (created on first run: most events have one handler and no failure). */
+  attempts: Map<Registration, number> | null;
+  businessFailures: Map<Registration, number> | null;
   /** Consecutive system failures of this event; reset by a success (kafkajs #1592). */
   systemFailures: number;
   firstFailedAt: Date | null;
@@ -279,6 +281,29 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     applyPause();
   });
 
+  // Labelled children cached per event type: the hot path does no label lookups.
+  const byType = new Map<
+    string,
+    {
+      consumed: ReturnType<typeof metrics.consumed.labels>;
+      handled: ReturnType<typeof metrics.handled.labels>;
+      duration: ReturnType<typeof metrics.handlerDuration.labels>;
+    }
+  >();
+  function typeMetrics(type: string) {
+    let found = byType.get(type);
+    if (!found) {
+      found = {
+        consumed: metrics.consumed.labels({ subscription, type }),
+        handled: metrics.handled.labels({ subscription, type }),
+        duration: metrics.handlerDuration.labels({ subscription, type }),
+      };
+      byType.set(type, found);
+    }
+    return found;
+  }
+  const endToEnd = metrics.endToEndLatency.labels({ subscription });
+
   function handlersFor(type: ChatEventType): Registration[] {
     return registrations.filter((r) => r.type === type || r.type === "*");
   }
@@ -406,7 +431,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       work.highest = offset;
       work.tracker.track(offset);
       const decoded = decodeRecord(message);
-      metrics.consumed.inc({ subscription, type: decoded.ok ? decoded.event.type : "poison" });
+      typeMetrics(decoded.ok ? decoded.event.type : "poison").consumed.inc();
       counts.inFlight++;
       work.queues.push(decoded.ok ? decoded.event.conversationId : (message.key?.toString() ?? noKey), {
         work,
@@ -414,8 +439,8 @@ export function createRuntime(options: RuntimeOptions): Runtime {
         message,
         decoded,
         remaining: null,
-        attempts: new Map(),
-        businessFailures: new Map(),
+        attempts: null,
+        businessFailures: null,
         systemFailures: 0,
         firstFailedAt: null,
         lastError: undefined,
@@ -457,7 +482,6 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     const { work } = item;
     work.tracker.finish(item.offset);
     counts.inFlight--;
-    metrics.inFlight.set({ subscription }, Math.max(0, counts.inFlight));
     if (work.backPressure) checkBackPressure(work);
   }
 
@@ -499,7 +523,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     const now = new Date();
     const event = item.decoded.ok ? item.decoded.event : null;
     let attempts = 0;
-    for (const n of item.attempts.values()) attempts += n;
+    for (const n of item.attempts?.values() ?? []) attempts += n;
     return {
       subscription,
       topic,
@@ -597,6 +621,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     };
     if (error instanceof BusinessError) {
       metrics.failed.inc({ subscription, failure_class: "business" });
+      item.businessFailures ??= new Map();
       const failures = (item.businessFailures.get(registration) ?? 0) + 1;
       item.businessFailures.set(registration, failures);
       const delay = businessRetryDelay(failures, registration.businessRetry);
@@ -630,7 +655,10 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     }
     const delay = systemRetryDelay(item.systemFailures, config.systemRetry);
     metrics.retried.inc({ subscription, failure_class: "system" });
-    logger.warn(
+    // Warn on the first failure of an event and every tenth after; the rest at debug,
+    // so that an outage does not flood the log (the metrics count every one).
+    const level = item.systemFailures === 1 || item.systemFailures % 10 === 0 ? "warn" : "debug";
+    logger[level](
       { ...fields, failures: item.systemFailures, delayMs: delay },
       `system failure; retrying in ${delay} ms (conversation held): ${describe(error)}`,
     );
@@ -661,10 +689,13 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     try {
       while (item.remaining.length > 0) {
         const registration = item.remaining[0]!;
+        item.attempts ??= new Map();
         const attempt = (item.attempts.get(registration) ?? 0) + 1;
         item.attempts.set(registration, attempt);
         const ctx = context(item, attempt, false);
-        const timer = metrics.handlerDuration.startTimer({ subscription, type: event.type });
+        const typed = typeMetrics(event.type);
+        const startedAt = performance.now();
+        const timer = () => typed.duration.observe((performance.now() - startedAt) / 1000);
         try {
           await breaker.fire(async () => registration.handler(event, ctx));
         } catch (error) {
@@ -683,8 +714,8 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       if (probe) probeInFlight = false;
     }
     counts.processed++;
-    metrics.handled.inc({ subscription, type: event.type });
-    metrics.endToEndLatency.observe({ subscription }, Math.max(0, Date.now() - event.time.getTime()) / 1000);
+    typeMetrics(event.type).handled.inc();
+    endToEnd.observe(Math.max(0, Date.now() - event.time.getTime()) / 1000);
     return { kind: "done" };
   }
 
@@ -812,6 +843,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       } catch (error) {
         logger.debug({ err: error }, "reading Kafka offsets for the status failed");
       }
+      metrics.inFlight.set({ subscription }, Math.max(0, counts.inFlight));
       await publishSubscriptionStatus(pool, subscription, instanceId, state());
       const waiting = await countWaitingDeadLetters(pool);
       metrics.deadLettersWaiting.set({ subscription }, waiting[subscription] ?? 0);
@@ -858,6 +890,8 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       sessionTimeout: config.sessionTimeoutMs,
       heartbeatInterval: config.heartbeatIntervalMs,
       rebalanceTimeout: config.rebalanceTimeoutMs,
+      // A fetch waits at most this long for data; it also bounds how long stop() waits for it.
+      maxWaitTimeInMs: 1000,
     });
     consumer = created;
     created.on(created.events.GROUP_JOIN, ({ payload }) => {
@@ -962,7 +996,10 @@ export function createRuntime(options: RuntimeOptions): Runtime {
         logCreator: kafkaLogCreator(logger),
       });
       admin = kafka.admin();
-      producer = kafka.producer({ allowAutoTopicCreation: false });
+      producer = kafka.producer({
+        allowAutoTopicCreation: false,
+        createPartitioner: Partitioners.DefaultPartitioner,
+      });
       await admin.connect();
       await producer.connect();
       try {

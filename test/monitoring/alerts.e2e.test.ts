@@ -10,8 +10,9 @@
  * (its circuit breaker opens: ChatbusBreakerOpen fires). After the fix the breaker
  * closes, one dead letter is replayed, then the rest: both alerts resolve. Then
  * every PromQL query of the Grafana dashboard runs against that Prometheus and must
- * parse and return series. Last, the runtime's metrics endpoint goes away and
- * ChatbusInstanceDown fires.
+ * parse and return series, and every exported chatbus_ metric must be documented in
+ * docs/metrics.md with its type, labels and the latency buckets. Last, the runtime's
+ * metrics endpoint goes away and ChatbusInstanceDown fires.
  */
 import { readFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
@@ -35,7 +36,15 @@ import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { kafkaBrokers } from "../support/env.ts";
 import { createTestSchema, createTestTopic, type TestSchema, uniqueName } from "../support/isolation.ts";
-import { alertsFile, dashboardQueries, resolveGrafanaVariables } from "./monitoring-files.ts";
+import {
+  alertsFile,
+  dashboardQueries,
+  documentedMetricDetails,
+  documentedMetricFor,
+  latencyBuckets,
+  type MetricDetails,
+  resolveGrafanaVariables,
+} from "./monitoring-files.ts";
 import {
   type PrometheusAlert,
   PrometheusQueryError,
@@ -378,6 +387,45 @@ describe("the Grafana dashboard's queries", () => {
     } finally {
       abort.abort();
     }
+  });
+});
+
+describe("the exported metrics", () => {
+  it("are the documented ones, with their type, labels and latency buckets", async () => {
+    const documented = documentedMetricDetails();
+    const metadata = await prometheus.metadata();
+    const series = await prometheus.series('{__name__=~"chatbus_.+"}');
+    const problems: string[] = [];
+    const seen = new Set<string>();
+    for (const labels of series) {
+      const name = labels.__name__ ?? "";
+      const family = documentedMetricFor(name, new Map([...documented].map(([n, d]) => [n, d.type])));
+      if (!family) {
+        problems.push(`${name} is exported but not documented in docs/metrics.md`);
+        continue;
+      }
+      seen.add(family);
+      const details = documented.get(family) as MetricDetails;
+      const names = Object.keys(labels)
+        .filter((l) => !["__name__", "job", "instance", "le"].includes(l))
+        .sort();
+      if (names.join() !== [...details.labels].sort().join()) {
+        problems.push(`${family} has labels [${names}], documented [${details.labels}]`);
+      }
+    }
+    for (const [name, details] of documented) {
+      if (name === "up") continue;
+      if (!seen.has(name)) problems.push(`${name} is documented but no process of the stack exports it`);
+      const type = metadata[name]?.[0]?.type;
+      if (type !== details.type) problems.push(`${name} is a ${type}, documented as a ${details.type}`);
+      if (details.type === "histogram") {
+        const buckets = new Set((await prometheus.series(`${name}_bucket`)).map((l) => l.le ?? ""));
+        if ([...buckets].sort().join() !== [...latencyBuckets].sort().join()) {
+          problems.push(`${name} has buckets [${[...buckets]}], not the latency buckets`);
+        }
+      }
+    }
+    expect([...new Set(problems)]).toEqual([]);
   });
 });
 

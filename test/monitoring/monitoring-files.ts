@@ -187,12 +187,44 @@ export function runbookAnchors(text = readFileSync(runbookFile, "utf8")): Set<st
 
 /** Metric names documented in docs/metrics.md (first column of its tables), with their type. */
 export function documentedMetrics(text = readFileSync(metricsDocFile, "utf8")): Map<string, string> {
-  const metrics = new Map<string, string>();
-  for (const match of text.matchAll(/^\|\s*`([a-z_:][a-z0-9_:]*)`\s*\|\s*([a-z]+)\s*\|/gm)) {
-    metrics.set(match[1] ?? "", match[2] ?? "");
+  return new Map([...documentedMetricDetails(text)].map(([name, details]) => [name, details.type]));
+}
+
+export interface MetricDetails {
+  type: string;
+  /** Label names, as the labels column of docs/metrics.md lists them. */
+  labels: string[];
+}
+
+/** The metrics of docs/metrics.md's tables: `| \`name\` | type | labels | ...`. */
+export function documentedMetricDetails(
+  text = readFileSync(metricsDocFile, "utf8"),
+): Map<string, MetricDetails> {
+  const metrics = new Map<string, MetricDetails>();
+  for (const match of text.matchAll(/^\|\s*`([a-z_:][a-z0-9_:]*)`\s*\|\s*([a-z]+)\s*\|([^|]*)\|/gm)) {
+    const labels = [...(match[3] ?? "").matchAll(/`([a-z_][a-z0-9_]*)`/g)].map((m) => m[1] ?? "");
+    metrics.set(match[1] ?? "", { type: match[2] ?? "", labels });
   }
   return metrics;
 }
+
+/** The latency histogram buckets every chatbus histogram uses (seconds), as `le` label values. */
+export const latencyBuckets = [
+  "0.001",
+  "0.0025",
+  "0.005",
+  "0.01",
+  "0.025",
+  "0.05",
+  "0.1",
+  "0.25",
+  "0.5",
+  "1",
+  "2.5",
+  "5",
+  "10",
+  "+Inf",
+];
 
 /**
  * The metric names a PromQL expression reads, e.g. `chatbus_consumer_lag`,

@@ -66,6 +66,10 @@ export interface PrometheusServer {
   url: string;
   /** Instant query at now; throws PrometheusQueryError when it does not parse or fails. */
   query(expr: string): Promise<Sample[]>;
+  /** Label sets of the series matching a selector (`/api/v1/series`). */
+  series(match: string): Promise<Record<string, string>[]>;
+  /** Metric metadata from the targets' HELP and TYPE lines, by metric family name. */
+  metadata(): Promise<Record<string, { type: string; help: string }[]>>;
   /** Active (pending or firing) alerts. */
   alerts(): Promise<PrometheusAlert[]>;
   targets(): Promise<PrometheusTarget[]>;
@@ -248,6 +252,12 @@ export async function startPrometheus(options: PrometheusOptions): Promise<Prome
         return [{ metric: {}, value }];
       }
       return data.result.map((r) => ({ metric: r.metric, value: r.value[1] }));
+    },
+    series(match) {
+      return api<Record<string, string>[]>(`/api/v1/series?match[]=${encodeURIComponent(match)}`, match);
+    },
+    metadata() {
+      return api<Record<string, { type: string; help: string }[]>>("/api/v1/metadata");
     },
     async alerts() {
       return (await api<{ alerts: PrometheusAlert[] }>("/api/v1/alerts")).alerts;

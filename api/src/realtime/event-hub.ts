@@ -331,7 +331,14 @@ export class EventHub {
       const inbox = await projection.inbox(userId, { limit: 1000 });
       if (stream.closed) return stream;
       for (const entry of inbox) this.#subscribe(stream, entry.conversation.id, true);
-      if (resetReason) this.#sendReset(stream, resetReason);
+      if (lastEventId === undefined || resetReason) {
+        // A stream from "now": its position is the hub's, taken after subscribing, so
+        // every later event reaches it through the hub and the log need not be read.
+        Object.assign(stream.cursor, this.cursor);
+        if (resetReason) this.#sendReset(stream, resetReason);
+        stream.goLive();
+        return this.#opened(stream, wasOnline);
+      }
       // Live events now queue in stream.pending; the log supplies everything before them.
       let caughtUp = 0;
       for (;;) {
@@ -353,7 +360,11 @@ export class EventHub {
       stream.close("error");
       return stream;
     }
-    if (!wasOnline) void this.#announce(userId, "online", [...stream.conversations]);
+    return this.#opened(stream, wasOnline);
+  }
+
+  #opened(stream: SseStream, wasOnline: boolean): SseStream {
+    if (!wasOnline) void this.#announce(stream.userId, "online", [...stream.conversations]);
     // The user sees who of their contacts is online now (later changes arrive as events).
     for (const other of this.#contactsOnline(stream)) {
       stream.send("presence", { userId: other, status: "online", at: new Date().toISOString() });

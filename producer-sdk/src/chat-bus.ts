@@ -190,7 +190,8 @@ export async function createChatBus(options: ChatBusOptions = {}): Promise<ChatB
     });
     return connecting;
   };
-  await connect().catch((error) => {
+  await connect().catch(async (error) => {
+    await producer.disconnect().catch(() => {});
     throw toChatBusError(resolved, error);
   });
 

@@ -57,7 +57,7 @@ export class BrokerUnavailableError extends ChatBusError {
   constructor(brokers: string[], detail: string, cause?: unknown) {
     super(
       "CHATBUS_BROKER_UNAVAILABLE",
-      `Kafka at ${brokers.join(",")} did not acknowledge: ${detail}. Check that the brokers run and KAFKA_BROKERS is right.`,
+      `Kafka at ${brokers.join(",")} is unreachable or did not acknowledge: ${detail}. Check that the brokers run and that KAFKA_BROKERS names them.`,
       { retryable: true, cause },
     );
     this.brokers = brokers;

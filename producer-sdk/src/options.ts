@@ -84,7 +84,7 @@ export interface ChatBusOptions {
   lingerMs?: number;
   /** Most records in one produce request. Default: 1000. */
   maxBatchSize?: number;
-  /** Most value+key+header bytes in one produce request. Default: 900,000 (under the broker's 1 MiB `message.max.bytes`). */
+  /** Most key+value+header bytes of one partition in one produce request. Default: 900,000 (under the broker's 1 MiB `message.max.bytes`). */
   maxBatchBytes?: number;
   /** How long a send may wait for Kafka before it fails with BrokerUnavailableError. Default: 10,000 ms. */
   sendTimeoutMs?: number;
@@ -143,7 +143,7 @@ export const defaults = {
   clientId: "chatbus-producer",
   lingerMs: 2, // ms
   maxBatchSize: 1000, // records
-  maxBatchBytes: 900_000, // bytes
+  maxBatchBytes: 900_000, // bytes per partition and request
   sendTimeoutMs: 10_000, // 10 s
   rateLimit: {
     enabled: true,

@@ -18,7 +18,7 @@ export interface PendingRecord<M> {
   /** What the produce function sends (e.g. a kafkajs message). */
   message: M;
   partition: number;
-  /** Size counted against `maxBatchBytes`. */
+  /** Size counted against `maxBatchBytes` of its partition. */
   bytes: number;
   /** Clock time when it was added (ms). */
   addedAt: number;
@@ -35,6 +35,7 @@ export interface RecordBatcherOptions<M> {
   produce: ProduceBatch<M>;
   lingerMs: number;
   maxBatchSize: number;
+  /** Most bytes of one partition in one request. */
   maxBatchBytes: number;
   timeoutMs: number;
   /** The error for records that timed out; `sent` says whether their request had started. */
@@ -53,7 +54,6 @@ export class RecordBatcher<M> {
   #queue: PendingRecord<M>[] = [];
   /** Index of the first live record in #queue (shifting arrays one by one is O(n)). */
   #head = 0;
-  #queuedBytes = 0;
   #inFlight: { batch: PendingRecord<M>[]; generation: number } | undefined;
   #generation = 0;
   #linger: NodeJS.Timeout | NodeJS.Immediate | undefined;
@@ -73,29 +73,14 @@ export class RecordBatcher<M> {
 
   /** Adds a record; it settles with its offset or an error. */
   add(record: Omit<PendingRecord<M>, "addedAt" | "settled">): void {
-    const pending: PendingRecord<M> = { ...record, addedAt: this.#now() };
-    const { resolve, reject } = pending;
-    pending.resolve = (offset) => {
-      if (pending.settled) return;
-      pending.settled = true;
-      this.#settledOne();
-      resolve(offset);
-    };
-    pending.reject = (error) => {
-      if (pending.settled) return;
-      pending.settled = true;
-      this.#settledOne();
-      reject(error);
-    };
+    const pending = record as PendingRecord<M>;
+    pending.addedAt = this.#now();
+    pending.settled = false;
     this.#unsettled++;
     this.#queue.push(pending);
-    this.#queuedBytes += pending.bytes;
     this.#startSweeper();
     if (this.#inFlight) return;
-    if (
-      this.#queue.length - this.#head >= this.#options.maxBatchSize ||
-      this.#queuedBytes >= this.#options.maxBatchBytes
-    ) {
+    if (this.#queue.length - this.#head >= this.#options.maxBatchSize) {
       this.#flushNow();
     } else if (!this.#linger) {
       this.#linger =
@@ -103,6 +88,20 @@ export class RecordBatcher<M> {
           ? setTimeout(() => this.#flushNow(), this.#options.lingerMs)
           : setImmediate(() => this.#flushNow());
     }
+  }
+
+  #resolve(record: PendingRecord<M>, offset: string): void {
+    if (record.settled) return;
+    record.settled = true;
+    this.#settledOne();
+    record.resolve(offset);
+  }
+
+  #reject(record: PendingRecord<M>, error: Error): void {
+    if (record.settled) return;
+    record.settled = true;
+    this.#settledOne();
+    record.reject(error);
   }
 
   /** Sends what is queued without waiting for the linger. */
@@ -142,21 +141,37 @@ export class RecordBatcher<M> {
         // Records keep their batch order within a partition, so the n-th record of a
         // partition sits at that partition's base offset + n.
         const nextOffset = new Map<number, bigint>();
-        for (const record of batch) {
-          const offset = nextOffset.get(record.partition) ?? BigInt(baseOffsets.get(record.partition) ?? -1);
+        const offsets: (string | undefined)[] = batch.map((record) => {
+          const base = baseOffsets.get(record.partition);
+          if (base === undefined) return undefined;
+          const offset = nextOffset.get(record.partition) ?? BigInt(base);
           nextOffset.set(record.partition, offset + 1n);
-          if (offset < 0n)
-            record.reject(
-              this.#options.failureError(new Error(`no offset returned for partition ${record.partition}`)),
-            );
-          else record.resolve(offset.toString());
+          return offset.toString();
+        });
+        const settle = () =>
+          batch.forEach((record, n) => {
+            const offset = offsets[n];
+            if (offset !== undefined) this.#resolve(record, offset);
+            else {
+              const detail = `Kafka returned no offset for partition ${record.partition}`;
+              this.#reject(record, this.#options.failureError(new Error(detail)));
+            }
+          });
+        if (this.#queue.length > this.#head) {
+          // Start the next request before waking this batch's callers: their
+          // continuations (encoding their next sends) would otherwise run as
+          // microtasks ahead of the request, instead of while it is in flight.
+          this.#finished(generation);
+          setImmediate(settle);
+        } else {
+          settle();
+          this.#finished(generation);
         }
-        this.#finished(generation);
       },
       (error: unknown) => {
         if (generation !== this.#generation) return;
         const failure = this.#options.failureError(error);
-        for (const record of batch) record.reject(failure);
+        for (const record of batch) this.#reject(record, failure);
         this.#options.onFailure();
         this.#finished(generation);
       },
@@ -168,18 +183,28 @@ export class RecordBatcher<M> {
     this.#inFlight = undefined;
     // Whatever queued meanwhile has already waited a round trip: send it at once.
     if (this.#queue.length > this.#head) this.#flushNow();
+    // Callers woken by this request usually send again from their continuations
+    // (microtasks of this same turn): gather them on the next turn instead of
+    // lingering, so a busy bus never idles `lingerMs` between requests.
+    else if (!this.#linger) this.#linger = setImmediate(() => this.#flushNow());
   }
 
+  /**
+   * Takes queued records in order, up to `maxBatchSize` records and `maxBatchBytes`
+   * per partition (the broker refuses a partition's batch over `message.max.bytes`).
+   * It stops at the first record that does not fit, so that no later record of any
+   * partition overtakes it.
+   */
   #takeBatch(): PendingRecord<M>[] {
     const batch: PendingRecord<M>[] = [];
-    let bytes = 0;
+    const partitionBytes = new Map<number, number>();
     while (this.#head < this.#queue.length && batch.length < this.#options.maxBatchSize) {
       const record = this.#queue[this.#head]!;
-      if (batch.length > 0 && bytes + record.bytes > this.#options.maxBatchBytes) break;
+      const bytes = (partitionBytes.get(record.partition) ?? 0) + record.bytes;
+      if (!record.settled && batch.length > 0 && bytes > this.#options.maxBatchBytes) break;
       this.#head++;
-      this.#queuedBytes -= record.bytes;
       if (record.settled) continue;
-      bytes += record.bytes;
+      partitionBytes.set(record.partition, bytes);
       batch.push(record);
     }
     this.#compact();
@@ -215,7 +240,7 @@ export class RecordBatcher<M> {
     if (inFlight) {
       for (const record of inFlight.batch) {
         if (!record.settled && record.addedAt <= expiredBefore)
-          record.reject(this.#options.timeoutError(true));
+          this.#reject(record, this.#options.timeoutError(true));
       }
       if (inFlight.batch.every((r) => r.settled)) {
         this.#generation++;
@@ -226,8 +251,7 @@ export class RecordBatcher<M> {
     // The queue is in arrival order: expired records are at its head.
     while (this.#head < this.#queue.length && this.#queue[this.#head]!.addedAt <= expiredBefore) {
       const record = this.#queue[this.#head++]!;
-      this.#queuedBytes -= record.bytes;
-      record.reject(this.#options.timeoutError(false));
+      this.#reject(record, this.#options.timeoutError(false));
     }
     this.#compact();
     if (!this.#inFlight && this.#queue.length > this.#head && !this.#linger) this.#flushNow();

@@ -152,6 +152,8 @@ export function firstError(
   value: unknown,
   prefix = "",
 ): ValidationError | undefined {
+  // Check() is the compiled fast path; Errors() walks the schema and is only for failures.
+  if (check.Check(value)) return undefined;
   let first = check.Errors(value).First();
   if (!first) return undefined;
   if (first.type === ValueErrorType.Union) first = narrowUnion(first);

@@ -86,6 +86,12 @@ describe("RecordBatcher", () => {
     expect(broker.logs.get(0)).toEqual(Array.from({ length: 26 }, (_, i) => i));
   });
 
+  it("bounds the bytes of each partition in a request, not the request", async () => {
+    const { broker, send } = setup({ maxBatchBytes: 2048 });
+    await Promise.all(Array.from({ length: 6 }, (_, i) => send(i, i, 1000)));
+    expect(broker.requests).toEqual([6]);
+  });
+
   it("bounds a batch by bytes", async () => {
     const { broker, send } = setup({ maxBatchBytes: 2048 });
     await Promise.all(Array.from({ length: 10 }, (_, i) => send(i, 0, 1000)));

@@ -136,6 +136,24 @@ describe("materialiser business rules", () => {
       [2, "bob", { type: "text", text: "two" }],
     ]);
     expect(await reader.conversation("ghost")).toBeNull();
+    // SSE: the user's events in (partition, offset) order, the message content joined back.
+    const { events: logged, cursor } = await reader.eventsAfter({}, "bob", 100);
+    expect(logged.map((e) => [e.type, e.seq])).toEqual([
+      ["chat.conversation.created", null],
+      ["chat.message.sent", 1],
+      ["chat.message.sent", 2],
+      ["chat.message.edited", 1],
+    ]);
+    expect(logged[1]!.payload).toMatchObject({
+      senderId: "ana",
+      content: { type: "text", text: "one (edited)" },
+    });
+    expect(await reader.eventsAfter(cursor, "bob", 100)).toEqual({ events: [], cursor });
+    expect(await reader.eventsAfter({}, "eve", 100)).toEqual({ events: [], cursor: {} });
+    const inbox = await reader.inbox("bob", { limit: 10 });
+    expect(inbox.map((i) => [i.conversation.id, i.membership.unreadCount, i.lastMessage?.seq])).toEqual([
+      ["r1", 1, 2],
+    ]);
     const metrics = await registry.getSingleMetricAsString("chatbus_events_dead_lettered_total");
     expect(metrics).toContain('failure_class="business"} 5');
   });

@@ -73,6 +73,8 @@ interface MemberState {
   lastDeliveredSeq: number;
   lastReadSeq: number;
   unreadCount: number;
+  /** No row yet (first join of this user in this conversation). */
+  isNew: boolean;
   dirty: boolean;
   /**
    * A read receipt moved lastReadSeq: unread is recounted in SQL (after the messages
@@ -293,6 +295,7 @@ async function fold(
         lastDeliveredSeq: Number(r.last_delivered_seq),
         lastReadSeq: Number(r.last_read_seq),
         unreadCount: Number(r.unread_count),
+        isNew: false,
         dirty: false,
         recount: false,
         recountUpTo: 0,
@@ -396,6 +399,7 @@ async function fold(
       lastDeliveredSeq: previous?.lastDeliveredSeq ?? 0,
       lastReadSeq: previous?.lastReadSeq ?? 0,
       unreadCount: 0,
+      isNew: previous ? previous.isNew : true,
       dirty: true,
       recount: false,
       recountUpTo: 0,
@@ -676,30 +680,42 @@ async function write(
     );
   }
   const ms = rows.members;
-  if (ms.length > 0) {
+  const memberColumns = (list: MemberState[]) => [
+    list.map((m) => m.conversationId),
+    list.map((m) => m.userId),
+    list.map((m) => m.role),
+    list.map((m) => m.joinedAt.toISOString()),
+    list.map((m) => m.joinedOffset),
+    list.map((m) => m.joinedSeq),
+    list.map((m) => iso(m.leftAt)),
+    list.map((m) => m.leftOffset),
+    list.map((m) => m.lastDeliveredSeq),
+    list.map((m) => m.lastReadSeq),
+    list.map((m) => m.unreadCount),
+  ];
+  const joined = ms.filter((m) => m.isNew);
+  if (joined.length > 0) {
     add(
       `INSERT INTO members (conversation_id, user_id, role, joined_at, joined_offset, joined_seq, left_at, left_offset,
                             last_delivered_seq, last_read_seq, unread_count)
        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[], $6::bigint[],
-                            $7::timestamptz[], $8::bigint[], $9::bigint[], $10::bigint[], $11::int[])
-       ON CONFLICT (conversation_id, user_id) DO UPDATE SET
-         role = excluded.role, joined_at = excluded.joined_at, joined_offset = excluded.joined_offset,
-         joined_seq = excluded.joined_seq, left_at = excluded.left_at, left_offset = excluded.left_offset,
-         last_delivered_seq = excluded.last_delivered_seq, last_read_seq = excluded.last_read_seq,
-         unread_count = excluded.unread_count`,
-      [
-        ms.map((m) => m.conversationId),
-        ms.map((m) => m.userId),
-        ms.map((m) => m.role),
-        ms.map((m) => m.joinedAt.toISOString()),
-        ms.map((m) => m.joinedOffset),
-        ms.map((m) => m.joinedSeq),
-        ms.map((m) => iso(m.leftAt)),
-        ms.map((m) => m.leftOffset),
-        ms.map((m) => m.lastDeliveredSeq),
-        ms.map((m) => m.lastReadSeq),
-        ms.map((m) => m.unreadCount),
-      ],
+                            $7::timestamptz[], $8::bigint[], $9::bigint[], $10::bigint[], $11::int[])`,
+      memberColumns(joined),
+    );
+  }
+  const updated = ms.filter((m) => !m.isNew);
+  if (updated.length > 0) {
+    // A plain UPDATE (not an upsert): cheaper, and HOT when no indexed column changes.
+    add(
+      `UPDATE members m SET role = x.role, joined_at = x.joined_at, joined_offset = x.joined_offset,
+              joined_seq = x.joined_seq, left_at = x.left_at, left_offset = x.left_offset,
+              last_delivered_seq = x.last_delivered_seq, last_read_seq = x.last_read_seq, unread_count = x.unread_count
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[], $6::bigint[],
+                     $7::timestamptz[], $8::bigint[], $9::bigint[], $10::bigint[], $11::int[])
+           AS x(conversation_id, user_id, role, joined_at, joined_offset, joined_seq, left_at, left_offset,
+                last_delivered_seq, last_read_seq, unread_count)
+        WHERE m.conversation_id = x.conversation_id AND m.user_id = x.user_id`,
+      memberColumns(updated),
     );
   }
   const newMessages = rows.messages.filter((g) => g.isNew);
@@ -801,7 +817,12 @@ async function write(
         log.map((e) => e.event.id),
         log.map((e) => e.event.type),
         log.map((e) => e.seq),
-        log.map((e) => JSON.stringify(e.event.data)),
+        // A message's content is stored once, in messages; readers join it back.
+        log.map((e) =>
+          JSON.stringify(
+            e.event.type === "chat.message.sent" ? { ...e.event.data, content: undefined } : e.event.data,
+          ),
+        ),
         log.map((e) => e.event.time.toISOString()),
       ],
     );

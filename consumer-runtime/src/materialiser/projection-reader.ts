@@ -102,8 +102,14 @@ const memberColumns =
   "m.conversation_id, m.user_id, m.role, m.joined_at, m.left_at, m.last_delivered_seq, m.last_read_seq, m.unread_count";
 const messageColumns =
   'g.conversation_id, g.seq, g.event_id, g.sender_id, g.client_msg_id, g.content, g.priority, g.sent_at, g.materialised_at, g.edited_at, g.edit_count, g.recalled_at, g.recalled_by, g.partition, g."offset"';
-const eventColumns =
-  'e.partition, e."offset", e.conversation_id, e.event_id, e.type, e.seq, e.payload, e.event_time, e.materialised_at';
+// A message's content is stored once, in messages: chat.message.sent events get it
+// joined back (its current content; null once recalled).
+const eventColumns = `e.partition, e."offset", e.conversation_id, e.event_id, e.type, e.seq,
+  CASE WHEN e.type = 'chat.message.sent'
+       THEN e.payload || jsonb_build_object('content', CASE WHEN s.recalled_at IS NULL THEN s.content END)
+       ELSE e.payload END AS payload,
+  e.event_time, e.materialised_at`;
+const sentJoin = "LEFT JOIN messages s ON e.type = 'chat.message.sent' AND s.event_id = e.event_id";
 
 function toConversation(r: ConversationRow): ConversationView {
   return {
@@ -268,6 +274,7 @@ export function createProjectionReader(pool: pg.Pool): ProjectionReader {
         `SELECT ${eventColumns}
            FROM members m
            JOIN event_log e ON e.conversation_id = m.conversation_id
+           ${sentJoin}
            LEFT JOIN unnest($2::int[], $3::bigint[]) AS c(partition, "offset") ON c.partition = e.partition
           WHERE m.user_id = $1
             AND e."offset" > coalesce(c."offset", -1)
@@ -285,7 +292,7 @@ export function createProjectionReader(pool: pg.Pool): ProjectionReader {
 
     async eventsInRange(partition, from, to) {
       const { rows } = await pool.query<EventRow>(
-        `SELECT ${eventColumns} FROM event_log e
+        `SELECT ${eventColumns} FROM event_log e ${sentJoin}
           WHERE e.partition = $1 AND e."offset" BETWEEN $2 AND $3 ORDER BY e."offset"`,
         [partition, from, to],
       );

@@ -79,7 +79,10 @@ export interface LoggedEvent {
    * seq; receipts: `upToSeq`; other types: null.
    */
   seq: number | null;
-  /** The event's data as sent (the record value). */
+  /**
+   * The event's data as sent (the record value); for chat.message.sent the content is
+   * the message's current one (null once recalled), read from messages.
+   */
   payload: Record<string, unknown>;
   /** `ce_time`. */
   eventTime: Date;

@@ -6,6 +6,7 @@ import { registerEventRoutes } from "./routes/events.ts";
 import { registerMessageRoutes } from "./routes/messages.ts";
 import { registerOperatorRoutes } from "./routes/operator.ts";
 import { registerReadRoutes } from "./routes/reads.ts";
+import { webPages } from "./web-pages.ts";
 
 /**
  * Builds the whole API (without listening): error format, auth, `/docs`, metrics,
@@ -20,6 +21,7 @@ export async function buildApp(deps: ApiDeps): Promise<ApiApp> {
   registerMessageRoutes(app, deps);
   registerOperatorRoutes(app, deps);
   registerReadRoutes(app, { projection: deps.projection, historyMaxLimit: deps.config.historyMaxLimit });
+  await app.register(webPages); // the chat page at / and the operations page at /ops
   if (deps.realtime) {
     const hub = new EventHub({
       ...deps.realtime,

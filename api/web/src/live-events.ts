@@ -1,0 +1,148 @@
+/**
+ * The chat page's live connection: an `EventSource` on `/v1/me/events` that resumes
+ * exactly where it stopped. The browser's own reconnect sends `Last-Event-ID`; when
+ * the browser gives up (the stream failed outright, e.g. while offline), this opens a
+ * new one with `?lastEventId=` after a back-off, so the server replays what was
+ * missed, once and in order. `reset` means the position is gone: reload history.
+ */
+
+/** The data of a chat event as the API streams it. */
+export interface StreamedEvent {
+  type: string;
+  eventId: string;
+  conversationId: string;
+  seq: number | null;
+  time: string;
+  data: Record<string, unknown>;
+}
+
+/** Presence of a contact. */
+export interface PresenceChange {
+  userId: string;
+  status: "online" | "offline";
+  at: string;
+}
+
+/** Connection state shown to the user. */
+export type LiveState = "connecting" | "live" | "reconnecting";
+
+/** Callbacks of the live connection. */
+export interface LiveEventsOptions {
+  /** The user token (sent as `?access_token=`: EventSource cannot send headers). */
+  token: () => string;
+  onEvent: (event: StreamedEvent) => void;
+  onPresence: (change: PresenceChange) => void;
+  /** The stream could not resume: the page reloads what it shows. */
+  onReset: () => void;
+  /** Connected again after a drop: refresh what is not carried by events (inbox counts). */
+  onResumed: () => void;
+  onState: (state: LiveState) => void;
+  /** Asked before reopening a failed stream: false stops (e.g. the token expired). */
+  canReconnect: () => Promise<boolean>;
+}
+
+const chatEventTypes = [
+  "chat.conversation.created",
+  "chat.member.joined",
+  "chat.member.left",
+  "chat.message.sent",
+  "chat.message.edited",
+  "chat.message.recalled",
+  "chat.receipt.delivered",
+  "chat.receipt.read",
+];
+
+const backoffMs = [500, 1000, 2000, 4000, 8000, 15000];
+
+/** A resumable SSE connection. */
+export class LiveEvents {
+  readonly #options: LiveEventsOptions;
+  #source: EventSource | null = null;
+  #lastEventId: string | null = null;
+  #failures = 0;
+  #timer: number | undefined;
+  #dropped = false;
+  #stopped = false;
+
+  constructor(options: LiveEventsOptions) {
+    this.#options = options;
+    window.addEventListener("online", this.#onOnline);
+  }
+
+  /** The position of the last chat event received (the server's cursor). */
+  get lastEventId(): string | null {
+    return this.#lastEventId;
+  }
+
+  /** Opens the stream (from now, or from the last position when reopening). */
+  start(): void {
+    this.#stopped = false;
+    this.#open();
+  }
+
+  /** Closes the stream for good (logout). */
+  stop(): void {
+    this.#stopped = true;
+    window.clearTimeout(this.#timer);
+    window.removeEventListener("online", this.#onOnline);
+    this.#source?.close();
+    this.#source = null;
+  }
+
+  #open(): void {
+    if (this.#stopped) return;
+    this.#options.onState(this.#dropped ? "reconnecting" : "connecting");
+    const params = new URLSearchParams({ access_token: this.#options.token() });
+    if (this.#lastEventId) params.set("lastEventId", this.#lastEventId);
+    const source = new EventSource(`/v1/me/events?${params}`);
+    this.#source = source;
+    source.addEventListener("open", () => {
+      this.#failures = 0;
+      this.#options.onState("live");
+      if (this.#dropped) {
+        this.#dropped = false;
+        this.#options.onResumed();
+      }
+    });
+    source.addEventListener("error", () => {
+      if (this.#source !== source) return;
+      this.#dropped = true;
+      this.#options.onState("reconnecting");
+      // CONNECTING: the browser retries by itself with Last-Event-ID. CLOSED: it gave up.
+      if (source.readyState === EventSource.CLOSED) this.#retryLater();
+    });
+    const onChat = (message: MessageEvent<string>) => {
+      if (message.lastEventId) this.#lastEventId = message.lastEventId;
+      this.#options.onEvent(JSON.parse(message.data) as StreamedEvent);
+    };
+    for (const type of chatEventTypes) source.addEventListener(type, onChat as EventListener);
+    source.addEventListener("presence", ((message: MessageEvent<string>) => {
+      this.#options.onPresence(JSON.parse(message.data) as PresenceChange);
+    }) as EventListener);
+    source.addEventListener("reset", ((message: MessageEvent<string>) => {
+      if (message.lastEventId) this.#lastEventId = message.lastEventId;
+      this.#options.onReset();
+    }) as EventListener);
+  }
+
+  #retryLater(): void {
+    this.#source?.close();
+    this.#source = null;
+    window.clearTimeout(this.#timer);
+    const delay = backoffMs[Math.min(this.#failures, backoffMs.length - 1)]!;
+    this.#failures++;
+    this.#timer = window.setTimeout(() => {
+      void this.#options.canReconnect().then(
+        (ok) => (ok ? this.#open() : this.stop()),
+        () => this.#retryLater(),
+      );
+    }, delay);
+  }
+
+  #onOnline = (): void => {
+    if (this.#stopped || this.#source) return;
+    this.#failures = 0;
+    window.clearTimeout(this.#timer);
+    this.#open();
+  };
+}

@@ -2,6 +2,7 @@
  * The runtime process (`npm start` runs it through `main.ts`): reads the environment,
  * migrates the database, starts the subscriptions, and stops them on SIGTERM.
  */
+import { createServer, type Server } from "node:http";
 import pg from "pg";
 import { type Logger, pino } from "pino";
 import { Registry } from "prom-client";
@@ -30,8 +31,50 @@ export function notificationsDemo(options: { pool: pg.Pool; logger: Logger; regi
 }
 
 /**
+ * Serves `GET /metrics` (Prometheus text) and `GET /healthz` on `port`; resolves once
+ * listening. Port 0 picks a free one.
+ */
+export async function serveMetrics(registry: Registry, port: number, logger: Logger): Promise<Server> {
+  const server = createServer((request, response) => {
+    if (request.method === "GET" && request.url?.startsWith("/metrics")) {
+      registry.metrics().then(
+        (text) => {
+          response.writeHead(200, { "content-type": registry.contentType });
+          response.end(text);
+        },
+        (error: Error) => {
+          response.writeHead(500, { "content-type": "text/plain" });
+          response.end(error.message);
+        },
+      );
+    } else if (request.method === "GET" && request.url === "/healthz") {
+      response.writeHead(200, { "content-type": "application/json" });
+      response.end('{"status":"ok"}');
+    } else {
+      response.writeHead(404, { "content-type": "application/json" });
+      response.end(
+        '{"error":{"code":"CHATBUS_NOT_FOUND","message":"only GET /metrics and /healthz are served here."}}',
+      );
+    }
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", (error: NodeJS.ErrnoException) =>
+      reject(
+        new Error(
+          `the runtime's metrics port ${port} is not available (${error.code ?? error.message}); set CHATBUS_METRICS_PORT to a free port.`,
+        ),
+      ),
+    );
+    server.listen(port, () => resolve());
+  });
+  logger.info({ port }, `runtime metrics on http://0.0.0.0:${port}/metrics`);
+  return server;
+}
+
+/**
  * Starts the runtime process: env `KAFKA_BROKERS`, `DATABASE_URL`, `CHATBUS_TOPIC`,
- * `CHATBUS_ALERT_WEBHOOK`, `LOG_LEVEL`. Resolves once every subscription runs.
+ * `CHATBUS_ALERT_WEBHOOK`, `LOG_LEVEL`, `CHATBUS_METRICS_PORT` (default 9464). Resolves
+ * once every subscription runs.
  */
 export async function startRuntimeProcess(): Promise<RuntimeProcess> {
   const logger = pino({ level: process.env.LOG_LEVEL ?? "info", name: "chatbus-runtime" });
@@ -41,6 +84,12 @@ export async function startRuntimeProcess(): Promise<RuntimeProcess> {
   await migrate(pool);
   const registry = new Registry();
   const started: Stoppable[] = [];
+  const metricsServer = await serveMetrics(
+    registry,
+    Number(process.env.CHATBUS_METRICS_PORT ?? 9464),
+    logger,
+  );
+  started.push({ stop: () => new Promise<void>((resolve) => metricsServer.close(() => resolve())) });
   const stop = async () => {
     for (const target of [...started].reverse()) await target.stop();
     await pool.end();

@@ -42,7 +42,13 @@ import { Registry } from "prom-client";
 import { ensureDeadLetterTopic, publishDeadLetter } from "../dead-letters/dead-letter-topic.ts";
 import { countWaitingDeadLetters, recordDeadLetter } from "../dead-letters/store.ts";
 import type { DeadLetterInput, FailureClass } from "../dead-letters/types.ts";
-import { BusinessError, DeadLetterWriteError, describe, RuntimeStateError } from "../errors.ts";
+import {
+  BusinessError,
+  DeadLetterWriteError,
+  DependencyUnavailableError,
+  describe,
+  RuntimeStateError,
+} from "../errors.ts";
 import {
   type PartitionStatus,
   publishSubscriptionStatus,
@@ -886,6 +892,8 @@ export function createRuntime(options: RuntimeOptions): Runtime {
 
   async function startConsumer(): Promise<void> {
     const created = kafka.consumer({
+      // The topic is made by its owner (npm start, the SDK): never a 1-partition accident here.
+      allowAutoTopicCreation: false,
       groupId: subscription,
       sessionTimeout: config.sessionTimeoutMs,
       heartbeatInterval: config.heartbeatIntervalMs,
@@ -950,6 +958,65 @@ export function createRuntime(options: RuntimeOptions): Runtime {
 
   // ---- lifecycle --------------------------------------------------------------------
 
+  async function startAll(): Promise<void> {
+    if (config.pool) pool = config.pool;
+    else {
+      pool = new pg.Pool({ connectionString: config.databaseUrl, max: 4 });
+      ownsPool = true;
+    }
+    kafka = new Kafka({
+      clientId: config.clientId,
+      brokers: config.brokers,
+      logLevel: logLevel.WARN,
+      logCreator: kafkaLogCreator(logger),
+    });
+    admin = kafka.admin();
+    producer = kafka.producer({
+      allowAutoTopicCreation: false,
+      createPartitioner: Partitioners.DefaultPartitioner,
+    });
+    try {
+      await admin.connect();
+      await producer.connect();
+    } catch (error) {
+      throw new DependencyUnavailableError(
+        `Kafka at ${config.brokers.join(",")} is not reachable (${describe(error)}); start it or set KAFKA_BROKERS.`,
+        error,
+      );
+    }
+    try {
+      await pool.query("SELECT 1 FROM dead_letters LIMIT 0");
+    } catch (error) {
+      throw new DependencyUnavailableError(
+        `PostgreSQL for subscription ${subscription} is not usable (${describe(error)}); start it, check DATABASE_URL, and run the migrations (migrate(pool)).`,
+        error,
+      );
+    }
+    const topics = await admin.listTopics();
+    if (!topics.includes(topic)) {
+      throw new DependencyUnavailableError(
+        `topic ${topic} does not exist on ${config.brokers.join(",")}; create it (npm start does) or set CHATBUS_TOPIC.`,
+      );
+    }
+    try {
+      await ensureDeadLetterTopic(admin, topic, config.deadLetterTopic);
+    } catch (error) {
+      logger.warn(
+        { err: error },
+        `could not create the dead-letter topic ${config.deadLetterTopic}; dead letters wait until it exists`,
+      );
+    }
+    await startConsumer();
+    timers.push(setInterval(() => void commitQuietly(), config.commitIntervalMs));
+    timers.push(setInterval(() => void publishStatus(), config.statusIntervalMs));
+    timers.push(setInterval(() => void replayPoll(), config.replayPollMs));
+    void publishStatus();
+    logger.info(
+      { topic, instanceId, concurrency: config.concurrency, handlers: registrations.map((r) => r.type) },
+      `subscription ${subscription} started`,
+    );
+  }
+
   const runtime: Runtime = {
     subscription,
     instanceId,
@@ -984,41 +1051,21 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       if (started)
         throw new RuntimeStateError("start() was called twice; create a new runtime to start again.");
       started = true;
-      if (config.pool) pool = config.pool;
-      else {
-        pool = new pg.Pool({ connectionString: config.databaseUrl, max: 4 });
-        ownsPool = true;
-      }
-      kafka = new Kafka({
-        clientId: config.clientId,
-        brokers: config.brokers,
-        logLevel: logLevel.WARN,
-        logCreator: kafkaLogCreator(logger),
-      });
-      admin = kafka.admin();
-      producer = kafka.producer({
-        allowAutoTopicCreation: false,
-        createPartitioner: Partitioners.DefaultPartitioner,
-      });
-      await admin.connect();
-      await producer.connect();
       try {
-        await ensureDeadLetterTopic(admin, topic, config.deadLetterTopic);
+        await startAll();
       } catch (error) {
-        logger.warn(
-          { err: error },
-          `could not create the dead-letter topic ${config.deadLetterTopic}; dead letters wait until it exists`,
-        );
+        // Close whatever was opened, so that a failed start leaks nothing.
+        stopping = stopped = true;
+        for (const timer of timers) clearInterval(timer);
+        breaker.shutdown();
+        await Promise.all([
+          consumer?.disconnect().catch(() => {}),
+          producer?.disconnect().catch(() => {}),
+          admin?.disconnect().catch(() => {}),
+        ]);
+        if (ownsPool) await pool.end().catch(() => {});
+        throw error;
       }
-      await startConsumer();
-      timers.push(setInterval(() => void commitQuietly(), config.commitIntervalMs));
-      timers.push(setInterval(() => void publishStatus(), config.statusIntervalMs));
-      timers.push(setInterval(() => void replayPoll(), config.replayPollMs));
-      void publishStatus();
-      logger.info(
-        { topic, instanceId, concurrency: config.concurrency, handlers: registrations.map((r) => r.type) },
-        `subscription ${subscription} started`,
-      );
     },
 
     async stop() {

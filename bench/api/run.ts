@@ -191,7 +191,9 @@ const send = await cannon("POST /v1/conversations/:id/messages", {
     },
   ],
 });
-const history = await cannon("GET history (limit 50)", {
+const HISTORY_CONNECTIONS = 8; // latency, not saturation: fewer requests queue behind each other
+const history = await cannon(`GET history (limit 50, ${HISTORY_CONNECTIONS} connections)`, {
+  connections: HISTORY_CONNECTIONS,
   url: `${apiUrl}/v1/conversations/${historyConversation}/messages?limit=50`,
   headers: { authorization: `Bearer ${readerToken}` },
 });
@@ -292,7 +294,7 @@ machine: ${cpus().length} cores, ${Math.round(totalmem() / 2 ** 30)} GiB; load a
 | trivial fastify route (POST /noop, same process) | ${Math.round(noop.requests.average)} req/s, p99 ${noop.latency.p99} ms |
 | send endpoint (auth + validation + membership + Kafka acks=all) | ${Math.round(send.requests.average)} req/s, p99 ${send.latency.p99} ms, non-2xx ${send.non2xx} |
 | send / trivial | ${((send.requests.average / noop.requests.average) * 100).toFixed(1)} % |
-| history page of 50 (${HISTORY_MESSAGES} messages) | ${Math.round(history.requests.average)} req/s, p50 ${history.latency.p50} ms, p99 ${history.latency.p99} ms |
+| history page of 50 (${HISTORY_MESSAGES} messages, ${HISTORY_CONNECTIONS} connections) | ${Math.round(history.requests.average)} req/s, p50 ${history.latency.p50} ms, p99 ${history.latency.p99} ms |
 | SSE streams open on one process | ${opened} (opened in ${openSeconds.toFixed(1)} s) |
 | memory per idle stream (API process) | heap ${(perStreamHeap / 1024).toFixed(1)} KiB, rss ${(perStreamRss / 1024).toFixed(1)} KiB |
 | one message to a group of ${STREAMS}: send → stream | p50 ${pct(received, 50).toFixed(0)} ms, p99 ${pct(received, 99).toFixed(0)} ms, last ${received.at(-1)!.toFixed(0)} ms (${received.length}/${opened} streams) |

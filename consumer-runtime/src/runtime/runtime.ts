@@ -165,6 +165,54 @@ function headersAsStrings(headers: KafkaMessage["headers"]): Record<string, stri
   return out;
 }
 
+/**
+ * A handler's context. A class so that the hot path allocates one plain object and
+ * no closures; the child logger is made only when a handler asks for it.
+ */
+class Context implements HandlerContext {
+  #parent: Logger;
+  #child: Logger | undefined;
+  #eventId: string;
+  #type: string;
+  readonly replay = false;
+  readonly conversationId: string;
+
+  constructor(
+    parent: Logger,
+    readonly subscription: string,
+    event: ChatEvent,
+    readonly partition: number,
+    readonly offset: string,
+    readonly attempt: number,
+    readonly signal: AbortSignal,
+  ) {
+    this.#parent = parent;
+    this.conversationId = event.conversationId;
+    this.#eventId = event.id;
+    this.#type = event.type;
+  }
+
+  get logger(): Logger {
+    this.#child ??= this.#parent.child({
+      conversationId: this.conversationId,
+      partition: this.partition,
+      offset: this.offset,
+      eventId: this.#eventId,
+      type: this.#type,
+    });
+    return this.#child;
+  }
+}
+
+/** Calls a handler so that a synchronous throw becomes a rejection. */
+async function callHandler(
+  handler: Handler<ChatEventType>,
+  event: ChatEvent,
+  ctx: HandlerContext,
+): Promise<void> {
+  await handler(event, ctx);
+}
+
 /** A sleep that ends early (resolving) when `signal` aborts. */
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
@@ -491,28 +539,17 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     if (work.backPressure) checkBackPressure(work);
   }
 
-  function context(item: Item, attempt: number, replay: boolean): HandlerContext {
+  function context(item: Item, attempt: number): HandlerContext {
     const event = (item.decoded as { event: ChatEvent }).event;
-    let child: Logger | undefined;
-    return {
+    return new Context(
+      logger,
       subscription,
-      conversationId: event.conversationId,
-      partition: item.work.partition,
-      offset: item.message.offset,
+      event,
+      item.work.partition,
+      item.message.offset,
       attempt,
-      replay,
-      signal: abortHandlers.signal,
-      get logger() {
-        child ??= logger.child({
-          conversationId: event.conversationId,
-          partition: item.work.partition,
-          offset: item.message.offset,
-          eventId: event.id,
-          type: event.type,
-        });
-        return child;
-      },
-    };
+      abortHandlers.signal,
+    );
   }
 
   function later(ms: number): Step {
@@ -698,21 +735,20 @@ export function createRuntime(options: RuntimeOptions): Runtime {
         item.attempts ??= new Map();
         const attempt = (item.attempts.get(registration) ?? 0) + 1;
         item.attempts.set(registration, attempt);
-        const ctx = context(item, attempt, false);
-        const typed = typeMetrics(event.type);
+        const ctx = context(item, attempt);
+        const duration = typeMetrics(event.type).duration;
         const startedAt = performance.now();
-        const timer = () => typed.duration.observe((performance.now() - startedAt) / 1000);
         try {
-          await breaker.fire(async () => registration.handler(event, ctx));
+          await breaker.fire(() => callHandler(registration.handler, event, ctx));
         } catch (error) {
-          timer();
+          duration.observe((performance.now() - startedAt) / 1000);
           if (error instanceof BreakerOpenError) {
             item.attempts.set(registration, attempt - 1);
             return breaker.state === "closed" ? later(50) : { kind: "later", when: breaker.nextTransition() };
           }
           return await onFailure(item, registration, error);
         }
-        timer();
+        duration.observe((performance.now() - startedAt) / 1000);
         item.remaining.shift();
         item.systemFailures = 0;
       }

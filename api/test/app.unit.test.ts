@@ -40,7 +40,10 @@ afterEach(async () => {
   await Promise.all(apps.splice(0).map((a) => a.close()));
 });
 
-async function makeApp(overrides: Partial<ApiConfig> = {}) {
+async function makeApp(
+  overrides: Partial<ApiConfig> = {},
+  readiness: Record<string, () => Promise<void>> = {},
+) {
   const sent: Sent[] = [];
   const members: Record<string, string[]> = { "conv-1": ["ana", "ben"] };
   // Only what these routes call; anything else would throw (and fail the test).
@@ -62,7 +65,7 @@ async function makeApp(overrides: Partial<ApiConfig> = {}) {
     },
     projection,
     pool,
-    readiness: {},
+    readiness,
   });
   apps.push(app);
   return { app, sent };
@@ -293,6 +296,33 @@ describe("bad input", () => {
     });
     expect(res.statusCode).toBe(400);
     expect(res.json().error.code).toBe("CHATBUS_VALIDATION");
+  });
+});
+
+describe("health", () => {
+  it("is ready when every dependency answers, and says which one does not", async () => {
+    let kafkaUp = true;
+    const { app } = await makeApp(
+      {},
+      {
+        postgresql: async () => {},
+        kafka: async () => {
+          if (!kafkaUp) throw new Error("Kafka at 127.0.0.1:9092 did not answer within 2000 ms");
+        },
+      },
+    );
+    const ready = await app.inject({ method: "GET", url: "/readyz" });
+    expect(ready.statusCode).toBe(200);
+    expect(ready.json()).toEqual({ status: "ready", checks: { postgresql: "ok", kafka: "ok" } });
+    kafkaUp = false;
+    const down = await app.inject({ method: "GET", url: "/readyz" });
+    expect(down.statusCode).toBe(503);
+    expect(down.json().checks).toEqual({
+      postgresql: "ok",
+      kafka: expect.stringContaining("did not answer"),
+    });
+    expect(down.json().error.code).toBe("CHATBUS_NOT_READY");
+    expect((await app.inject({ method: "GET", url: "/healthz" })).statusCode).toBe(200);
   });
 });
 

@@ -18,6 +18,7 @@ import {
   ChatBusError,
   ProduceRejectedError,
   RateLimitedError,
+  ValidationError,
 } from "./errors.ts";
 import type { ChatEventInput, ConversationKind, Priority } from "./events.ts";
 import { createProducerMetrics } from "./metrics.ts";
@@ -86,18 +87,6 @@ function kafkaLogCreator(logger: Logger | undefined) {
     };
 }
 
-const connectionErrorNames = new Set([
-  "KafkaJSConnectionError",
-  "KafkaJSConnectionClosedError",
-  "KafkaJSRequestTimeoutError",
-  "KafkaJSNumberOfRetriesExceeded",
-  "KafkaJSBrokerNotFound",
-  "KafkaJSMetadataNotLoaded",
-  "KafkaJSNonRetriableError",
-  "KafkaJSLockTimeout",
-  "KafkaJSTimeout",
-]);
-
 function describe(error: unknown): string {
   if (!(error instanceof Error)) return String(error);
   const cause = (error as { cause?: unknown }).cause;
@@ -109,12 +98,17 @@ function describe(error: unknown): string {
 /** A Kafka failure as one of our errors: unreachable brokers versus a refusal. */
 function toChatBusError(options: ResolvedOptions, error: unknown): ChatBusError {
   if (error instanceof ChatBusError) return error;
-  const name = (error as { name?: string })?.name ?? "";
-  const retriable = (error as { retriable?: boolean })?.retriable === true;
-  if (connectionErrorNames.has(name) || retriable || !name.startsWith("KafkaJS")) {
-    return new BrokerUnavailableError(options.brokers, describe(error), error);
+  // kafkajs wraps a refusal it will not retry in KafkaJSNonRetriableError; judge the cause.
+  const cause = (error as { cause?: unknown })?.cause;
+  const root =
+    (error as { name?: string })?.name === "KafkaJSNonRetriableError" && cause instanceof Error
+      ? cause
+      : error;
+  const name = (root as { name?: string })?.name ?? "";
+  if (name === "KafkaJSProtocolError" && (root as { retriable?: boolean }).retriable === false) {
+    return new ProduceRejectedError(options.topic, describe(root), error);
   }
-  return new ProduceRejectedError(options.topic, describe(error), error);
+  return new BrokerUnavailableError(options.brokers, describe(error), error);
 }
 
 /** Rejects with `onTimeout()` when `promise` takes longer than `ms`. */
@@ -263,6 +257,8 @@ export async function createChatBus(options: ChatBusOptions = {}): Promise<ChatB
     partition: number;
     conversationId: string;
     rateLimited: boolean;
+    /** Key, value and header bytes, counted against `maxBatchBytes`. */
+    bytes: number;
   }
 
   /** Validates and encodes; records the conversation kind; nothing is sent yet. */
@@ -276,6 +272,17 @@ export async function createChatBus(options: ChatBusOptions = {}): Promise<ChatB
       source: resolved.source,
       ...(fieldPrefix === undefined ? {} : { fieldPrefix }),
     });
+    let bytes = record.key.length + record.value.length;
+    for (const name in record.headers) bytes += name.length + record.headers[name]!.length;
+    if (bytes > resolved.maxBatchBytes) {
+      // Kafka would refuse it (message.max.bytes): say so before anything is sent.
+      const field = fieldPrefix ?? "(event)";
+      throw new ValidationError(
+        field,
+        "maxBytes",
+        `\`${field}\` is ${bytes} bytes as a Kafka record, over the ${resolved.maxBatchBytes}-byte limit (maxBatchBytes, under the broker's message.max.bytes); send large payloads by reference.`,
+      );
+    }
     if (hint?.kind === "direct" || hint?.kind === "group") learnKind(conversationId, hint.kind);
     if (encoded.type === "chat.conversation.created") learnKind(conversationId, encoded.data.kind);
     return {
@@ -285,6 +292,7 @@ export async function createChatBus(options: ChatBusOptions = {}): Promise<ChatB
       partition: partitionOf(conversationId),
       conversationId,
       rateLimited: encoded.type === "chat.message.sent",
+      bytes,
     };
   };
 
@@ -299,13 +307,15 @@ export async function createChatBus(options: ChatBusOptions = {}): Promise<ChatB
   const enqueue = (prepared: Prepared, startedAt: number): Promise<SendResult> =>
     new Promise<SendResult>((resolve, reject) => {
       const { record } = prepared;
-      const headers = record.headers;
-      let bytes = record.key.length + record.value.length;
-      for (const name in headers) bytes += name.length + headers[name]!.length;
       batcher.add({
-        message: { key: record.key, value: record.value, headers, partition: prepared.partition },
+        message: {
+          key: record.key,
+          value: record.value,
+          headers: record.headers,
+          partition: prepared.partition,
+        },
         partition: prepared.partition,
-        bytes,
+        bytes: prepared.bytes,
         resolve: (offset) => {
           metrics.produced(prepared.type);
           metrics.sendDuration((performance.now() - startedAt) / 1000);

@@ -5,14 +5,20 @@
  */
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
-import { Kafka, logLevel } from "kafkajs";
+import { ConfigResourceTypes, Kafka, logLevel } from "kafkajs";
 import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { kafkaBrokers } from "../../test/support/env.ts";
 import { createTestTopic, uniqueName } from "../../test/support/isolation.ts";
 import { type ChatBus, createChatBus } from "../src/chat-bus.ts";
 import { decodeRecord } from "../src/codec.ts";
-import { BusClosedError, RateLimitedError, TopicMismatchError, ValidationError } from "../src/errors.ts";
+import {
+  BusClosedError,
+  ProduceRejectedError,
+  RateLimitedError,
+  TopicMismatchError,
+  ValidationError,
+} from "../src/errors.ts";
 import type { ChatEventInput } from "../src/events.ts";
 import { validEvents } from "./samples.ts";
 
@@ -182,6 +188,16 @@ describe("bad input", () => {
       ])
       .catch((e: unknown) => e);
     expect((many as ValidationError).field).toBe("items[1].content.text");
+    // An event over the record size limit is refused before it is sent.
+    const huge = await bus
+      .send("conv-big", {
+        type: "chat.message.sent",
+        senderId: "ana",
+        content: { type: "custom", customType: "blob", data: { bytes: "x".repeat(1_000_000) } },
+      })
+      .catch((e: unknown) => e);
+    expect(huge).toBeInstanceOf(ValidationError);
+    expect((huge as ValidationError).rule).toBe("maxBytes");
     // Give a wrongly sent record time to show up before comparing.
     await new Promise((r) => setTimeout(r, 300));
     expect(await endOffsets(topic)).toEqual(before);
@@ -190,6 +206,39 @@ describe("bad input", () => {
     const sent = await bus.send("conv-a", message("fine"));
     const after = await endOffsets(topic);
     expect(after[sent.partition]).toBe(String(Number(before[sent.partition]) + 1));
+  });
+});
+
+describe("Kafka refusals", () => {
+  it("reports a record the broker refuses as ProduceRejectedError, and the bus goes on", async () => {
+    const topic = await createTestTopic("sdk_refused", 3);
+    const admin2 = new Kafka({
+      clientId: "producer-sdk-test",
+      brokers: kafkaBrokers(),
+      logLevel: logLevel.NOTHING,
+    }).admin();
+    await admin2.connect();
+    // A topic whose records may be at most 1 kB: a 2 kB event is refused by the broker.
+    await admin2.alterConfigs({
+      validateOnly: false,
+      resources: [
+        {
+          type: ConfigResourceTypes.TOPIC,
+          name: topic,
+          configEntries: [{ name: "max.message.bytes", value: "1000" }],
+        },
+      ],
+    });
+    await admin2.disconnect();
+    const bus = await createChatBus({ brokers: kafkaBrokers(), topic, partitions: 3 });
+    try {
+      const error = await bus.send("conv-r", message("y".repeat(2000))).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(ProduceRejectedError);
+      expect((error as ProduceRejectedError).retryable).toBe(false);
+      await expect(bus.send("conv-r", message("small"))).resolves.toHaveProperty("offset", "0");
+    } finally {
+      await bus.close();
+    }
   });
 });
 

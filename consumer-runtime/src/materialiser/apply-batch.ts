@@ -1,17 +1,21 @@
 /**
- * Applies one partition's batch of records to the projection inside ONE transaction
- * that also advances the partition's `projection_offsets.next_offset`.
+ * Applies one partition's batch of records to the projection atomically with the
+ * partition's `projection_offsets.next_offset`, in two round trips:
  *
- * Why this gives effectively-once: the transaction first locks the partition's offset
- * row and skips every record below `next_offset`, so a record applied before a crash,
- * a rebalance or a redelivery changes nothing, and two instances that briefly both
- * hold a partition are serialised by the row lock. Kafka commits are only a hint of
- * where to fetch from.
+ * 1. one statement loads the stored offset and every row the batch touches (as JSON);
+ *    records below the offset are skipped (applied before a crash, a rebalance or a
+ *    redelivery);
+ * 2. the events are folded in memory in log order (business rules, sequence numbers,
+ *    unread counts);
+ * 3. ONE statement of data-modifying CTEs writes the final state with one set-based
+ *    `INSERT/UPDATE … FROM unnest(…)` per table (not one per event), guarded by the
+ *    offset: `guard` moves `next_offset` only if it still is what step 1 saw (taking
+ *    the row lock), every other CTE writes only if the guard did, and the NOTIFY is
+ *    selected from the guard. A single statement is atomic, so a crash leaves the
+ *    batch with its offset or neither; a concurrent writer of the same partition makes
+ *    the guard match nothing (OffsetMovedError) and the batch is retried.
  *
- * How it stays fast: the rows that the batch touches are loaded with a few `= ANY`
- * queries, the events are folded in memory in log order (business rules, sequence
- * numbers, unread counts), and the final state is written back with one set-based
- * statement per table (`INSERT … SELECT FROM unnest(…)`), not one per event.
+ * Kafka commits are only a hint of where to fetch from.
  */
 import { type ChatEvent, decodeRecord, type EventData, type RawRecord } from "@chatbus/producer-sdk";
 import type pg from "pg";
@@ -55,6 +59,8 @@ interface ConversationState {
   createdAt: Date;
   createdEventId: string;
   lastSeq: number;
+  /** last_seq as stored before this batch: messages above it are the batch's own. */
+  loadedLastSeq: number;
   lastMessageAt: Date | null;
   lastActivityAt: Date;
   isNew: boolean;
@@ -77,12 +83,12 @@ interface MemberState {
   isNew: boolean;
   dirty: boolean;
   /**
-   * A read receipt moved lastReadSeq: unread is recounted in SQL (after the messages
-   * are written) over seq <= recountUpTo, plus `unreadCount`, which then holds only
-   * the increments of later messages in the batch.
+   * After a read receipt in this batch: messages of others already stored with
+   * readFrom < seq <= dbUpTo are counted by SQL and added to `unreadCount` (which then
+   * holds the batch's own messages after the receipt's position). dbUpTo 0: no count.
    */
-  recount: boolean;
-  recountUpTo: number;
+  readFrom: number;
+  dbUpTo: number;
 }
 
 interface MessageState {
@@ -137,7 +143,7 @@ function headersAsJson(headers: RawRecord["headers"]): Record<string, string> {
 
 const iso = (d: Date | null) => (d === null ? null : d.toISOString());
 
-/** Applies `records` (one partition, ascending offsets) in one transaction on `client`. */
+/** Applies `records` (one partition, ascending offsets) atomically with the stored offset, on `client`. */
 export async function applyBatch(
   client: pg.PoolClient,
   context: ApplyContext,
@@ -153,34 +159,19 @@ export async function applyBatch(
     range: null,
   };
   if (records.length === 0) return result;
-  try {
-    // BEGIN and the offset row lock in one round trip (simple protocol, so literals):
-    // the upsert creates the row if needed and ON CONFLICT DO UPDATE locks it.
-    const results = (await client.query(
-      `BEGIN; INSERT INTO projection_offsets AS o (topic, partition, next_offset)
-       VALUES (${client.escapeLiteral(context.topic)}, ${Number(context.partition)}, 0)
-       ON CONFLICT (topic, partition) DO UPDATE SET next_offset = o.next_offset
-       RETURNING next_offset`,
-    )) as unknown as pg.QueryResult<{ next_offset: string }>[];
-    const nextOffset = BigInt(results[1]!.rows[0]!.next_offset);
-    const todo = records.filter((r) => BigInt(r.offset) >= nextOffset);
-    result.skipped = records.length - todo.length;
-    if (todo.length === 0) {
-      await client.query("COMMIT");
-      return result;
-    }
-    const last = todo[todo.length - 1]!.offset;
-    result.range = { from: todo[0]!.offset, to: last };
-    await fold(client, context, todo, result, {
-      last,
-      notify: JSON.stringify({ partition: context.partition, from: result.range.from, to: last }),
-    });
-    result.handled = todo.length;
-    await client.query("COMMIT");
-    return result;
-  } catch (error) {
-    await client.query("ROLLBACK").catch(() => {});
-    throw error;
+  await fold(client, context, records, result);
+  return result;
+}
+
+/** Another writer moved the partition's offset since the load: retry the batch (nothing was written). */
+export class OffsetMovedError extends Error {
+  readonly code = "CHATBUS_OFFSET_MOVED";
+  readonly retryable = true;
+  constructor(topic: string, partition: number, expected: string) {
+    super(
+      `the stored offset of ${topic}/${partition} is no longer ${expected}: another materialiser applied this partition meanwhile; the batch is retried and skips what it applied.`,
+    );
+    this.name = "OffsetMovedError";
   }
 }
 
@@ -189,10 +180,9 @@ async function fold(
   context: ApplyContext,
   records: BatchRecord[],
   result: BatchResult,
-  tailInfo: { last: string; notify: string },
 ): Promise<void> {
-  const deadLetters: DeadLetterRow[] = [];
-  const decoded: { record: BatchRecord; event: ChatEvent }[] = [];
+  let deadLetters: DeadLetterRow[] = [];
+  let decoded: { record: BatchRecord; event: ChatEvent }[] = [];
   for (const record of records) {
     const outcome = decodeRecord(record);
     if (outcome.ok) {
@@ -219,6 +209,7 @@ async function fold(
   const membersOf = new Map<string, MemberState[]>();
   const messages = new Map<string, MessageState>();
   const byClientMsgId = new Map<string, MessageState>();
+  const newMessagesOf = new Map<string, MessageState[]>();
   const targetIds: string[] = [];
   const clientConv: string[] = [];
   const clientSender: string[] = [];
@@ -235,13 +226,15 @@ async function fold(
   }
   // Event ids applied before (the same record produced twice lands at another offset).
   const seen = new Set<string>();
-  if (decoded.length > 0) {
+  let nextOffset = 0n;
+  {
     // One round trip for everything the fold needs to know (JSON keeps it one row).
     const { rows } = await client.query<{
       conversations: Record<string, unknown>[];
       members: Record<string, unknown>[];
       messages: Record<string, unknown>[];
       seen: string[];
+      next_offset: string | null;
     }>(
       `SELECT
          (SELECT coalesce(json_agg(c), '[]') FROM (
@@ -262,8 +255,18 @@ async function fold(
               FROM unnest($3::text[], $4::text[], $5::text[]) AS k(conversation_id, sender_id, client_msg_id)
               JOIN messages g ON g.conversation_id = k.conversation_id AND g.sender_id = k.sender_id
                              AND g.client_msg_id = k.client_msg_id) g) AS messages,
-         (SELECT coalesce(json_agg(event_id), '[]') FROM event_log WHERE event_id = ANY($6::text[])) AS seen`,
-      [conversationIds, targetIds, clientConv, clientSender, clientIds, decoded.map((d) => d.event.id)],
+         (SELECT coalesce(json_agg(event_id), '[]') FROM event_log WHERE event_id = ANY($6::text[])) AS seen,
+         (SELECT next_offset FROM projection_offsets WHERE topic = $7 AND partition = $8) AS next_offset`,
+      [
+        conversationIds,
+        targetIds,
+        clientConv,
+        clientSender,
+        clientIds,
+        decoded.map((d) => d.event.id),
+        context.topic,
+        context.partition,
+      ],
     );
     const loaded = rows[0]!;
     const date = (v: unknown) => (v === null || v === undefined ? null : new Date(v as string));
@@ -276,6 +279,7 @@ async function fold(
         createdAt: date(r.created_at)!,
         createdEventId: r.created_event_id as string,
         lastSeq: Number(r.last_seq),
+        loadedLastSeq: Number(r.last_seq),
         lastMessageAt: date(r.last_message_at),
         lastActivityAt: date(r.last_activity_at)!,
         isNew: false,
@@ -297,8 +301,8 @@ async function fold(
         unreadCount: Number(r.unread_count),
         isNew: false,
         dirty: false,
-        recount: false,
-        recountUpTo: 0,
+        readFrom: 0,
+        dbUpTo: 0,
       };
       members.set(memberKey(state.conversationId, state.userId), state);
       const list = membersOf.get(state.conversationId);
@@ -328,7 +332,18 @@ async function fold(
         byClientMsgId.set(clientKey(state.conversationId, state.senderId, state.clientMsgId), state);
     }
     for (const id of loaded.seen) seen.add(id);
+    nextOffset = BigInt(loaded.next_offset ?? 0);
   }
+  // Records below the stored offset were applied before (a crash, rebalance or redelivery).
+  const expected = nextOffset.toString();
+  decoded = decoded.filter((d) => BigInt(d.record.offset) >= nextOffset);
+  deadLetters = deadLetters.filter((d) => BigInt(d.offset) >= nextOffset);
+  const todo = records.filter((r) => BigInt(r.offset) >= nextOffset);
+  result.skipped = records.length - todo.length;
+  if (todo.length === 0) return;
+  const last = todo[todo.length - 1]!.offset;
+  result.range = { from: todo[0]!.offset, to: last };
+  result.handled = todo.length;
 
   // Fold in log order.
   const eventLog: {
@@ -401,8 +416,8 @@ async function fold(
       unreadCount: 0,
       isNew: previous ? previous.isNew : true,
       dirty: true,
-      recount: false,
-      recountUpTo: 0,
+      readFrom: 0,
+      dbUpTo: 0,
     };
     members.set(key, m);
     const list = membersOf.get(c.id) ?? [];
@@ -445,6 +460,7 @@ async function fold(
             createdAt: event.time,
             createdEventId: event.id,
             lastSeq: 0,
+            loadedLastSeq: 0,
             lastMessageAt: null,
             lastActivityAt: event.time,
             isNew: true,
@@ -505,6 +521,9 @@ async function fold(
             dirty: true,
           };
           messages.set(g.eventId, g);
+          const fresh = newMessagesOf.get(c.id);
+          if (fresh) fresh.push(g);
+          else newMessagesOf.set(c.id, [g]);
           if (cmid) byClientMsgId.set(clientKey(c.id, g.senderId, cmid), g);
           if (c.lastMessageAt === null || event.time > c.lastMessageAt) c.lastMessageAt = event.time;
           for (const m of membersOf.get(c.id) ?? []) {
@@ -554,9 +573,13 @@ async function fold(
           const kind = event.type === "chat.receipt.read" ? "read" : "delivered";
           if (kind === "read" && upTo > m.lastReadSeq) {
             m.lastReadSeq = upTo;
-            m.recount = true;
-            m.recountUpTo = c.lastSeq;
-            m.unreadCount = 0;
+            // Unread from scratch: stored messages by SQL, the batch's own here.
+            m.readFrom = Math.max(upTo, m.joinedSeq);
+            m.dbUpTo = m.readFrom < c.loadedLastSeq ? c.loadedLastSeq : 0;
+            const from = Math.max(m.readFrom, c.loadedLastSeq);
+            m.unreadCount = (newMessagesOf.get(c.id) ?? []).filter(
+              (g) => g.seq > from && g.senderId !== m.userId,
+            ).length;
           }
           m.lastDeliveredSeq = Math.max(m.lastDeliveredSeq, upTo, m.lastReadSeq);
           m.dirty = true;
@@ -606,7 +629,11 @@ async function fold(
       eventLog,
       deadLetters,
     },
-    tailInfo,
+    {
+      last,
+      expected,
+      notify: JSON.stringify({ partition: context.partition, from: todo[0]!.offset, to: last }),
+    },
   );
 }
 
@@ -634,7 +661,7 @@ async function write(
     eventLog: { offset: string; event: ChatEvent; seq: number | null }[];
     deadLetters: DeadLetterRow[];
   },
-  tailInfo: { last: string; notify: string },
+  tailInfo: { last: string; notify: string; expected: string },
 ): Promise<void> {
   const p = context.partition;
   const parts: { sql: string; params: unknown[] }[] = [];
@@ -709,13 +736,17 @@ async function write(
     add(
       `UPDATE members m SET role = x.role, joined_at = x.joined_at, joined_offset = x.joined_offset,
               joined_seq = x.joined_seq, left_at = x.left_at, left_offset = x.left_offset,
-              last_delivered_seq = x.last_delivered_seq, last_read_seq = x.last_read_seq, unread_count = x.unread_count
+              last_delivered_seq = x.last_delivered_seq, last_read_seq = x.last_read_seq,
+              unread_count = x.unread_count + CASE WHEN x.db_up_to > x.read_from THEN (
+                SELECT count(*) FROM messages g
+                 WHERE g.conversation_id = m.conversation_id AND g.seq > x.read_from AND g.seq <= x.db_up_to
+                   AND g.sender_id <> m.user_id) ELSE 0 END
          FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[], $6::bigint[],
-                     $7::timestamptz[], $8::bigint[], $9::bigint[], $10::bigint[], $11::int[])
+                     $7::timestamptz[], $8::bigint[], $9::bigint[], $10::bigint[], $11::int[], $12::bigint[], $13::bigint[])
            AS x(conversation_id, user_id, role, joined_at, joined_offset, joined_seq, left_at, left_offset,
-                last_delivered_seq, last_read_seq, unread_count)
+                last_delivered_seq, last_read_seq, unread_count, read_from, db_up_to)
         WHERE m.conversation_id = x.conversation_id AND m.user_id = x.user_id`,
-      memberColumns(updated),
+      [...memberColumns(updated), updated.map((m) => m.readFrom), updated.map((m) => m.dbUpTo)],
     );
   }
   const newMessages = rows.messages.filter((g) => g.isNew);
@@ -862,40 +893,30 @@ async function write(
       ],
     );
   }
-  // The offset moves in the same statement as the rows.
-  add(
-    "UPDATE projection_offsets SET next_offset = $3, updated_at = now() WHERE topic = $1 AND partition = $2",
-    [context.topic, p, (BigInt(tailInfo.last) + 1n).toString()],
-  );
-  const params: unknown[] = [];
+  // The guard moves the offset only if it is still where the load saw it (it takes the
+  // row lock, so a concurrent writer of the partition waits and then finds it moved);
+  // every other write runs only if the guard did. One statement: atomic on its own.
+  const params: unknown[] = [context.topic, p, (BigInt(tailInfo.last) + 1n).toString(), tailInfo.expected];
+  const guard = `guard AS (
+    INSERT INTO projection_offsets AS o (topic, partition, next_offset) VALUES ($1, $2, $3)
+    ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset, updated_at = now()
+    WHERE o.next_offset = $4 RETURNING 1)`;
   const ctes = parts.map((part, i) => {
     const base = params.length;
     params.push(...part.params);
-    return `w${i} AS (${part.sql.replace(/\$(\d+)/g, (_, n) => `$${base + Number(n)}`)})`;
+    let sql = part.sql.replace(/\$(\d+)/g, (_, n) => `$${base + Number(n)}`);
+    const onConflict = sql.indexOf("ON CONFLICT");
+    if (onConflict >= 0)
+      sql = `${sql.slice(0, onConflict)} WHERE EXISTS (SELECT 1 FROM guard) ${sql.slice(onConflict)}`;
+    else if (sql.trimStart().startsWith("UPDATE")) sql = `${sql} AND EXISTS (SELECT 1 FROM guard)`;
+    else sql = `${sql} WHERE EXISTS (SELECT 1 FROM guard)`;
+    return `w${i} AS (${sql})`;
   });
   params.push(eventsChannel(context.schema), tailInfo.notify);
   // Data-modifying CTEs run once each whether referenced or not; the NOTIFY is delivered at commit.
-  await client.query(
-    `WITH ${ctes.join(",\n")} SELECT pg_notify($${params.length - 1}, $${params.length})`,
+  const done = await client.query(
+    `WITH ${[guard, ...ctes].join(",\n")} SELECT pg_notify($${params.length - 1}, $${params.length}) FROM guard`,
     params,
   );
-  const recount = ms.filter((m) => m.recount);
-  if (recount.length > 0) {
-    // Unread after a read receipt: counted from the rows up to the receipt's position,
-    // plus what later messages of the batch added (the member may have left since).
-    await client.query(
-      `UPDATE members m SET unread_count = x.extra + (
-          SELECT count(*) FROM messages g
-           WHERE g.conversation_id = m.conversation_id AND g.seq > greatest(m.last_read_seq, m.joined_seq)
-             AND g.seq <= x.up_to AND g.sender_id <> m.user_id)
-         FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[]) AS x(conversation_id, user_id, up_to, extra)
-        WHERE m.conversation_id = x.conversation_id AND m.user_id = x.user_id`,
-      [
-        recount.map((m) => m.conversationId),
-        recount.map((m) => m.userId),
-        recount.map((m) => m.recountUpTo),
-        recount.map((m) => m.unreadCount),
-      ],
-    );
-  }
+  if (done.rowCount !== 1) throw new OffsetMovedError(context.topic, p, tailInfo.expected);
 }

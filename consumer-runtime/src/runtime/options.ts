@@ -69,6 +69,8 @@ const RuntimeOptionsSchema = Type.Object(
     commitIntervalMs: Type.Optional(positiveInt("Commit of events finished outside a batch (ms).")),
     statusIntervalMs: Type.Optional(positiveInt("Status table refresh (ms).")),
     replayPollMs: Type.Optional(positiveInt("Poll for dead letters to replay (ms).")),
+    kafkaRetries: Type.Optional(nonNegativeInt("kafkajs retries of one request before it gives up.")),
+    kafkaInitialRetryTimeMs: Type.Optional(positiveInt("kafkajs first retry delay (ms).")),
     deadLetterTopic: Type.Optional(Type.String({ minLength: 1, maxLength: 249 })),
     alertWebhook: Type.Optional(Type.String({ minLength: 1 })),
     alertMinIntervalMs: Type.Optional(nonNegativeInt("At most one alert of a kind per window (ms).")),
@@ -109,6 +111,8 @@ export interface ResolvedRuntimeOptions {
   commitIntervalMs: number;
   statusIntervalMs: number;
   replayPollMs: number;
+  kafkaRetries: number;
+  kafkaInitialRetryTimeMs: number;
   deadLetterTopic: string;
   alertWebhook: string | undefined;
   alertMinIntervalMs: number;
@@ -127,6 +131,8 @@ export const runtimeDefaults = {
   statusIntervalMs: 2_000, // 2 s
   replayPollMs: 1_000, // 1 s
   alertMinIntervalMs: 60_000, // 1 min per (subscription, kind)
+  kafkaRetries: 5, // kafkajs's default
+  kafkaInitialRetryTimeMs: 300, // 0.3 s, kafkajs's default
 } as const;
 
 const compiled = TypeCompiler.Compile(RuntimeOptionsSchema);

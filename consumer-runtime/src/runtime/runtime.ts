@@ -277,7 +277,8 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   let rebalanceSettled: { promise: Promise<void>; resolve: () => void } = settled();
   let generation = 0;
   let probeInFlight = false;
-  let restarting = false;
+  let restartDelayMs = 1000;
+  const restarted = new WeakSet<Consumer>();
   const startedAt = new Date().toISOString();
   const counts = { processed: 0, failed: 0, deadLettered: 0, inFlight: 0 };
   const assigned = new Set<number>();
@@ -940,6 +941,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     consumer = created;
     created.on(created.events.GROUP_JOIN, ({ payload }) => {
       if (consumer !== created) return;
+      restartDelayMs = 1000;
       onAssignment(payload.memberAssignment[topic] ?? []);
     });
     created.on(created.events.REBALANCING, () => {
@@ -949,7 +951,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     created.on(created.events.CRASH, ({ payload }) => {
       if (consumer !== created || stopping) return;
       logger.error({ err: payload.error, restart: payload.restart }, "the Kafka consumer crashed");
-      if (!payload.restart) void restartConsumer(created);
+      restartConsumer(created);
     });
     await created.connect();
     await created.subscribe({ topic, fromBeginning: config.fromBeginning });
@@ -961,10 +963,17 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     });
   }
 
-  /** kafkajs stops for good on some errors (#659, #1545): start a new consumer, count it, alert. */
-  async function restartConsumer(crashed: Consumer): Promise<void> {
-    if (restarting || stopping) return;
-    restarting = true;
+  /**
+   * kafkajs stops for good on some errors (#659, #1545, #1513). The runtime owns every
+   * restart (kafkajs's own is off: `restartOnFailure` → false): it drops the queued
+   * work (the new consumer starts from the committed offsets), counts the restart,
+   * alerts, and starts a new consumer after a back-off (1 s doubling to 30 s, reset
+   * once a group is joined). A consumer that crashes again while starting schedules
+   * the next attempt the same way.
+   */
+  function restartConsumer(crashed: Consumer): void {
+    if (stopping || consumer !== crashed || restarted.has(crashed)) return;
+    restarted.add(crashed);
     metrics.restarts.inc({ subscription });
     alerts.send({
       kind: "consumer_restarted",
@@ -976,20 +985,20 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     dropAllWork();
     assigned.clear();
     kafkaPaused.clear();
-    await crashed.disconnect().catch(() => {});
-    let delay = 1000;
-    while (!stopping) {
+    const delay = restartDelayMs;
+    restartDelayMs = Math.min(restartDelayMs * 2, 30_000);
+    void (async () => {
+      await crashed.disconnect().catch(() => {});
+      await sleep(delay, stopSleeps.signal);
+      if (stopping || consumer !== crashed) return;
       try {
         await startConsumer();
         logger.info("the Kafka consumer was restarted");
-        break;
       } catch (error) {
-        logger.error({ err: error, delayMs: delay }, "restarting the Kafka consumer failed; trying again");
-        await sleep(delay, stopSleeps.signal);
-        delay = Math.min(delay * 2, 30_000);
+        logger.error({ err: error }, "restarting the Kafka consumer failed; trying again");
+        restartConsumer(consumer);
       }
-    }
-    restarting = false;
+    })();
   }
 
   // ---- lifecycle --------------------------------------------------------------------
@@ -1005,6 +1014,12 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       brokers: config.brokers,
       logLevel: logLevel.WARN,
       logCreator: kafkaLogCreator(logger),
+      retry: {
+        retries: config.kafkaRetries,
+        initialRetryTime: config.kafkaInitialRetryTimeMs,
+        // The runtime restarts crashed consumers itself (restartConsumer).
+        restartOnFailure: async () => false,
+      },
     });
     admin = kafka.admin();
     producer = kafka.producer({

@@ -277,7 +277,10 @@ export class EventHub {
     const presence: PresenceEvent = { userId, status, at: new Date().toISOString() };
     const reached = new Set<SseStream>();
     for (const conversationId of conversations) {
-      for (const stream of this.#byConversation.get(conversationId) ?? []) {
+      const streams = this.#byConversation.get(conversationId);
+      // Large rooms get no presence: every join would cost one write per open stream.
+      if (!streams || streams.size > this.#options.sse.presenceMaxStreams) continue;
+      for (const stream of streams) {
         if (stream.userId === userId || reached.has(stream)) continue;
         reached.add(stream);
         stream.send("presence", presence);
@@ -375,7 +378,9 @@ export class EventHub {
   #contactsOnline(stream: SseStream): Set<string> {
     const online = new Set<string>();
     for (const conversationId of stream.conversations) {
-      for (const other of this.#byConversation.get(conversationId) ?? []) {
+      const streams = this.#byConversation.get(conversationId);
+      if (!streams || streams.size > this.#options.sse.presenceMaxStreams) continue;
+      for (const other of streams) {
         if (other.userId !== stream.userId) online.add(other.userId);
       }
     }

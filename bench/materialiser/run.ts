@@ -14,9 +14,11 @@
  * Uses KAFKA_BROKERS and DATABASE_URL; everything it creates (topic, schema) is its own
  * and the schema is dropped at the end.
  */
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { rmSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { createProjectionReader, startMaterialiser } from "@chatbus/consumer-runtime";
 import { createChatBus, encodeEvent, uuidv7 } from "@chatbus/producer-sdk";
@@ -36,6 +38,7 @@ const EVENTS = Number(values.events);
 const HISTORY_ROWS = Number(values["history-rows"]);
 const LATENCY_SECONDS = Number(values["latency-seconds"]);
 const CONVERSATIONS = 1000;
+const here = dirname(fileURLToPath(import.meta.url));
 const brokers = (process.env.KAFKA_BROKERS ?? "127.0.0.1:9092").split(",");
 const baseUrl = process.env.DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/chatbus";
 const stamp = `${Date.now().toString(36)}_${randomBytes(3).toString("hex")}`;
@@ -136,6 +139,7 @@ try {
     await sleep(20);
   }
   await batchStats("throughput");
+  await materialiser.stop();
   const materialiseSeconds = (performance.now() - firstAt) / 1000;
   const materialiseRate = (total - firstCount) / materialiseSeconds;
 
@@ -168,7 +172,25 @@ try {
   );
 
   // ---- 2. send → readable latency at 1,000 events/s -----------------------------
-  log(`latency: ${LATENCY_SECONDS} s at 1,000 events/s…`);
+  log(`latency: ${LATENCY_SECONDS} s at 1,000 events/s, materialiser in its own process…`);
+  const child = spawn(
+    process.execPath,
+    ["--import", "tsx", "--conditions=@chatbus/source", join(here, "materialiser-process.ts")],
+    {
+      env: {
+        ...process.env,
+        DATABASE_URL: url.toString(),
+        KAFKA_BROKERS: brokers.join(","),
+        CHATBUS_TOPIC: topic,
+        MATERIALISER_GROUP: `bench-${stamp}`,
+      },
+      stdio: ["ignore", "pipe", "inherit"],
+    },
+  );
+  await new Promise<void>((resolve, reject) => {
+    child.stdout!.on("data", (chunk: Buffer) => chunk.toString().includes("ready") && resolve());
+    child.on("exit", (code) => reject(new Error(`materialiser process exited with ${code}`)));
+  });
   const listener = new pg.Client({ connectionString: url.toString() });
   await listener.connect();
   const resolvedAt = new Map<string, number>();
@@ -191,6 +213,13 @@ try {
   });
   await listener.query(`LISTEN "chatbus_events_${schema}"`);
   const bus = await createChatBus({ brokers, topic, rateLimit: { enabled: false }, source: "/bench" });
+  // Warm up until an event round-trips (group joined, connections open).
+  for (let warm = 0; readableAt.size === 0; warm++) {
+    if (warm > 300) throw new Error("the materialiser process did not materialise a warm-up event in 30 s");
+    if (warm % 20 === 0) await bus.send(conv(warm), { type: "chat.member.joined", userId: `warm-${warm}` });
+    await sleep(100);
+  }
+  readableAt.clear();
   const sends: Promise<void>[] = [];
   const rateStarted = performance.now();
   const count = LATENCY_SECONDS * 1000;
@@ -231,11 +260,11 @@ try {
        FROM event_log WHERE "offset" >= 0 AND event_time >= to_timestamp($1::double precision / 1000)`,
     [Date.now() - (performance.now() - rateStarted)],
   );
-  await batchStats("throughput + latency");
   log(
     `ce_time → transaction start (materialised_at): p50/p99 ${inDb.rows[0].q.map((x: number) => x.toFixed(1)).join(" / ")} ms`,
   );
-  await materialiser.stop();
+  child.kill("SIGTERM");
+  await new Promise((resolve) => child.once("exit", resolve));
 
   // ---- 3. history page of 50 from a 1,000,000-message conversation --------------
   log(`history: generating ${HISTORY_ROWS} messages with generate_series…`);

@@ -23,3 +23,22 @@ describe("key partitioner", () => {
     }
   });
 });
+
+describe("murmur2", () => {
+  it("agrees with kafkajs's DefaultPartitioner on many keys", async () => {
+    const { Partitioners } = await import("kafkajs");
+    const kafkajs = Partitioners.DefaultPartitioner();
+    const partitionMetadata = Array.from({ length: 12 }, (_, partitionId) => ({
+      partitionId,
+      leader: 0,
+      replicas: [0],
+      isr: [0],
+      partitionErrorCode: 0,
+    }));
+    const ours = createKeyPartitioner(12);
+    for (let i = 0; i < 2000; i++) {
+      const key = `conversation-${i.toString(36)}-${"z".repeat(i % 7)}`;
+      expect(ours(key), key).toBe(kafkajs({ topic: "t", partitionMetadata, message: { key, value: null } }));
+    }
+  });
+});

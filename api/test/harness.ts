@@ -44,7 +44,7 @@ export interface Harness {
 /** Starts everything; `sse` overrides the realtime settings (e.g. a short flush). */
 export async function startHarness(
   prefix: string,
-  overrides: Partial<ApiConfig> = {},
+  overrides: Omit<Partial<ApiConfig>, "sse"> & { sse?: Partial<ApiConfig["sse"]> } = {},
   partitions = 4,
 ): Promise<Harness> {
   const [topic, schema] = await Promise.all([createTestTopic(prefix, partitions), createTestSchema(prefix)]);

@@ -6,7 +6,6 @@
  */
 import { spawn } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { configDefaults } from "../src/config.ts";
 import { eventually, type Harness, openSse, parseSse, type SseMessage, startHarness } from "./harness.ts";
 
 let h: Harness;
@@ -15,7 +14,7 @@ let ben: string;
 const groups: string[] = [];
 
 beforeAll(async () => {
-  h = await startHarness("api_rt", { sse: { ...configDefaults.sse, heartbeatMs: 300 } });
+  h = await startHarness("api_rt", { sse: { heartbeatMs: 300 } }); // presence grace 500 ms
   [ana, ben] = await Promise.all([h.login("ana"), h.login("ben")]);
   for (let i = 0; i < 3; i++) {
     const res = await h.app.inject({

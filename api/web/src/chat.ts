@@ -142,7 +142,7 @@ function displayName(item: { id: string; kind: string; title: string | null }): 
 function preview(content: Content | null, recalled = false): string {
   if (recalled || content === null) return "Message recalled";
   if (content.type === "text") return content.text;
-  if (content.customType === "red_packet") return "🧧 Red packet";
+  if (content.customType === "red_packet") return "Red packet";
   return content.description ?? `[${content.customType}]`;
 }
 
@@ -463,6 +463,19 @@ function deliveryBadge(status: keyof typeof deliveryText): HTMLElement {
   );
 }
 
+/** The red envelope, drawn (emoji fonts are not everywhere). */
+function redPacketIcon(): SVGSVGElement {
+  const template = document.createElement("template");
+  template.innerHTML = redPacketSvg;
+  return template.content.firstElementChild as SVGSVGElement;
+}
+
+const redPacketSvg =
+  '<svg class="red-packet-icon" viewBox="0 0 32 32" width="40" height="40" aria-hidden="true" focusable="false">' +
+  '<rect x="5" y="2" width="22" height="28" rx="3" fill="#e5322d" stroke="#ffd36b" stroke-width="1.5"/>' +
+  '<path d="M5 10 Q16 19 27 10" fill="none" stroke="#ffd36b" stroke-width="1.5"/>' +
+  '<circle cx="16" cy="15" r="4" fill="#ffd36b"/></svg>';
+
 function renderContent(content: Content | null, recalled: boolean): HTMLElement {
   if (recalled || content === null) {
     return h("p", { class: "body recalled" }, "This message was recalled.");
@@ -475,7 +488,7 @@ function renderContent(content: Content | null, recalled: boolean): HTMLElement 
     return h(
       "div",
       { class: "body red-packet", "data-testid": "red-packet", role: "group", "aria-label": "Red packet" },
-      h("span", { class: "red-packet-icon", "aria-hidden": "true" }, "🧧"),
+      redPacketIcon(),
       h(
         "span",
         { class: "red-packet-text" },
@@ -616,6 +629,7 @@ function applyToOpen(event: StreamedEvent): void {
     }
     case "chat.receipt.delivered":
     case "chat.receipt.read": {
+      noteRecentlyOnline(String(data.userId), event.time);
       const member = state.members.find((m) => m.userId === data.userId);
       const upTo = Number(data.upToSeq);
       if (!member) return;
@@ -637,6 +651,17 @@ async function refreshMembers(id: string): Promise<void> {
   state.members = details.members;
   renderHeader();
   renderMessages();
+}
+
+/**
+ * Presence arrives on transitions only, so a contact who was already online when a
+ * conversation with them began has sent no presence yet. A fresh delivered receipt
+ * is written by their open stream: it shows they are online (until an offline event).
+ */
+function noteRecentlyOnline(userId: string, time: string): void {
+  if (userId === state.session?.userId || state.online.has(userId)) return;
+  if (Date.now() - new Date(time).getTime() > 10_000) return;
+  onPresence({ userId, status: "online", at: time });
 }
 
 function onPresence(change: PresenceChange): void {

@@ -3,7 +3,9 @@
  * exactly where it stopped. The browser's own reconnect sends `Last-Event-ID`; when
  * the browser gives up (the stream failed outright, e.g. while offline), this opens a
  * new one with `?lastEventId=` after a back-off, so the server replays what was
- * missed, once and in order. `reset` means the position is gone: reload history.
+ * missed, once and in order. When the browser reports going offline the stream is
+ * dropped at once and reopened (from the same position) when it is back online.
+ * `reset` means the position is gone: reload history.
  */
 
 /** The data of a chat event as the API streams it. */
@@ -67,6 +69,7 @@ export class LiveEvents {
   constructor(options: LiveEventsOptions) {
     this.#options = options;
     window.addEventListener("online", this.#onOnline);
+    window.addEventListener("offline", this.#onOffline);
   }
 
   /** The position of the last chat event received (the server's cursor). */
@@ -85,6 +88,7 @@ export class LiveEvents {
     this.#stopped = true;
     window.clearTimeout(this.#timer);
     window.removeEventListener("online", this.#onOnline);
+    window.removeEventListener("offline", this.#onOffline);
     this.#source?.close();
     this.#source = null;
   }
@@ -138,6 +142,16 @@ export class LiveEvents {
       );
     }, delay);
   }
+
+  /** The browser lost its network: a half-open stream would only time out, so drop it now. */
+  #onOffline = (): void => {
+    if (this.#stopped) return;
+    this.#source?.close();
+    this.#source = null;
+    window.clearTimeout(this.#timer);
+    this.#dropped = true;
+    this.#options.onState("reconnecting");
+  };
 
   #onOnline = (): void => {
     if (this.#stopped || this.#source) return;

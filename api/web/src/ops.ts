@@ -10,7 +10,7 @@ import "./ops.css";
 import { confirmDialog, formDialog } from "./dialogs.ts";
 import { byId, h, replaceChildren, shortTime } from "./element.ts";
 import { ApiRequestError, apiRequest } from "./http.ts";
-import { drawRateChart } from "./rate-chart.ts";
+import { agoText, drawRateChart } from "./rate-chart.ts";
 
 interface PartitionStatus {
   partition: number;
@@ -185,7 +185,7 @@ async function refreshSubscriptions(): Promise<void> {
     processed: Object.fromEntries(subscriptions.map((s) => [s.subscription, s.processed])),
     failed: Object.fromEntries(subscriptions.map((s) => [s.subscription, s.failed])),
   });
-  state.samples = state.samples.filter((s) => s.at >= now - chartWindowMs - 10_000);
+  state.samples = state.samples.filter((s) => s.at >= now - chartWindowMs - pollMs);
   renderSubscriptions();
   renderFilterOptions();
   renderChart();
@@ -313,6 +313,11 @@ function renderChart(): void {
     failed.push([b.at, names.reduce((n, s) => n + rate(s, "failed", a, b), 0)]);
   }
   const last = (points: [number, number][]) => (points.at(-1)?.[1] ?? 0).toFixed(1);
+  // The last 5 minutes, or less while the page has not been open that long.
+  const now = Date.now();
+  const windowMs = Math.min(chartWindowMs, Math.max(30_000, now - (samples[0]?.at ?? now)));
+  const label = agoText(windowMs);
+  byId("chart-title").textContent = `Consumption and failures, last ${label}`;
   drawRateChart(
     chart,
     [
@@ -320,10 +325,10 @@ function renderChart(): void {
       { name: "failed", color: "#b42318", points: failed },
     ],
     {
-      now: Date.now(),
-      windowMs: chartWindowMs,
+      now,
+      windowMs,
       unit: "events/s",
-      summary: `Events consumed per second across all subscriptions over the last 5 minutes: now ${last(consumed)}; failed: now ${last(failed)}.`,
+      summary: `Events consumed per second across all subscriptions over the last ${label}: now ${last(consumed)}; failed: now ${last(failed)}.`,
     },
   );
   byId("rate-now").textContent = `now ${last(consumed)} consumed/s, ${last(failed)} failed/s`;
@@ -416,6 +421,7 @@ function renderDeadLetters(): void {
 
 function select(id: string): void {
   state.selectedId = id;
+  detailShown = "";
   renderDeadLetters();
   detail.querySelector<HTMLElement>("h3")?.focus();
 }
@@ -441,10 +447,15 @@ function facts(rows: [string, string | number | null][]): HTMLElement {
   );
 }
 
+/** What the detail shows now: it is redrawn only when that changes (keeps focus and open sections). */
+let detailShown = "";
+
 function renderDetail(): void {
   const d = state.deadLetters.find((x) => x.id === state.selectedId);
   detail.hidden = !d;
-  if (!d) return;
+  const shown = d ? JSON.stringify(d) : "";
+  if (!d || shown === detailShown) return;
+  detailShown = shown;
   const waiting = d.status === "waiting";
   replaceChildren(
     detail,

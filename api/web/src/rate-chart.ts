@@ -25,6 +25,15 @@ export function niceMax(value: number): number {
   return 10 * power;
 }
 
+/** "45 s", "2 min", "2 min 30 s". */
+export function agoText(ms: number): string {
+  const seconds = Math.round(ms / 1000);
+  if (seconds < 60) return `${seconds} s`;
+  const minutes = Math.floor(seconds / 60);
+  const rest = seconds % 60;
+  return rest === 0 ? `${minutes} min` : `${minutes} min ${rest} s`;
+}
+
 /**
  * Draws `series` over the window `[now - windowMs, now]` into `container`
  * (replacing what was there). The SVG carries a text summary for screen readers.
@@ -34,7 +43,8 @@ export function drawRateChart(
   series: ChartSeries[],
   options: { now: number; windowMs: number; unit: string; summary: string },
 ): void {
-  const width = 640;
+  // As wide as the container (in CSS pixels), so text is not scaled.
+  const width = Math.max(320, Math.round(container.clientWidth || 640));
   const height = 200;
   const left = 44;
   const right = 12;
@@ -58,14 +68,18 @@ export function drawRateChart(
     const value = (max * i) / 4;
     root.append(svg("line", { x1: left, x2: width - right, y1: y(value), y2: y(value), class: "grid" }));
     const label = svg("text", { x: left - 6, y: y(value) + 4, "text-anchor": "end", class: "axis" });
-    label.textContent = Number.isInteger(value) ? String(value) : value.toFixed(1);
+    label.textContent = String(Number(value.toFixed(2)));
     root.append(label);
   }
-  const minutes = Math.round(options.windowMs / 60_000);
-  for (let m = minutes; m >= 0; m--) {
-    const t = options.now - m * 60_000;
-    const label = svg("text", { x: x(t), y: height - 8, "text-anchor": "middle", class: "axis" });
-    label.textContent = m === 0 ? "now" : `−${m} min`;
+  for (let i = 4; i >= 0; i--) {
+    const ago = (options.windowMs * i) / 4;
+    const label = svg("text", {
+      x: x(options.now - ago),
+      y: height - 8,
+      "text-anchor": "middle",
+      class: "axis",
+    });
+    label.textContent = i === 0 ? "now" : `−${agoText(ago)}`;
     root.append(label);
   }
   const unit = svg("text", { x: left, y: top - 2, class: "axis" });

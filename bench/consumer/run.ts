@@ -7,7 +7,7 @@
  *    kafkajs one-at-a-time per partition (`eachMessage`, partitionsConsumedConcurrently
  *    = partitions) and kafkajs's default (one partition at a time).
  *
- *   npx tsx --conditions=@chatbus/source bench/consumer/run.ts [--events 100000] [--seconds 10]
+ *   npx tsx --conditions=@chatbus/source bench/consumer/run.ts [--events 100000] [--seconds 10] [--only noop]
  *
  * Uses KAFKA_BROKERS (default 127.0.0.1:9092) and DATABASE_URL; makes its own topic and schema.
  */
@@ -24,6 +24,7 @@ const { values } = parseArgs({
     events: { type: "string", default: "100000" },
     seconds: { type: "string", default: "10" },
     partitions: { type: "string", default: "12" },
+    only: { type: "string", default: "" },
   },
 });
 const events = Number(values.events);
@@ -163,6 +164,10 @@ async function main(): Promise<void> {
       noop.push(
         await measure("chatbus no-op handler", events, limit * 3, chatbus(topic, schema.pool, 0, 64)),
       );
+    }
+    if (values.only === "noop") {
+      for (const r of noop) say(`| ${r.name} | ${rate(r).toFixed(0)} |`);
+      return;
     }
     say(`\n5 ms handler (time-boxed to ${seconds} s each):`);
     const slow = [

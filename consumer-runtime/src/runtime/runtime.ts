@@ -479,6 +479,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     const partition = batch.partition;
     if (!assigned.has(partition)) assigned.add(partition);
     const work = workFor(partition);
+    let lastAccepted: string | undefined;
     for (const message of batch.messages) {
       if (stopping || !isRunning() || isStale() || work.queues.closed) break;
       const offset = BigInt(message.offset);
@@ -502,8 +503,10 @@ export function createRuntime(options: RuntimeOptions): Runtime {
         pendingDeadLetter: null,
         deadLetterWriteFailures: 0,
       });
-      resolveOffset(message.offset);
+      lastAccepted = message.offset;
     }
+    // Once per batch: kafkajs parses every resolved offset into a Long.
+    if (lastAccepted !== undefined) resolveOffset(lastAccepted);
     metrics.inFlight.set({ subscription }, counts.inFlight);
     checkBackPressure(work);
     try {

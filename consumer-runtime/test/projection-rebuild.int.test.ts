@@ -156,6 +156,25 @@ describe("projection rebuild", () => {
     expect(differs.status).toBe(1);
     expect(differs.stdout).toContain("DIFFERENT");
     expect(chatbus(["projection", "--help"]).status).toBe(0);
+
+    // The CLI rebuild (no live materialiser this time): progress on stderr, switch, exit 0.
+    await materialiser.stop();
+    materialiser = undefined;
+    const cliRebuild = chatbus(["projection", "rebuild", "--schema", live.schema, "--topic", topic]);
+    expect(cliRebuild.stderr).toMatch(/replay .*events .*ev\/s .*ETA/);
+    expect(cliRebuild.stderr).toContain("done");
+    expect(cliRebuild.stdout).toContain("verified identical");
+    expect(cliRebuild.status).toBe(0);
+    const second = /old one is in schema (\S+) /.exec(cliRebuild.stdout)?.[1];
+    expect(second).toBeDefined();
+    const cleanup = new pg.Client({ connectionString: databaseUrl() });
+    await cleanup.connect();
+    await cleanup.query(`DROP SCHEMA IF EXISTS "${second}" CASCADE`);
+    await cleanup.end();
+    await reference.pool.query(
+      "UPDATE messages SET edit_count = edit_count - 1 WHERE seq = 1 AND conversation_id = 'rb-1'",
+    );
+    expect(chatbus(["projection", "verify", live.schema, reference.schema]).status).toBe(0);
     expect(chatbus(["projection", "verify", "only-one"]).status).toBe(2);
   });
 });

@@ -950,6 +950,9 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     created.on(created.events.REBALANCING, () => {
       if (consumer !== created) return;
       rebalancing = true;
+      // Commit what finished outside a batch (after a retry) while the old generation
+      // is still valid (kafkajs #28); the group accepts it until the rejoin completes.
+      void commitQuietly();
     });
     created.on(created.events.CRASH, ({ payload }) => {
       if (consumer !== created || stopping) return;

@@ -17,9 +17,10 @@ export const SseConfigSchema = Type.Object(
       description: "Bytes a client may have unread in its socket before it is disconnected (to resume).",
     }),
     presenceGraceMs: Type.Integer({ minimum: 0, description: "Delay before announcing offline, ms." }),
-    presenceMaxStreams: Type.Integer({
+    roomBroadcastMaxStreams: Type.Integer({
       minimum: 0,
-      description: "Presence is broadcast only in conversations with at most this many open streams here.",
+      description:
+        "Presence and other members' receipts are streamed only in conversations with at most this many open streams here.",
     }),
     deliveredFlushMs: Type.Integer({ minimum: 10, description: "Batch window of delivered receipts, ms." }),
     resumeMaxEvents: Type.Integer({
@@ -69,7 +70,7 @@ export const configDefaults = {
     heartbeatMs: 15_000, // 15 s, below common proxy idle timeouts (30–60 s)
     maxBufferedBytes: 1_048_576, // 1 MiB unread per client
     presenceGraceMs: 5_000, // 5 s: a reconnect within this does not flap
-    presenceMaxStreams: 200, // streams: in bigger rooms presence would cost streams² writes
+    roomBroadcastMaxStreams: 200, // streams: in bigger rooms presence and receipts would cost streams² writes
     deliveredFlushMs: 1_000, // 1 s batch window for chat.receipt.delivered
     resumeMaxEvents: 10_000, // further behind than this → reset event
   },

@@ -1,33 +1,33 @@
 /**
  * Child process of bench/api/run.ts: opens one SSE stream per token (read from the
- * JSON file named in argv[2]) against argv[3], in batches, then reports on stdout:
- *   `open <n>` once every stream got its response headers, and
- *   `got <epochMs>` per stream when the first chunk containing argv[4] arrives.
+ * JSON file named in argv[2]) against argv[3], in batches of 100, then:
+ *   prints `open <n>` once every stream has its response headers;
+ *   on stdin `watch <marker>`, prints `got <json epoch-ms list>` once every stream
+ *   received a chunk containing the marker (or on `report`, with what arrived).
  * Kept out of the server's process so that the server's memory per stream is its own.
  */
 import { readFileSync } from "node:fs";
 import http from "node:http";
+import { createInterface } from "node:readline";
 
-const [tokensFile, baseUrl, marker] = process.argv.slice(2) as [string, string, string];
+const [tokensFile, baseUrl] = process.argv.slice(2) as [string, string];
 const tokens = JSON.parse(readFileSync(tokensFile, "utf8")) as string[];
 const agent = new http.Agent({ keepAlive: false, maxSockets: Number.POSITIVE_INFINITY });
 const now = () => performance.timeOrigin + performance.now();
 let opened = 0;
-const received: number[] = [];
+let marker: string | undefined;
+let received: number[] = [];
+const report = () => process.stdout.write(`got ${JSON.stringify(received)}\n`);
 
 function open(token: string): Promise<void> {
   return new Promise((resolve, reject) => {
     const req = http.get(`${baseUrl}/v1/me/events?access_token=${token}`, { agent }, (res) => {
       if (res.statusCode !== 200) return reject(new Error(`stream answered ${res.statusCode}`));
-      let seen = false;
       res.setEncoding("utf8");
       res.on("data", (chunk: string) => {
-        if (!seen && chunk.includes(marker)) {
-          seen = true;
+        if (marker !== undefined && chunk.includes(marker)) {
           received.push(now());
-          if (received.length === tokens.length) {
-            process.stdout.write(`got ${JSON.stringify(received)}\n`);
-          }
+          if (received.length === tokens.length) report();
         }
       });
       opened++;
@@ -41,6 +41,9 @@ for (let i = 0; i < tokens.length; i += 100) {
   await Promise.all(tokens.slice(i, i + 100).map(open));
 }
 process.stdout.write(`open ${opened}\n`);
-process.stdin.on("data", () => {
-  process.stdout.write(`got ${JSON.stringify(received)}\n`);
+createInterface({ input: process.stdin }).on("line", (line) => {
+  if (line.startsWith("watch ")) {
+    marker = line.slice("watch ".length);
+    received = [];
+  } else if (line === "report") report();
 });

@@ -205,7 +205,26 @@ export class EventHub {
     return undefined;
   }
 
+  /**
+   * In a big room (more open streams than `roomBroadcastMaxStreams`) a receipt goes
+   * only to its own user's streams (their other devices): everyone's delivered
+   * receipts to everyone would cost streams² writes per message. Senders there read
+   * delivery counts from history instead.
+   */
+  #quietReceipt(event: LoggedEvent): boolean {
+    if (event.type !== "chat.receipt.delivered" && event.type !== "chat.receipt.read") return false;
+    const room = this.#byConversation.get(event.conversationId);
+    return (room?.size ?? 0) > this.#options.sse.roomBroadcastMaxStreams;
+  }
+
   #dispatch(event: LoggedEvent): void {
+    if (this.#quietReceipt(event)) {
+      const owner = (event.payload as { userId?: string }).userId;
+      for (const stream of this.#byUser.get(owner ?? "") ?? []) {
+        if (stream.conversations.has(event.conversationId)) stream.offer(event);
+      }
+      return;
+    }
     const targets = new Set(this.#byConversation.get(event.conversationId));
     const change = this.#membership(event);
     if (change) {
@@ -279,7 +298,7 @@ export class EventHub {
     for (const conversationId of conversations) {
       const streams = this.#byConversation.get(conversationId);
       // Large rooms get no presence: every join would cost one write per open stream.
-      if (!streams || streams.size > this.#options.sse.presenceMaxStreams) continue;
+      if (!streams || streams.size > this.#options.sse.roomBroadcastMaxStreams) continue;
       for (const stream of streams) {
         if (stream.userId === userId || reached.has(stream)) continue;
         reached.add(stream);
@@ -354,7 +373,10 @@ export class EventHub {
           this.#sendReset(stream, `more than ${sse.resumeMaxEvents} events were missed; reload history`);
           break;
         }
-        for (const event of page.events) stream.deliver(event);
+        for (const event of page.events) {
+          if (this.#quietReceipt(event) && (event.payload as { userId?: string }).userId !== userId) continue;
+          stream.deliver(event);
+        }
         if (page.events.length < catchUpPage) break;
       }
       stream.goLive();
@@ -379,7 +401,7 @@ export class EventHub {
     const online = new Set<string>();
     for (const conversationId of stream.conversations) {
       const streams = this.#byConversation.get(conversationId);
-      if (!streams || streams.size > this.#options.sse.presenceMaxStreams) continue;
+      if (!streams || streams.size > this.#options.sse.roomBroadcastMaxStreams) continue;
       for (const other of streams) {
         if (other.userId !== stream.userId) online.add(other.userId);
       }

@@ -35,6 +35,17 @@ export function eventPayload(event: LoggedEvent) {
   };
 }
 
+/** The `event:` and `data:` lines of an event, serialised once however many streams write it. */
+const frameBodies = new WeakMap<LoggedEvent, string>();
+function frameBody(event: LoggedEvent): string {
+  let body = frameBodies.get(event);
+  if (body === undefined) {
+    body = `event: ${event.type}\ndata: ${JSON.stringify(eventPayload(event))}\n\n`;
+    frameBodies.set(event, body);
+  }
+  return body;
+}
+
 /** An open SSE stream of one user. */
 export class SseStream {
   readonly userId: string;
@@ -91,9 +102,7 @@ export class SseStream {
     if (seen !== undefined && BigInt(event.offset) <= BigInt(seen)) return;
     this.cursor[event.partition] = event.offset;
     this.#follow(event);
-    this.write(
-      `id: ${encodeEventCursor(this.cursor)}\nevent: ${event.type}\ndata: ${JSON.stringify(eventPayload(event))}\n\n`,
-    );
+    this.write(`id: ${encodeEventCursor(this.cursor)}\n${frameBody(event)}`);
     this.#options.onDelivered(this, event);
   }
 

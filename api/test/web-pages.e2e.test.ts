@@ -15,12 +15,14 @@ import { existsSync, mkdirSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { BusinessError, createRuntime, type Runtime } from "@chatbus/consumer-runtime";
+import Fastify from "fastify";
 import pino from "pino";
 import { type Browser, type BrowserContext, chromium, type Page } from "playwright-core";
 import { build } from "vite";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { kafkaBrokers } from "../../test/support/env.ts";
 import { uniqueName } from "../../test/support/isolation.ts";
+import { webPages } from "../src/web-pages.ts";
 import { eventually, type Harness, operatorKey, startHarness } from "./harness.ts";
 
 const webRoot = fileURLToPath(new URL("../web/", import.meta.url));
@@ -153,6 +155,15 @@ describe("web pages in chromium", () => {
   let ben: Page;
   let ops: Page;
 
+  it("answers 503 with how to build them when the pages are not built", async () => {
+    const app = Fastify();
+    await app.register(webPages, { root: join(artifacts, "no-such-build") });
+    const res = await app.inject({ method: "GET", url: "/ops" });
+    await app.close();
+    expect(res.statusCode).toBe(503);
+    expect(res.body).toContain("npm run -w api build:web");
+  });
+
   it("serves both pages with a strict CSP, and the built assets", async () => {
     for (const path of ["/", "/ops"]) {
       const res = await fetch(`${h.url}${path}`);
@@ -241,6 +252,9 @@ describe("web pages in chromium", () => {
 
     await sendText(ana, "see you at the station at 6?");
     await poll(() => deliveryOf(ana, "see you at the station at 6?")).toBe("read");
+    await poll(() =>
+      ana.locator('[data-conversation="dm:ana:ben"] .conversation-preview').textContent(),
+    ).toBe("You: see you at the station at 6?");
     await ana.screenshot({ path: join(artifacts, "chat.png") });
     await ben.screenshot({ path: join(artifacts, "chat-phone.png") });
   });

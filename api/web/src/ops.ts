@@ -180,6 +180,8 @@ async function refreshSubscriptions(): Promise<void> {
   subscriptions.sort((a, b) => a.subscription.localeCompare(b.subscription));
   state.subscriptions = subscriptions;
   const now = Date.now();
+  // A poll right after an action would make a rate over a few milliseconds: keep the cadence.
+  if (now - (state.samples.at(-1)?.at ?? 0) < pollMs / 2) state.samples.pop();
   state.samples.push({
     at: now,
     processed: Object.fromEntries(subscriptions.map((s) => [s.subscription, s.processed])),

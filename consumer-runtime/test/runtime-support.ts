@@ -35,6 +35,8 @@ export async function produceNumbered(
   conversations: number,
   perConversation: number,
   prefix = "conv",
+  /** Records per send (= per record batch on the broker). */
+  chunk = 1000,
 ): Promise<string[]> {
   const ids = Array.from({ length: conversations }, (_, i) => `${prefix}-${i}`);
   const messages = [];
@@ -48,8 +50,8 @@ export async function produceNumbered(
       messages.push(record);
     }
   }
-  for (let i = 0; i < messages.length; i += 1000) {
-    await producer.send({ topic, acks: -1, messages: messages.slice(i, i + 1000) });
+  for (let i = 0; i < messages.length; i += chunk) {
+    await producer.send({ topic, acks: -1, messages: messages.slice(i, i + chunk) });
   }
   return ids;
 }

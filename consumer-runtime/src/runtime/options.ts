@@ -69,6 +69,7 @@ const RuntimeOptionsSchema = Type.Object(
     commitIntervalMs: Type.Optional(positiveInt("Commit of events finished outside a batch (ms).")),
     statusIntervalMs: Type.Optional(positiveInt("Status table refresh (ms).")),
     replayPollMs: Type.Optional(positiveInt("Poll for dead letters to replay (ms).")),
+    maxBytesPerPartition: Type.Optional(positiveInt("Bytes one fetch returns per partition at most.")),
     kafkaRetries: Type.Optional(nonNegativeInt("kafkajs retries of one request before it gives up.")),
     kafkaInitialRetryTimeMs: Type.Optional(positiveInt("kafkajs first retry delay (ms).")),
     deadLetterTopic: Type.Optional(Type.String({ minLength: 1, maxLength: 249 })),
@@ -111,6 +112,7 @@ export interface ResolvedRuntimeOptions {
   commitIntervalMs: number;
   statusIntervalMs: number;
   replayPollMs: number;
+  maxBytesPerPartition: number;
   kafkaRetries: number;
   kafkaInitialRetryTimeMs: number;
   deadLetterTopic: string;
@@ -131,6 +133,7 @@ export const runtimeDefaults = {
   statusIntervalMs: 2_000, // 2 s
   replayPollMs: 1_000, // 1 s
   alertMinIntervalMs: 60_000, // 1 min per (subscription, kind)
+  maxBytesPerPartition: 1_048_576, // 1 MiB per partition per fetch (kafkajs's default)
   kafkaRetries: 5, // kafkajs's default
   kafkaInitialRetryTimeMs: 300, // 0.3 s, kafkajs's default
 } as const;

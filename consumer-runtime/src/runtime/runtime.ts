@@ -940,6 +940,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       rebalanceTimeout: config.rebalanceTimeoutMs,
       // A fetch waits at most this long for data; it also bounds how long stop() waits for it.
       maxWaitTimeInMs: 1000,
+      maxBytesPerPartition: config.maxBytesPerPartition,
     });
     consumer = created;
     created.on(created.events.GROUP_JOIN, ({ payload }) => {

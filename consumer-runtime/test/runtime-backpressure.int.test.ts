@@ -1,0 +1,89 @@
+/**
+ * Bounded memory: one conversation is stuck in system retries while its events keep
+ * arriving. The partition is paused once `maxQueuedPerPartition` events are held (the
+ * runtime does not fetch the whole topic into memory), and resumed when it drains.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { kafkaBrokers } from "../../test/support/env.ts";
+import {
+  createTestSchema,
+  createTestTopic,
+  type TestSchema,
+  uniqueName,
+} from "../../test/support/isolation.ts";
+import { createRuntime, type Runtime } from "../src/index.ts";
+import {
+  connectProducer,
+  numberOf,
+  orderProblems,
+  produceNumbered,
+  quietLogger,
+  waitFor,
+} from "./runtime-support.ts";
+
+let schema: TestSchema;
+let topic: string;
+let runtime: Runtime | undefined;
+
+beforeAll(async () => {
+  schema = await createTestSchema("rt_bp");
+  topic = await createTestTopic("rt_bp", 1);
+});
+
+afterAll(async () => {
+  await runtime?.stop();
+  await schema.cleanup();
+});
+
+describe("back-pressure", () => {
+  it("pauses a partition when too much is queued and resumes when it drains", async () => {
+    const producer = await connectProducer();
+    // Small sends: the broker returns whole record batches, whatever the fetch limit.
+    await produceNumbered(producer, topic, 1, 400, "stuck", 20);
+    await produceNumbered(producer, topic, 20, 20, "other", 20);
+    await producer.disconnect();
+
+    let broken = true;
+    let maxInFlight = 0;
+    const seen = new Map<string, number[]>();
+    let handled = 0;
+    runtime = createRuntime({
+      group: uniqueName("bp"),
+      topic,
+      brokers: kafkaBrokers(),
+      pool: schema.pool,
+      logger: quietLogger(),
+      maxQueuedPerPartition: 100,
+      maxBytesPerPartition: 16_384,
+      systemRetry: { initialDelayMs: 50, maxDelayMs: 100 },
+      breaker: { volumeThreshold: 1_000_000 },
+    });
+    runtime.on("chat.message.sent", async (event) => {
+      if (event.conversationId === "stuck-0" && broken) throw new Error("the downstream service is down");
+      seen.set(event.conversationId, [...(seen.get(event.conversationId) ?? []), numberOf(event)]);
+      handled++;
+    });
+    const sample = setInterval(() => {
+      maxInFlight = Math.max(maxInFlight, runtime!.state().inFlight);
+    }, 20);
+    await runtime.start();
+    await waitFor(
+      () => runtime!.state().partitions[0]?.paused === true,
+      30_000,
+      "the partition to be paused",
+    );
+    // Held events stay bounded: the limit plus at most one fetch (16 KiB ≈ 60 records).
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(runtime.state().partitions[0]!.paused).toBe(true);
+    expect(maxInFlight).toBeGreaterThanOrEqual(100);
+    expect(maxInFlight).toBeLessThan(250);
+    expect(handled).toBe(0);
+
+    broken = false;
+    await waitFor(() => handled === 400 + 20 * 20, 60_000, "every event once the service is back");
+    clearInterval(sample);
+    expect(runtime.state().partitions[0]!.paused).toBe(false);
+    expect(orderProblems(seen, 400).filter((p) => p.startsWith("stuck"))).toEqual([]);
+    expect(orderProblems(new Map([...seen].filter(([c]) => c !== "stuck-0")), 20)).toEqual([]);
+  });
+});

@@ -177,11 +177,18 @@ export async function createChatBus(options: ChatBusOptions = {}): Promise<ChatB
     });
   let producer: Producer = newProducer();
   let connecting: Promise<void> | undefined;
+  let connected = false;
   const connect = () => {
-    connecting ??= within(producer.connect(), sendTimeoutMs, unavailable("connecting")).catch((error) => {
-      connecting = undefined;
-      throw error;
-    });
+    const current = producer;
+    connecting ??= within(current.connect(), sendTimeoutMs, unavailable("connecting")).then(
+      () => {
+        if (current === producer) connected = true;
+      },
+      (error) => {
+        connecting = undefined;
+        throw error;
+      },
+    );
     return connecting;
   };
   await connect().catch(async (error) => {
@@ -198,6 +205,7 @@ export async function createChatBus(options: ChatBusOptions = {}): Promise<ChatB
     const old = producer;
     producer = newProducer();
     connecting = undefined;
+    connected = false;
     old.disconnect().catch(() => {});
     logger?.warn(
       { brokers },
@@ -211,7 +219,8 @@ export async function createChatBus(options: ChatBusOptions = {}): Promise<ChatB
     maxBatchBytes: resolved.maxBatchBytes,
     timeoutMs: sendTimeoutMs,
     produce: async (batch) => {
-      await connect();
+      // Awaiting only when needed: an extra await would let woken callers run first.
+      if (!connected) await connect();
       const results = await producer.send({
         topic,
         acks: -1,

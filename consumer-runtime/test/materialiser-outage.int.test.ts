@@ -35,17 +35,28 @@ const asPostgres = (cmd: string, args: string[]) =>
     stdio: "pipe",
     timeout: 60_000,
   });
-const startPostgres = () =>
-  asPostgres("pg_ctl", [
-    "-D",
-    dataDir,
-    "-l",
-    `${dataDir}.log`,
-    "-w",
-    "-o",
-    `-p ${PORT} -k /tmp -c fsync=off`,
-    "start",
-  ]);
+// The port can be briefly taken as an ephemeral port of some client connection on a busy
+// machine ("Address already in use"): retry for a while.
+const startPostgres = () => {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      asPostgres("pg_ctl", [
+        "-D",
+        dataDir,
+        "-l",
+        `${dataDir}.log`,
+        "-w",
+        "-o",
+        `-p ${PORT} -k /tmp -c fsync=off`,
+        "start",
+      ]);
+      return;
+    } catch (error) {
+      if (attempt >= 20) throw error;
+      execFileSync("sleep", ["1"]);
+    }
+  }
+};
 const stopPostgres = (mode: "immediate" | "fast") =>
   asPostgres("pg_ctl", ["-D", dataDir, "-m", mode, "-w", "stop"]);
 

@@ -17,6 +17,8 @@
  *
  * Kafka commits are only a hint of where to fetch from.
  */
+
+import { createHash } from "node:crypto";
 import { type ChatEvent, decodeRecord, type EventData, type RawRecord } from "@chatbus/producer-sdk";
 import type pg from "pg";
 import { eventsChannel } from "./events-channel.ts";
@@ -141,6 +143,15 @@ function headersAsJson(headers: RawRecord["headers"]): Record<string, string> {
   return out;
 }
 
+/**
+ * Named (prepared) statements skip parsing and analysis on every batch; the write
+ * statement's text depends only on which tables the batch touches, so there are few.
+ * PostgreSQL re-resolves the names after a rebuild's table switch.
+ */
+function statementName(text: string): string {
+  return `chatbus_materialiser_${createHash("sha1").update(text).digest("hex").slice(0, 16)}`;
+}
+
 const iso = (d: Date | null) => (d === null ? null : d.toISOString());
 
 /** Applies `records` (one partition, ascending offsets) atomically with the stored offset, on `client`. */
@@ -235,8 +246,9 @@ async function fold(
       messages: Record<string, unknown>[];
       seen: string[];
       next_offset: string | null;
-    }>(
-      `SELECT
+    }>({
+      name: "chatbus_materialiser_load",
+      text: `SELECT
          (SELECT coalesce(json_agg(c), '[]') FROM (
             SELECT conversation_id, kind, title, created_by, created_at, created_event_id, last_seq,
                    last_message_at, last_activity_at
@@ -257,7 +269,7 @@ async function fold(
                              AND g.client_msg_id = k.client_msg_id) g) AS messages,
          (SELECT coalesce(json_agg(event_id), '[]') FROM event_log WHERE event_id = ANY($6::text[])) AS seen,
          (SELECT next_offset FROM projection_offsets WHERE topic = $7 AND partition = $8) AS next_offset`,
-      [
+      values: [
         conversationIds,
         targetIds,
         clientConv,
@@ -267,7 +279,7 @@ async function fold(
         context.topic,
         context.partition,
       ],
-    );
+    });
     const loaded = rows[0]!;
     const date = (v: unknown) => (v === null || v === undefined ? null : new Date(v as string));
     for (const r of loaded.conversations) {
@@ -914,9 +926,7 @@ async function write(
   });
   params.push(eventsChannel(context.schema), tailInfo.notify);
   // Data-modifying CTEs run once each whether referenced or not; the NOTIFY is delivered at commit.
-  const done = await client.query(
-    `WITH ${[guard, ...ctes].join(",\n")} SELECT pg_notify($${params.length - 1}, $${params.length}) FROM guard`,
-    params,
-  );
+  const text = `WITH ${[guard, ...ctes].join(",\n")} SELECT pg_notify($${params.length - 1}, $${params.length}) FROM guard`;
+  const done = await client.query({ name: statementName(text), text, values: params });
   if (done.rowCount !== 1) throw new OffsetMovedError(context.topic, p, tailInfo.expected);
 }

@@ -152,8 +152,12 @@ export async function buildBaseApp(deps: ApiDeps): Promise<ApiApp> {
   const app = Fastify({
     loggerInstance: logger as FastifyBaseLogger,
     bodyLimit: config.bodyLimitBytes,
-    requestIdHeader: "x-request-id",
-    genReqId: () => randomUUID(),
+    // A caller's X-Request-Id is kept when it looks like an id (it ends up in every log line).
+    requestIdHeader: false,
+    genReqId: (req) => {
+      const given = req.headers["x-request-id"];
+      return typeof given === "string" && /^[A-Za-z0-9._:-]{1,128}$/.test(given) ? given : randomUUID();
+    },
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false } },
     routerOptions: { maxParamLength: 20_000 },
   }).withTypeProvider<TypeBoxTypeProvider>();

@@ -374,3 +374,21 @@ describe("configuration", () => {
     expect(config.serviceKeys).toEqual(["a".repeat(16), "b".repeat(16)]);
   });
 });
+
+describe("request ids", () => {
+  it("echoes a sane X-Request-Id and replaces one that is not", async () => {
+    const { app } = await makeApp();
+    const kept = await app.inject({
+      method: "GET",
+      url: "/healthz",
+      headers: { "x-request-id": "trace-42" },
+    });
+    expect(kept.headers["x-request-id"]).toBe("trace-42");
+    const replaced = await app.inject({
+      method: "GET",
+      url: "/healthz",
+      headers: { "x-request-id": 'a"b'.repeat(100) },
+    });
+    expect(replaced.headers["x-request-id"]).toMatch(/^[0-9a-f-]{36}$/);
+  });
+});

@@ -1,7 +1,7 @@
 /** The conversation materialiser: projection schema readers, live apply, rebuild. */
 
 export type { ApplyContext, BatchRecord, BatchResult } from "./apply-batch.ts";
-export { applyBatch } from "./apply-batch.ts";
+export { applyBatch, OffsetMovedError } from "./apply-batch.ts";
 export type { EventsNotification } from "./events-channel.ts";
 export { decodeEventCursor, encodeEventCursor, eventsChannel } from "./events-channel.ts";
 export type { Materialiser, MaterialiserOptions, MaterialiserState } from "./materialiser.ts";

@@ -66,7 +66,10 @@ async function freshTopic(name: string): Promise<string> {
   const admin = kafka.admin();
   await admin.connect();
   try {
-    await admin.createTopics({ topics: [{ topic, numPartitions: 12, replicationFactor: 1 }] });
+    await admin.createTopics({
+      topics: [{ topic, numPartitions: 12, replicationFactor: 1 }],
+      waitForLeaders: false,
+    });
     // A busy broker can take a while to elect leaders: poll rather than trust one try.
     const deadline = Date.now() + 60_000;
     for (;;) {

@@ -156,8 +156,14 @@ export async function createChatBus(options: ChatBusOptions = {}): Promise<ChatB
     try {
       await within(admin.connect(), sendTimeoutMs, unavailable("connecting"));
       await within(
-        ensureTopic(admin, { topic, partitions, replicationFactor: resolved.replicationFactor, logger }),
-        sendTimeoutMs * 2,
+        ensureTopic(admin, {
+          topic,
+          partitions,
+          replicationFactor: resolved.replicationFactor,
+          logger,
+          timeoutMs: sendTimeoutMs * 2,
+        }),
+        sendTimeoutMs * 2 + 1000,
         unavailable(`checking topic "${topic}"`),
       );
     } catch (error) {

@@ -236,6 +236,92 @@ describe("delivery states", () => {
   });
 });
 
+describe("edits, recalls and members", () => {
+  const auth = (token: string) => ({ authorization: `Bearer ${token}` });
+  const history = async (token: string, conversationId: string) =>
+    (
+      await h.app.inject({
+        method: "GET",
+        url: `/v1/conversations/${conversationId}/messages?limit=200`,
+        headers: auth(token),
+      })
+    ).json().messages as {
+      id: string;
+      content: { text: string } | null;
+      editCount: number;
+      recalledAt: string | null;
+    }[];
+
+  it("lets only the sender edit and recall, and history shows both", async () => {
+    const conversation = groups[1]!;
+    const { eventId } = await send(ana, conversation, "first draft");
+    await eventually("the message", async () =>
+      (await history(ana, conversation)).some((m) => m.id === eventId),
+    );
+    const url = `/v1/conversations/${conversation}/messages/${eventId}`;
+    const byOther = await h.app.inject({
+      method: "PATCH",
+      url,
+      headers: auth(ben),
+      payload: { content: { type: "text", text: "hijack" } },
+    });
+    expect(byOther.statusCode).toBe(403);
+    const edit = await h.app.inject({
+      method: "PATCH",
+      url,
+      headers: auth(ana),
+      payload: { content: { type: "text", text: "final" } },
+    });
+    expect(edit.statusCode).toBe(202);
+    await eventually("the edit", async () => {
+      const m = (await history(ben, conversation)).find((x) => x.id === eventId);
+      return m?.content?.text === "final" && m.editCount === 1;
+    });
+    expect((await h.app.inject({ method: "DELETE", url, headers: auth(ben) })).statusCode).toBe(403);
+    expect((await h.app.inject({ method: "DELETE", url, headers: auth(ana) })).statusCode).toBe(202);
+    await eventually("the recall", async () => {
+      const m = (await history(ben, conversation)).find((x) => x.id === eventId);
+      return m?.recalledAt !== null && m?.content === null;
+    });
+  });
+
+  it("adds and removes members; only owners remove others; a removed member loses access", async () => {
+    const conversation = groups[2]!;
+    const erin = await h.login("erin");
+    const inboxOf = async (token: string) =>
+      (await h.app.inject({ method: "GET", url: "/v1/me/conversations", headers: auth(token) })).json()
+        .conversations as { id: string }[];
+    const add = await h.app.inject({
+      method: "POST",
+      url: `/v1/conversations/${conversation}/members`,
+      headers: auth(ben),
+      payload: { userId: "erin" },
+    });
+    expect(add.statusCode).toBe(202);
+    await eventually("erin's inbox", async () => (await inboxOf(erin)).some((c) => c.id === conversation));
+    const byMember = await h.app.inject({
+      method: "DELETE",
+      url: `/v1/conversations/${conversation}/members/erin`,
+      headers: auth(ben),
+    });
+    expect(byMember.statusCode).toBe(403);
+    const byOwner = await h.app.inject({
+      method: "DELETE",
+      url: `/v1/conversations/${conversation}/members/erin`,
+      headers: auth(ana),
+    });
+    expect(byOwner.statusCode).toBe(202);
+    await eventually("erin removed", async () => !(await inboxOf(erin)).some((c) => c.id === conversation));
+    const read = await h.app.inject({
+      method: "GET",
+      url: `/v1/conversations/${conversation}/messages`,
+      headers: auth(erin),
+    });
+    expect(read.statusCode).toBe(403);
+    expect(Object.keys(read.json())).toEqual(["error"]);
+  });
+});
+
 describe("refused input reaches no one", () => {
   it("sends nothing to Kafka for bad fields, odd ids, oversized bodies and non-members", async () => {
     const before = await h.endOffsets();

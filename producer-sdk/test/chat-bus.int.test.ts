@@ -152,6 +152,33 @@ describe("keyed order", () => {
   });
 });
 
+describe("sendMany", () => {
+  it("sends many events, results in order, each conversation's offsets consecutive", async () => {
+    const topic = await createTestTopic("sdk_many");
+    const bus = await createChatBus({ brokers: kafkaBrokers(), topic, rateLimit: { enabled: false } });
+    try {
+      const items = Array.from({ length: 300 }, (_, i) => ({
+        conversationId: `many-${i % 7}`,
+        event: message(`m${i}`, { clientMsgId: `m${i}` }),
+      }));
+      const results = await bus.sendMany(items);
+      expect(results).toHaveLength(300);
+      for (let c = 0; c < 7; c++) {
+        const mine = results.filter((_, i) => i % 7 === c);
+        expect(new Set(mine.map((r) => r.partition))).toEqual(new Set([bus.partitionOf(`many-${c}`)]));
+      }
+      const records = await readWithKcat(topic);
+      const byPosition = new Map(records.map((r) => [`${r.partition}:${r.offset}`, r]));
+      results.forEach((result, i) => {
+        const record = byPosition.get(`${result.partition}:${result.offset}`)!;
+        expect((JSON.parse(record.payload) as { clientMsgId: string }).clientMsgId).toBe(`m${i}`);
+      });
+    } finally {
+      await bus.close();
+    }
+  });
+});
+
 describe("bad input", () => {
   let bus: ChatBus;
   let topic: string;

@@ -363,6 +363,47 @@ describe("web pages in chromium", () => {
     );
   });
 
+  it("a group: created from the dialog, history scrolls back in pages, people added", async () => {
+    await ana.getByRole("button", { name: "New", exact: true }).click();
+    await ana.getByLabel("Kind").selectOption("group");
+    await ana.getByLabel("With").fill("ben");
+    await ana.getByLabel("Title").fill("Weekend plans");
+    await ana.getByRole("button", { name: "Create" }).click();
+    await poll(() => ana.locator("#conversation-title").textContent()).toBe("Weekend plans");
+    const groupId = await ana
+      .locator('.conversation-item[aria-current="true"]')
+      .getAttribute("data-conversation");
+    expect(groupId).toMatch(/^g-/);
+
+    // 45 messages while Ana looks at another conversation: opening shows the newest 30.
+    await ana.locator('[data-conversation="dm:ana:ben"]').click();
+    const token = await h.login("ben");
+    const texts = Array.from({ length: 45 }, (_, i) => `plan ${i + 1}`);
+    for (const text of texts) {
+      const res = await h.app.inject({
+        method: "POST",
+        url: `/v1/conversations/${groupId}/messages`,
+        headers: { authorization: `Bearer ${token}` },
+        payload: { content: { type: "text", text }, priority: "high" },
+      });
+      expect(res.statusCode).toBe(202);
+    }
+    const group = ana.locator(`[data-conversation="${groupId}"]`);
+    await poll(() => group.getByTestId("unread").textContent()).toBe("45");
+    await group.click();
+    await poll(() => messageTexts(ana)).toEqual(texts.slice(15));
+    await ana.locator("#messages").evaluate((element) => {
+      element.scrollTop = 0;
+    });
+    await poll(() => messageTexts(ana)).toEqual(texts);
+    await poll(() => ana.locator("#load-older").isHidden()).toBe(true);
+
+    await ana.getByRole("button", { name: "Add people" }).click();
+    await ana.getByLabel("User names").fill("cy");
+    await ana.getByRole("button", { name: "Add", exact: true }).click();
+    await ana.locator('#conversation-members .member:has-text("cy")').waitFor();
+  });
+
   it("logs no page errors and no CSP violations", () => {
     expect(consoleErrors).toEqual([]);
   });

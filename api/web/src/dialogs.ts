@@ -44,7 +44,7 @@ export function formDialog(options: FormDialogOptions): Promise<boolean> {
   const id = `dialog-${++counter}`;
   const error = h("p", { class: "form-error", role: "alert" });
   const fields = options.fields.map((field) => {
-    const fieldId = `${id}-${field.name}`;
+    const fieldId = `${id}-field-${field.name}`;
     const common = {
       id: fieldId,
       name: field.name,
@@ -91,7 +91,9 @@ export function formDialog(options: FormDialogOptions): Promise<boolean> {
   const dialog = h("dialog", { "aria-labelledby": `${id}-title` }, form);
   document.body.append(dialog);
   options.onChange?.(formValues(form), form);
-  form.addEventListener("input", () => options.onChange?.(formValues(form), form));
+  const changed = () => options.onChange?.(formValues(form), form);
+  form.addEventListener("input", changed);
+  form.addEventListener("change", changed);
   return new Promise((resolve) => {
     let done = false;
     const finish = (result: boolean) => {

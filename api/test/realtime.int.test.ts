@@ -14,7 +14,8 @@ let ben: string;
 const groups: string[] = [];
 
 beforeAll(async () => {
-  h = await startHarness("api_rt", { sse: { heartbeatMs: 300 } }); // presence grace 500 ms
+  // Presence grace 500 ms (harness); a resume further behind than 30 events is reset.
+  h = await startHarness("api_rt", { sse: { heartbeatMs: 300, resumeMaxEvents: 30 } });
   [ana, ben] = await Promise.all([h.login("ana"), h.login("ben")]);
   for (let i = 0; i < 3; i++) {
     const res = await h.app.inject({
@@ -147,6 +148,46 @@ describe("SSE resume", () => {
     const reset = client.events.find((e) => e.event === "reset")!;
     expect(reset.id).toMatch(/^\d+:\d+/);
     expect(String(reset.data.reason)).toContain("Last-Event-ID");
+  });
+
+  it("sends a reset event, not a gap, to a client too far behind, then carries on live", async () => {
+    const first = await openSse(h.url, ben);
+    await send(ana, groups[0]!, "before-far");
+    await eventually("the message before the disconnect", () => texts(first.events).includes("before-far"));
+    const lastId = first.lastId()!;
+    first.close();
+    for (let i = 0; i < 35; i++) {
+      const res = await h.app.inject({
+        method: "POST",
+        url: `/v1/conversations/${groups[i % 3]}/messages`,
+        headers: { authorization: `Bearer ${ana}` },
+        payload: { content: { type: "text", text: `far-${i}` }, priority: "high" },
+      });
+      expect(res.statusCode).toBe(202);
+    }
+    await eventually("the 35 messages materialised", async () => {
+      const res = await h.app.inject({
+        method: "GET",
+        url: "/v1/me/conversations",
+        headers: { authorization: `Bearer ${ben}` },
+      });
+      const texts = res
+        .json()
+        .conversations.map(
+          (c: { lastMessage: { content: { text: string } } }) => c.lastMessage?.content?.text,
+        );
+      return ["far-32", "far-33", "far-34"].every((t) => texts.includes(t));
+    });
+    const second = await openSse(h.url, ben, lastId);
+    try {
+      const reset = await eventually("the reset", () => second.events.find((e) => e.event === "reset"));
+      expect(String(reset.data.reason)).toContain("more than 30 events");
+      await send(ana, groups[1]!, "after-reset");
+      await eventually("live after the reset", () => texts(second.events).includes("after-reset"));
+      expect(texts(second.events).filter((t) => t.startsWith("far-")).length).toBeLessThanOrEqual(30);
+    } finally {
+      second.close();
+    }
   });
 
   it("refuses a stream without a valid token, with JSON", async () => {

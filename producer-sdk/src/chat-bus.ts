@@ -264,6 +264,7 @@ export async function createChatBus(options: ChatBusOptions = {}): Promise<ChatB
     kinds.get(conversationId) ?? resolved.conversationKind?.(conversationId) ?? "direct";
 
   let closed: Promise<void> | undefined;
+  const encodeOptions = { source: resolved.source };
 
   interface Prepared {
     record: EncodedRecord;
@@ -283,10 +284,11 @@ export async function createChatBus(options: ChatBusOptions = {}): Promise<ChatB
     hint: SendOptions | undefined,
     fieldPrefix?: string,
   ): Prepared => {
-    const { record, event: encoded } = encodeEvent(conversationId, event, {
-      source: resolved.source,
-      ...(fieldPrefix === undefined ? {} : { fieldPrefix }),
-    });
+    const { record, event: encoded } = encodeEvent(
+      conversationId,
+      event,
+      fieldPrefix === undefined ? encodeOptions : { source: resolved.source, fieldPrefix },
+    );
     let bytes = record.key.length + record.value.length;
     for (const name in record.headers) bytes += name.length + record.headers[name]!.length;
     if (bytes > resolved.maxBatchBytes) {

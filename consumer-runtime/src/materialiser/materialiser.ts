@@ -198,6 +198,9 @@ export async function startMaterialiser(options: MaterialiserOptions): Promise<M
     await consumer.subscribe({ topic, fromBeginning: true });
     await consumer.run({
       autoCommit: true,
+      // Kafka commits are only a hint (the stored offset is the truth): at most one per
+      // 5 s instead of one request per batch, which would add a broker round trip to each.
+      autoCommitInterval: 5000,
       eachBatchAutoResolve: false,
       partitionsConsumedConcurrently:
         settings.partitionsConsumedConcurrently ?? d.partitionsConsumedConcurrently,

@@ -277,6 +277,48 @@ describe("delivery states", () => {
   });
 });
 
+describe("delivered receipts are batched", () => {
+  it("records far fewer delivered receipts than messages delivered", async () => {
+    const conversation = groups[2]!;
+    const stream = await openSse(h.url, ben);
+    try {
+      const sent: { eventId: string }[] = [];
+      for (let i = 0; i < 10; i++) {
+        const res = await h.app.inject({
+          method: "POST",
+          url: `/v1/conversations/${conversation}/messages`,
+          headers: { authorization: `Bearer ${ana}` },
+          payload: { content: { type: "text", text: `burst-${i}` }, priority: "high" },
+        });
+        sent.push(res.json());
+      }
+      const burst = () =>
+        stream.events.filter((e) =>
+          String((e.data.data as { content?: { text?: string } }).content?.text).startsWith("burst-"),
+        );
+      await eventually("the burst", () => burst().length === 10);
+      const lastSeq = burst().at(-1)!.data.seq as number;
+      const receipts = () =>
+        stream.events.filter(
+          (e) =>
+            e.event === "chat.receipt.delivered" &&
+            e.data.conversationId === conversation &&
+            (e.data.data as { userId: string }).userId === "ben",
+        );
+      await eventually("the receipt covering the burst", () =>
+        receipts().some((e) => (e.data.seq as number) >= lastSeq),
+      );
+      const forBurst = receipts().filter(
+        (e) => (e.data.seq as number) > (burst()[0]!.data.seq as number) - 1,
+      );
+      expect(forBurst.length).toBeGreaterThanOrEqual(1);
+      expect(forBurst.length).toBeLessThanOrEqual(4);
+    } finally {
+      stream.close();
+    }
+  });
+});
+
 describe("edits, recalls and members", () => {
   const auth = (token: string) => ({ authorization: `Bearer ${token}` });
   const history = async (token: string, conversationId: string) =>

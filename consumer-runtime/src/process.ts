@@ -81,6 +81,8 @@ export async function startRuntimeProcess(): Promise<RuntimeProcess> {
   const databaseUrl = process.env.DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/chatbus";
   await ensureDatabase(databaseUrl);
   const pool = new pg.Pool({ connectionString: databaseUrl, max: 10 });
+  // An idle connection dies when PostgreSQL restarts: log it instead of crashing (pg emits 'error').
+  pool.on("error", (error) => logger.warn({ err: error }, "idle PostgreSQL connection closed"));
   await migrate(pool);
   const registry = new Registry();
   const started: Stoppable[] = [];

@@ -1014,6 +1014,9 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     if (config.pool) pool = config.pool;
     else {
       pool = new pg.Pool({ connectionString: config.databaseUrl, max: 4 });
+      // An idle connection dies when PostgreSQL restarts; without a listener pg's
+      // 'error' event would crash the process. The next query reconnects.
+      pool.on("error", (error) => logger.warn({ err: error }, "idle PostgreSQL connection closed"));
       ownsPool = true;
     }
     kafka = new Kafka({

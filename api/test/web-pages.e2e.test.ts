@@ -82,6 +82,7 @@ async function newPage(viewport = { width: 1100, height: 760 }): Promise<Page> {
 
 async function login(page: Page, user: string): Promise<void> {
   await page.goto(h.url);
+  await page.screenshot({ path: join(artifacts, `login-${user}.png`) });
   await page.getByLabel("User name").fill(user);
   await page.getByRole("button", { name: "Log in" }).click();
   await poll(() => page.locator("#connection").getAttribute("data-state")).toBe("live");
@@ -127,6 +128,11 @@ beforeAll(async () => {
     handled.push(text);
   });
   await runtime.start();
+  if (!existsSync(chromiumPath)) {
+    throw new Error(
+      `no chromium at ${chromiumPath}: install it (apt-get install -y chromium) or set CHROMIUM_PATH.`,
+    );
+  }
   browser = await chromium.launch({
     executablePath: chromiumPath,
     headless: true,
@@ -186,6 +192,7 @@ describe("web pages in chromium", () => {
     // The operations page watches from the start, so its chart has the whole run.
     ops = await newPage({ width: 1280, height: 900 });
     await ops.goto(`${h.url}/ops`);
+    await ops.screenshot({ path: join(artifacts, "ops-key.png") });
     await ops.getByLabel("Operator key").fill(operatorKey);
     await ops.getByLabel("Your name").fill("oli");
     await ops.getByRole("button", { name: "Open" }).click();

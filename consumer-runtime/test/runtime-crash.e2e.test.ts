@@ -36,7 +36,7 @@ afterAll(async () => {
   await schema.cleanup();
 });
 
-function startChild(group: string, out: string): ChildProcess {
+function startChild(group: string, out: string, childTopic = topic): ChildProcess {
   // node itself with tsx's loader (not the tsx wrapper), so that SIGKILL hits the runtime.
   const child = spawn(
     process.execPath,
@@ -51,7 +51,7 @@ function startChild(group: string, out: string): ChildProcess {
       env: {
         ...process.env,
         KAFKA_BROKERS: kafkaBrokers().join(","),
-        TOPIC: topic,
+        TOPIC: childTopic,
         GROUP: group,
         DATABASE_URL: schema.url,
         OUT_FILE: out,
@@ -109,5 +109,34 @@ describe("kill -9 mid-run", () => {
     const merged = new Map<string, number[]>();
     for (const [, c, n] of all) merged.set(c, [...(merged.get(c) ?? []), Number(n)]);
     expect(orderProblems(merged, perConversation, true)).toEqual([]);
+  });
+});
+
+describe("SIGTERM mid-run", () => {
+  it("stops gracefully (finish in-flight, commit, leave): the next process repeats nothing", async () => {
+    const conversations = 50;
+    const perConversation = 40;
+    const producer = await connectProducer();
+    const sigtermTopic = await createTestTopic("rt_sigterm", 4);
+    await produceNumbered(producer, sigtermTopic, conversations, perConversation, "term");
+    await producer.disconnect();
+    const group = uniqueName("sigterm");
+    const out = join(dir, "sigterm.txt");
+
+    const first = startChild(group, out, sigtermTopic);
+    await waitFor(() => lines(out).length >= 400, 60_000, "the first process to handle 400 events");
+    const exited = new Promise<number | null>((resolve) => first.once("exit", (code) => resolve(code)));
+    first.kill("SIGTERM");
+    expect(await exited).toBe(0);
+    const handledByFirst = lines(out).length;
+    expect(handledByFirst).toBeLessThan(conversations * perConversation);
+
+    startChild(group, out, sigtermTopic);
+    await waitFor(() => lines(out).length >= conversations * perConversation, 120_000, "every event handled");
+    await new Promise((r) => setTimeout(r, 500));
+    const all = lines(out);
+    expect(new Set(all.map(([, c, n]) => `${c} ${n}`)).size).toBe(conversations * perConversation);
+    // Everything the first process finished was committed before it left.
+    expect(all.length).toBe(conversations * perConversation);
   });
 });

@@ -1,7 +1,8 @@
 /**
  * Crash safety: a runtime process is killed with SIGKILL in the middle of a run and a
  * new one takes over: every event is handled at least once, none is missing, and each
- * process handled each conversation in log order.
+ * process handled each conversation in log order. And a graceful stop: SIGTERM mid-run
+ * exits 0 after committing, and the next process repeats nothing.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";

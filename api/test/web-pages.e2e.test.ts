@@ -257,7 +257,14 @@ describe("web pages in chromium", () => {
     await poll(() => messageTexts(ben)).toContain("This message was recalled.");
     await poll(() => messageTexts(ben)).not.toContain("oops, wrong chat");
 
+    // New messages are added to the live region without re-creating the others.
+    await ben
+      .getByTestId("message")
+      .first()
+      .evaluate((element) => element.setAttribute("data-probe", "kept"));
     await sendText(ana, "see you at the station at 6?");
+    await poll(() => messageTexts(ben)).toContain("see you at the station at 6?");
+    expect(await ben.locator('[data-probe="kept"]').count()).toBe(1);
     await poll(() => deliveryOf(ana, "see you at the station at 6?")).toBe("read");
     await poll(() =>
       ana.locator('[data-conversation="dm:ana:ben"] .conversation-preview').textContent(),

@@ -569,10 +569,43 @@ function pendingItem(pending: Pending): HTMLElement {
   );
 }
 
+/** Rendered items by key, with what they showed: unchanged items keep their element. */
+let rendered = new Map<string, { shown: string; element: HTMLElement }>();
+
+function keyed(key: string, shown: string, render: () => HTMLElement): HTMLElement {
+  const previous = rendered.get(key);
+  return previous && previous.shown === shown ? previous.element : render();
+}
+
+/**
+ * Updates the message list in place: only new or changed messages become new
+ * elements, so the live region announces just those and focus stays where it was.
+ */
 function renderMessages(): void {
   const ordered = [...state.messages.values()].sort((a, b) => a.seq - b.seq);
   olderButton.hidden = !state.hasOlder;
-  replaceChildren(messageList, ...ordered.map(messageItem), ...state.pending.map(pendingItem));
+  const next = new Map<string, { shown: string; element: HTMLElement }>();
+  const elements: HTMLElement[] = [];
+  for (const message of ordered) {
+    const key = `m:${message.seq}`;
+    const shown = JSON.stringify([message, deliveryOf(message), state.session?.userId]);
+    const element = keyed(key, shown, () => messageItem(message));
+    next.set(key, { shown, element });
+    elements.push(element);
+  }
+  for (const pending of state.pending) {
+    const key = `p:${pending.clientMsgId}`;
+    const shown = JSON.stringify(pending);
+    const element = keyed(key, shown, () => pendingItem(pending));
+    next.set(key, { shown, element });
+    elements.push(element);
+  }
+  rendered = next;
+  elements.forEach((element, index) => {
+    const current = messageList.children[index];
+    if (current !== element) messageList.insertBefore(element, current ?? null);
+  });
+  while (messageList.children.length > elements.length) messageList.lastElementChild?.remove();
   byId("conversation-empty").hidden = ordered.length + state.pending.length > 0 || state.queued !== null;
 }
 

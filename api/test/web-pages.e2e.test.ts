@@ -102,6 +102,11 @@ function deliveryOf(page: Page, text: string): Promise<string | null> {
     .getAttribute("data-state");
 }
 
+/** An attribute of the focused element (evaluated in the page). */
+function focused(page: Page, attribute: string): Promise<string | null> {
+  return page.evaluate(`document.activeElement?.getAttribute(${JSON.stringify(attribute)}) ?? null`);
+}
+
 async function sendText(page: Page, text: string): Promise<void> {
   await page.getByLabel("Message", { exact: true }).fill(text);
   await page.getByLabel("Message", { exact: true }).press("Enter");
@@ -416,6 +421,28 @@ describe("web pages in chromium", () => {
     await ana.getByLabel("User names").fill("cy");
     await ana.getByRole("button", { name: "Add", exact: true }).click();
     await ana.locator('#conversation-members .member:has-text("cy")').waitFor();
+  });
+
+  it("works from the keyboard: log in, open a dialog, cancel it with Escape", async () => {
+    const page = await newPage({ width: 800, height: 600 });
+    await page.goto(h.url);
+    await page.keyboard.type("cy"); // the user name field has focus
+    await page.keyboard.press("Enter");
+    await poll(() => page.locator("#connection").getAttribute("data-state")).toBe("live");
+    // Cy was added to the group: it is in the inbox, reachable with Tab.
+    const newButton = page.getByRole("button", { name: "New", exact: true });
+    await newButton.focus();
+    await page.keyboard.press("Enter");
+    await page.getByRole("dialog").waitFor();
+    await poll(() => focused(page, "name")).toBe("kind");
+    await page.keyboard.press("Escape");
+    await poll(() => page.getByRole("dialog").count()).toBe(0);
+    await poll(() => focused(page, "id")).toBe("new-conversation");
+    await page.keyboard.press("Tab");
+    await poll(() => focused(page, "data-conversation")).toMatch(/^g-/);
+    await page.keyboard.press("Enter");
+    await poll(() => page.locator("#conversation-title").textContent()).toBe("Weekend plans");
+    await poll(() => focused(page, "id")).toBe("composer-input");
   });
 
   it("logs no page errors and no CSP violations", () => {

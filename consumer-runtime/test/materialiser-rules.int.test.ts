@@ -16,6 +16,7 @@ import {
   type TestSchema,
   uniqueName,
 } from "../../test/support/isolation.ts";
+import { replayDeadLetter } from "../src/dead-letters/store.ts";
 import {
   createProjectionReader,
   eventsChannel,
@@ -234,5 +235,37 @@ describe("materialiser business rules", () => {
     expect(JSON.parse(notes[0]!)).toMatchObject({ partition: expect.any(Number), from: expect.any(String) });
     await listener.end();
     expect(await sequenceViolations(db.pool)).toEqual([]);
+  });
+
+  it("replays a dead letter by producing it to the log again, where it now applies", async () => {
+    const { rows } = await db.pool.query<{ id: string }>(
+      "SELECT id::text AS id FROM dead_letters WHERE error_code = 'CHATBUS_CONVERSATION_NOT_FOUND' AND conversation_id = 'ghost'",
+    );
+    expect(rows).toHaveLength(1);
+    // The operator fixes the cause (the conversation now exists), then replays.
+    await produceWorkload(topic, [
+      ev("ghost", {
+        type: "chat.conversation.created",
+        kind: "group",
+        createdBy: "ana",
+        members: ["ana", "bob"],
+      }),
+    ]);
+    await waitUntilApplied(db.pool, topic);
+    await replayDeadLetter(db.pool, rows[0]!.id, { by: "test" });
+    const reader = createProjectionReader(db.pool);
+    const deadline = Date.now() + 30_000;
+    while ((await reader.history("ghost", { limit: 10 })).length === 0) {
+      if (Date.now() > deadline) throw new Error("the replayed dead letter was not applied");
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const history = await reader.history("ghost", { limit: 10 });
+    expect(history.map((m) => [m.seq, m.senderId, m.content])).toEqual([
+      [1, "ana", { type: "text", text: "boo" }],
+    ]);
+    const status = await db.pool.query("SELECT status, replay_count FROM dead_letters WHERE id = $1", [
+      rows[0]!.id,
+    ]);
+    expect(status.rows[0]).toEqual({ status: "replayed", replay_count: 1 });
   });
 });

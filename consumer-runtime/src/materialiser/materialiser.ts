@@ -20,6 +20,7 @@ import type pg from "pg";
 import type { Logger } from "pino";
 import type { Registry } from "prom-client";
 import { type ApplyContext, applyBatch, type BatchResult } from "./apply-batch.ts";
+import { replayMaterialiserDeadLetters } from "./dead-letter-replay.ts";
 import { type MaterialiserMetrics, materialiserMetrics } from "./metrics.ts";
 import { type MaterialiserSettings, materialiserDefaults, validateMaterialiserSettings } from "./options.ts";
 
@@ -188,6 +189,26 @@ export async function startMaterialiser(options: MaterialiserOptions): Promise<M
       [subscription, instanceId, JSON.stringify(state)],
     );
   };
+  // Dead letters an operator replays are produced to the topic again (see dead-letter-replay.ts).
+  const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+  await producer.connect();
+  let replayBusy = false;
+  const replayTimer = setInterval(() => {
+    if (replayBusy) return;
+    replayBusy = true;
+    replayMaterialiserDeadLetters(pool, producer, {
+      subscription,
+      topic,
+      instanceId,
+      ...(log ? { logger: log } : {}),
+    })
+      .then((n) => n > 0 && log?.info({ count: n }, "replayed dead letters produced to the topic again"))
+      .catch((error) => log?.warn({ err: error }, "replaying dead letters failed; trying again"))
+      .finally(() => {
+        replayBusy = false;
+      });
+  }, settings.replayIntervalMs ?? d.replayIntervalMs);
+  replayTimer.unref();
   const statusTimer = setInterval(() => {
     publish().catch((error) => log?.warn({ err: error }, "could not publish materialiser status"));
   }, settings.statusIntervalMs ?? d.statusIntervalMs);
@@ -293,7 +314,9 @@ export async function startMaterialiser(options: MaterialiserOptions): Promise<M
     async stop() {
       running = false;
       clearInterval(statusTimer);
+      clearInterval(replayTimer);
       await consumer.disconnect();
+      await producer.disconnect();
       pool.off("error", onPoolError);
     },
   };

@@ -14,6 +14,7 @@ export const MaterialiserSettings = Type.Object(
     retryInitialMs: Type.Optional(Type.Integer({ minimum: 1 })),
     retryMaxMs: Type.Optional(Type.Integer({ minimum: 1 })),
     statusIntervalMs: Type.Optional(Type.Integer({ minimum: 100 })),
+    replayIntervalMs: Type.Optional(Type.Integer({ minimum: 50 })),
     partitionsConsumedConcurrently: Type.Optional(Type.Integer({ minimum: 1, maximum: 64 })),
     maxBytesPerPartition: Type.Optional(Type.Integer({ minimum: 1024 })),
     sessionTimeoutMs: Type.Optional(Type.Integer({ minimum: 6000 })),
@@ -34,6 +35,7 @@ export const materialiserDefaults = {
   retryInitialMs: 100, // 100 ms, doubled per failed attempt, with full jitter
   retryMaxMs: 10_000, // 10 s
   statusIntervalMs: 2_000, // 2 s between subscription_status upserts
+  replayIntervalMs: 1_000, // 1 s between polls for dead letters to replay
   partitionsConsumedConcurrently: 12, // partition batches applied at once (one connection each)
   maxBytesPerPartition: 4 * 1024 * 1024, // 4 MiB per partition fetch
   sessionTimeoutMs: 30_000, // 30 s

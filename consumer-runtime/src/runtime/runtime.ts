@@ -480,14 +480,24 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     if (!assigned.has(partition)) assigned.add(partition);
     const work = workFor(partition);
     let lastAccepted: string | undefined;
+    // Counted per batch, by runs of one type: one counter update instead of one per record.
+    let runType = "";
+    let runLength = 0;
+    if (!isRunning() || isStale()) return;
     for (const message of batch.messages) {
-      if (stopping || !isRunning() || isStale() || work.queues.closed) break;
+      if (stopping || work.queues.closed) break;
       const offset = BigInt(message.offset);
       if (work.highest !== null && offset <= work.highest) continue;
       work.highest = offset;
       work.tracker.track(offset);
       const decoded = decodeRecord(message);
-      typeMetrics(decoded.ok ? decoded.event.type : "poison").consumed.inc();
+      const type = decoded.ok ? decoded.event.type : "poison";
+      if (type !== runType) {
+        if (runLength > 0) typeMetrics(runType).consumed.inc(runLength);
+        runType = type;
+        runLength = 0;
+      }
+      runLength++;
       counts.inFlight++;
       work.queues.push(decoded.ok ? decoded.event.conversationId : (message.key?.toString() ?? noKey), {
         work,
@@ -505,6 +515,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       });
       lastAccepted = message.offset;
     }
+    if (runLength > 0) typeMetrics(runType).consumed.inc(runLength);
     // Once per batch: kafkajs parses every resolved offset into a Long.
     if (lastAccepted !== undefined) resolveOffset(lastAccepted);
     metrics.inFlight.set({ subscription }, counts.inFlight);

@@ -4,9 +4,12 @@
  * starts the consumer runtime and the API as child processes, and stops everything
  * it started on Ctrl-C or SIGTERM.
  */
-import { type ChildProcess, spawn } from "node:child_process";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { ensureTopic } from "@chatbus/producer-sdk";
+import { Kafka, logLevel } from "kafkajs";
 import pg from "pg";
 import { ensureDatabase, migrate } from "../consumer-runtime/src/database/migrate.ts";
 import { KafkaSetupError, kafkaAnswers, startKafka, stopKafka } from "./kafka.ts";
@@ -53,12 +56,15 @@ async function shutdown(code: number): Promise<never> {
 }
 
 function run(name: string, entry: string, env: NodeJS.ProcessEnv): ChildProcess {
+  // node with tsx's loader, in its own process group: a Ctrl-C in the terminal then
+  // reaches it once, from shutdown(), instead of twice (which means "exit now").
   const child = spawn(
-    join(root, "node_modules", ".bin", "tsx"),
-    ["--conditions=@chatbus/source", join(root, entry)],
+    process.execPath,
+    ["--import", "tsx", "--conditions=@chatbus/source", join(root, entry)],
     {
       cwd: root,
       env,
+      detached: true,
       stdio: ["ignore", "inherit", "inherit"],
     },
   );
@@ -84,6 +90,56 @@ async function waitForHttp(url: string, timeoutMs: number): Promise<boolean> {
   return false;
 }
 
+async function post(url: string, body: unknown, token?: string): Promise<Record<string, unknown>> {
+  const response = await fetch(url, {
+    method: "POST",
+    headers: { "content-type": "application/json", ...(token ? { authorization: `Bearer ${token}` } : {}) },
+    body: JSON.stringify(body),
+  });
+  if (!response.ok)
+    throw new Error(`POST ${new URL(url).pathname} answered ${response.status}: ${await response.text()}`);
+  return (await response.json()) as Record<string, unknown>;
+}
+
+/** The demo: ana and ben chat in a new group; returns how to look at it. */
+async function runDemo(base: string): Promise<string> {
+  const login = async (username: string) =>
+    (await post(`${base}/v1/dev/login`, { username })).token as string;
+  const ana = await login("ana");
+  const created = await post(
+    `${base}/v1/conversations`,
+    { kind: "group", title: "chatbus demo", members: ["ana", "ben"] },
+    ana,
+  );
+  const id = created.conversationId as string;
+  // The conversation must be materialised before ana may post in it.
+  for (let i = 0; i < 50; i++) {
+    const response = await fetch(`${base}/v1/conversations/${id}`, {
+      headers: { authorization: `Bearer ${ana}` },
+    });
+    if (response.ok) break;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  await post(
+    `${base}/v1/conversations/${id}/messages`,
+    { content: { type: "text", text: "Hi Ben, this came through Kafka." } },
+    ana,
+  );
+  await post(
+    `${base}/v1/conversations/${id}/messages`,
+    {
+      content: {
+        type: "custom",
+        customType: "red_packet",
+        data: { amount: 88, currency: "CNY", greeting: "Good luck" },
+        description: "[Red packet]",
+      },
+    },
+    ana,
+  );
+  return `ana sent two messages to conversation ${id}; log in as "ben" on the chat page to read them.`;
+}
+
 async function main(): Promise<void> {
   process.on("SIGINT", () => void shutdown(0));
   process.on("SIGTERM", () => void shutdown(0));
@@ -104,6 +160,26 @@ async function main(): Promise<void> {
     env.KAFKA_BROKERS = broker.brokers.join(",");
   }
 
+  const topic = env.CHATBUS_TOPIC ?? "chat.events";
+  const admin = new Kafka({
+    clientId: "chatbus-start",
+    brokers: env.KAFKA_BROKERS.split(","),
+    logLevel: logLevel.NOTHING,
+  }).admin();
+  await admin.connect();
+  const topicState = await ensureTopic(admin, {
+    topic,
+    partitions: Number(env.CHATBUS_PARTITIONS ?? 12),
+  }).finally(() => admin.disconnect());
+  say(`topic ${topic} ${topicState === "created" ? "created" : "ready"}`);
+
+  // Development secrets shared by the API and the CLI for this run, printed below.
+  const production = env.NODE_ENV === "production";
+  if (!production) {
+    env.CHATBUS_JWT_SECRET ??= randomBytes(32).toString("hex");
+    env.CHATBUS_OPERATOR_KEY ??= `dev-operator-${randomBytes(12).toString("hex")}`;
+  }
+
   env.DATABASE_URL ??= "postgres://postgres@127.0.0.1:5432/chatbus";
   const { created } = await ensureDatabase(env.DATABASE_URL);
   const pool = new pg.Pool({ connectionString: env.DATABASE_URL });
@@ -113,6 +189,14 @@ async function main(): Promise<void> {
     `database ${new URL(env.DATABASE_URL).pathname.slice(1)} ${created ? "created" : "ready"}${applied.length ? `, applied ${applied.join(", ")}` : ""}`,
   );
 
+  say("building the web pages ...");
+  const build = spawnSync("npm", ["run", "--silent", "-w", "api", "build:web"], {
+    cwd: root,
+    stdio: ["ignore", "ignore", "inherit"],
+  });
+  if (build.status !== 0)
+    throw new Error("building the web pages failed (npm run -w api build:web); see the lines above.");
+
   const port = env.PORT ?? "3000";
   run("consumer runtime", "consumer-runtime/src/main.ts", env);
   run("api", "api/src/main.ts", env);
@@ -120,12 +204,16 @@ async function main(): Promise<void> {
   if (!(await waitForHttp(`${base}/readyz`, 60_000))) {
     throw new Error(`the API did not become ready at ${base}/readyz within 60 s; see its log lines above.`);
   }
+  const demo = production
+    ? undefined
+    : await runDemo(base).catch((error: Error) => `demo failed: ${error.message}`);
   say(`stack is up:
   Kafka       ${env.KAFKA_BROKERS} (topic ${env.CHATBUS_TOPIC ?? "chat.events"})
   PostgreSQL  ${new URL(env.DATABASE_URL).host}/${new URL(env.DATABASE_URL).pathname.slice(1)}
   API         ${base}/v1   (OpenAPI at ${base}/docs, metrics at ${base}/metrics)
-  Runtime     subscriptions: materialiser, notifications
-Press Ctrl-C to stop.`);
+  Runtime     subscriptions: materialiser, notifications (metrics at http://127.0.0.1:${env.CHATBUS_METRICS_PORT ?? 9464}/metrics)
+  Chat page   ${base}/            Operations page ${base}/ops
+${production ? "" : `  Operator key (this run): ${env.CHATBUS_OPERATOR_KEY}  (export CHATBUS_OPERATOR_KEY=… for \`npx chatbus subscriptions\`)\n`}${demo ? `  Demo: ${demo}\n` : ""}Press Ctrl-C to stop.`);
 }
 
 main().catch((error: unknown) => {

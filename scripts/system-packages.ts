@@ -1,6 +1,7 @@
 /**
  * Debian packages that tests and tools run as real external clients: kcat (reads and
- * writes raw records), promtool and prometheus (alert rule tests). Installed with
+ * writes raw records), promtool and prometheus (alert rule tests), curl (SSE client) and
+ * chromium (web page tests). Installed with
  * apt-get when missing, so that `npm test` works on a fresh machine.
  */
 import { spawnSync } from "node:child_process";
@@ -17,6 +18,8 @@ interface SystemPackage {
 export const testPackages: SystemPackage[] = [
   { command: "kcat", debian: "kcat", purpose: "produce and read raw Kafka records in tests" },
   { command: "promtool", debian: "prometheus", purpose: "check and unit-test the Prometheus alert rules" },
+  { command: "curl", debian: "curl", purpose: "follow the SSE stream as a client nobody here wrote" },
+  { command: "chromium", debian: "chromium", purpose: "test the web pages in a real browser" },
 ];
 
 function present(command: string): boolean {

@@ -16,8 +16,8 @@ const bin = (name: string) => join(root, "node_modules", ".bin", name);
 if (process.argv.includes("--help")) {
   console.log(`usage: npm test [-- <vitest arguments>]
 
-Runs, in order: system package check (kcat, prometheus), biome lint, TypeScript
-type-check, then vitest's unit, int and e2e projects. Kafka is started when
+Runs, in order: system package check (kcat, prometheus, curl, chromium), biome
+lint, TypeScript type-check, the web page build, then vitest's unit, int and e2e projects. Kafka is started when
 KAFKA_BROKERS is unset and none answers on 127.0.0.1:9092; DATABASE_URL defaults
 to postgres://postgres@127.0.0.1:5432/chatbus. Exit code 0 when everything passed.`);
   process.exit(0);
@@ -38,4 +38,6 @@ if (ensureSystemPackages(testPackages).length > 0) process.exit(1);
 step("lint (biome)", bin("biome"), ["ci", "."]);
 step("type-check (tsc)", bin("tsc"), ["-b"]);
 step("type-check tests, scripts and benchmarks", bin("tsc"), ["-p", "tsconfig.tools.json"]);
+step("type-check the web pages", bin("tsc"), ["-p", "api/web/tsconfig.json"]);
+step("build the web pages (vite)", "npm", ["run", "--silent", "-w", "api", "build:web"]);
 step("tests (vitest: unit, int, e2e)", bin("vitest"), ["run", ...process.argv.slice(2)]);

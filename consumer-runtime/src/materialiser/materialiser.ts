@@ -14,14 +14,15 @@
  * and retry the whole batch with exponential back-off and full jitter, heartbeating
  * meanwhile so the group does not evict us.
  */
+
 import { randomUUID } from "node:crypto";
 import { Kafka, type KafkaMessage, logLevel } from "kafkajs";
 import type pg from "pg";
 import type { Logger } from "pino";
 import type { Registry } from "prom-client";
+import { type RuntimeMetrics, runtimeMetrics } from "../runtime/metrics.ts";
 import { type ApplyContext, applyBatch, type BatchResult } from "./apply-batch.ts";
 import { replayMaterialiserDeadLetters } from "./dead-letter-replay.ts";
-import { type MaterialiserMetrics, materialiserMetrics } from "./metrics.ts";
 import { type MaterialiserSettings, materialiserDefaults, validateMaterialiserSettings } from "./options.ts";
 
 /** Options of `startMaterialiser`. */
@@ -122,7 +123,7 @@ export async function startMaterialiser(options: MaterialiserOptions): Promise<M
   const retryInitialMs = settings.retryInitialMs ?? d.retryInitialMs;
   const retryMaxMs = settings.retryMaxMs ?? d.retryMaxMs;
   const measureLatency = settings.measureLatency ?? d.measureLatency;
-  const metrics: MaterialiserMetrics | undefined = registry ? materialiserMetrics(registry) : undefined;
+  const metrics: RuntimeMetrics | undefined = registry ? runtimeMetrics(registry) : undefined;
   const labels = { subscription };
   const log = logger?.child({ subscription, component: "materialiser" });
 
@@ -279,7 +280,8 @@ export async function startMaterialiser(options: MaterialiserOptions): Promise<M
           metrics?.handled.inc({ ...labels, type }, n);
         }
         if (measureLatency && metrics)
-          for (const t of result.eventTimes) metrics.endToEnd.observe(labels, (now - t.getTime()) / 1000);
+          for (const t of result.eventTimes)
+            metrics.endToEndLatency.observe(labels, (now - t.getTime()) / 1000);
         for (const cls of ["poison", "business"] as const) {
           const n = result.deadLettered[cls];
           if (n > 0) metrics?.deadLettered.inc({ ...labels, failure_class: cls }, n);

@@ -28,9 +28,16 @@ interface Seen {
   member: string;
 }
 
+/** How many partitions each member got at its latest group join. */
+const joins = new Map<string, { partitions: number }>();
+
 function startMember(name: string, seen: Seen[]): Promise<Consumer> {
   const consumer = kafka.consumer({ groupId: group, sessionTimeout: 10_000, heartbeatInterval: 1000 });
   consumers.push(consumer);
+  consumer.on(consumer.events.GROUP_JOIN, ({ payload }) => {
+    const partitions = Object.values(payload.memberAssignment).reduce((n, p) => n + p.length, 0);
+    joins.set(name, { partitions });
+  });
   return consumer
     .connect()
     .then(() => consumer.subscribe({ topic, fromBeginning: true }))
@@ -92,11 +99,19 @@ describe("pinned Kafka broker with kafkajs", () => {
           Array.from({ length: to - from }, (_, i) => ({ key, value: JSON.stringify({ seq: from + i }) })),
         ),
       });
-    await send(0, 10);
-
     const seen: Seen[] = [];
     const first = await startMember("a", seen);
     await startMember("b", seen);
+    // Produce only once both members hold partitions, so that both receive work.
+    await waitFor(
+      () =>
+        (joins.get("a")?.partitions ?? 0) + (joins.get("b")?.partitions ?? 0) === 12 &&
+        joins.get("b")!.partitions > 0 &&
+        joins.get("a")!.partitions > 0,
+      60_000,
+      "both members to hold partitions",
+    );
+    await send(0, 10);
     await waitFor(() => seen.length >= keys.length * 10, 60_000, "the first 400 records");
     // Both members received work: the group really spread the 12 partitions.
     expect(new Set(seen.map((s) => s.member))).toEqual(new Set(["a", "b"]));

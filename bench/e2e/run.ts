@@ -85,6 +85,7 @@ try {
     const byOffset = new Map<string, string>(); // "partition:offset" → eventId
     const readable: number[] = [];
     const delivered: number[] = [];
+    const arrivedAt = new Map<string, number>(); // eventId → when the SSE frame arrived
     const notified: { partition: number; from: bigint; to: bigint; at: number }[] = [];
     const listener = new pg.Client({ connectionString: schema.url });
     await listener.connect();
@@ -107,6 +108,8 @@ try {
       })
     ).json()) as { token: string };
     const abort = new AbortController();
+    const frames = new Map<string, number>();
+    let streamEnd = "open until the end";
     const sse = await fetch(`${base}/v1/me/events?access_token=${token}`, { signal: abort.signal });
     const sseDone = (async () => {
       const decoder = new TextDecoder();
@@ -118,13 +121,14 @@ try {
           const frame = buffer.slice(0, end);
           buffer = buffer.slice(end + 2);
           end = buffer.indexOf("\n\n");
+          const name = /^event: (.+)$/m.exec(frame)?.[1] ?? "(comment)";
+          frames.set(name, (frames.get(name) ?? 0) + 1);
           const data = frame.split("\n").find((l) => l.startsWith("data: "));
           if (!frame.includes("event: chat.message.sent") || !data) continue;
-          const eventId = (JSON.parse(data.slice(6)) as { eventId: string }).eventId;
-          const sent = resolvedAt.get(eventId);
-          if (sent !== undefined) delivered.push(performance.now() - sent);
+          arrivedAt.set((JSON.parse(data.slice(6)) as { eventId: string }).eventId, performance.now());
         }
       }
+      streamEnd = "closed by the server";
     })().catch(() => {});
 
     // Fixed-rate open-loop sending: every 10 ms, send what is due.
@@ -166,6 +170,11 @@ try {
         if (at !== undefined) readable.push(Math.max(0, n.at - at));
       }
     }
+    // Like a NOTIFY, a frame may arrive before the driver saw `send` resolve: 0 ms then.
+    for (const [eventId, at] of arrivedAt) {
+      const sentAt = resolvedAt.get(eventId);
+      if (sentAt !== undefined) delivered.push(Math.max(0, at - sentAt));
+    }
     abort.abort();
     await sseDone;
     await listener.end();
@@ -185,7 +194,9 @@ try {
         `| ${rate} | ${Math.round(achieved)} | ${what} | ${sorted.length} / ${resolvedAt.size} | ${percentile(sorted, 50).toFixed(1)} | ${percentile(sorted, 99).toFixed(1)} | ${percentile(sorted, 99.9).toFixed(1)} |`,
       );
     }
-    process.stderr.write(`rate ${rate}: done\n`);
+    process.stderr.write(
+      `rate ${rate}: SSE stream ${streamEnd}; frames ${JSON.stringify(Object.fromEntries(frames))}\n`,
+    );
   }
 } finally {
   for (const c of children) c.kill("SIGKILL");

@@ -292,6 +292,11 @@ try {
       value: `${outOfOrder} out of order`,
     },
     {
+      check: "no runtime process exit the soak did not cause",
+      ok: crashes.length === 0,
+      value: crashes.join(", ") || "none",
+    },
+    {
       check: "nothing dead-lettered (all failures were system failures)",
       ok: Number(dl[0]!.n) === 0,
       value: dl[0]!.n,

@@ -17,6 +17,8 @@
  * - Pause and resume (back-pressure, open breaker, shutdown) are driven from here,
  *   never by throwing from a handler callback (kafkajs #1376).
  */
+
+import { setMaxListeners } from "node:events";
 import {
   type ChatEvent,
   type ChatEventType,
@@ -286,6 +288,9 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   const works = new Map<number, PartitionWork>();
   const stopSleeps = new AbortController();
   const abortHandlers = new AbortController();
+  // Every conversation waiting on a back-off listens to it: more than Node's default
+  // of 10 at once is normal, and sleep() removes its listener when it ends.
+  setMaxListeners(0, stopSleeps.signal);
   const timers: NodeJS.Timeout[] = [];
   const lastPartitionStatus = new Map<number, PartitionStatus>();
 

@@ -5,8 +5,6 @@
  * partitions (metrics show the failures and the open state), and once PostgreSQL is
  * back every event is applied exactly once: the projection equals an undisturbed run.
  */
-import { execFileSync } from "node:child_process";
-import { existsSync, rmSync } from "node:fs";
 import pg from "pg";
 import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -17,6 +15,7 @@ import {
   type TestSchema,
   uniqueName,
 } from "../../test/support/isolation.ts";
+import { createThrowawayPostgres, type ThrowawayPostgres } from "../../test/support/throwaway-postgres.ts";
 import { migrate } from "../src/database/migrate.ts";
 import { type Materialiser, startMaterialiser } from "../src/materialiser/index.ts";
 import {
@@ -28,37 +27,7 @@ import {
 } from "./materialiser-support.ts";
 
 const PORT = 55434;
-const dataDir = "/tmp/chatbus-materialiser-pg";
-const bin = "/usr/lib/postgresql/15/bin";
-const asPostgres = (cmd: string, args: string[]) =>
-  execFileSync("runuser", ["-u", "postgres", "--", `${bin}/${cmd}`, ...args], {
-    stdio: "pipe",
-    timeout: 60_000,
-  });
-// The port can be briefly taken as an ephemeral port of some client connection on a busy
-// machine ("Address already in use"): retry for a while.
-const startPostgres = () => {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      asPostgres("pg_ctl", [
-        "-D",
-        dataDir,
-        "-l",
-        `${dataDir}.log`,
-        "-w",
-        "-o",
-        `-p ${PORT} -k /tmp -c fsync=off`,
-        "start",
-      ]);
-      return;
-    } catch (error) {
-      if (attempt >= 20) throw error;
-      execFileSync("sleep", ["1"]);
-    }
-  }
-};
-const stopPostgres = (mode: "immediate" | "fast") =>
-  asPostgres("pg_ctl", ["-D", dataDir, "-m", mode, "-w", "stop"]);
+let postgres: ThrowawayPostgres | undefined;
 
 let topic: string;
 let calm: TestSchema;
@@ -82,17 +51,8 @@ async function until(what: string, check: () => Promise<boolean>, timeoutMs = 60
 }
 
 beforeAll(async () => {
-  if (existsSync(`${dataDir}/postmaster.pid`)) {
-    try {
-      stopPostgres("immediate");
-    } catch {}
-  }
-  rmSync(dataDir, { recursive: true, force: true });
-  execFileSync("mkdir", ["-p", dataDir]);
-  execFileSync("chown", ["postgres", dataDir]);
-  asPostgres("initdb", ["-D", dataDir, "-U", "postgres", "--auth=trust", "-E", "UTF8"]);
-  startPostgres();
-  pool = new pg.Pool({ connectionString: `postgres://postgres@127.0.0.1:${PORT}/postgres`, max: 13 });
+  postgres = createThrowawayPostgres(PORT);
+  pool = new pg.Pool({ connectionString: postgres.url, max: 13 });
   await migrate(pool);
   topic = await createTestTopic("mat_outage", 3);
   calm = await createTestSchema("mat_outage_ref");
@@ -103,11 +63,7 @@ afterAll(async () => {
   await reference?.stop();
   await pool?.end();
   await calm?.cleanup();
-  try {
-    stopPostgres("fast");
-  } catch {}
-  rmSync(dataDir, { recursive: true, force: true });
-  rmSync(`${dataDir}.log`, { force: true });
+  postgres?.destroy();
 });
 
 describe("materialiser when PostgreSQL goes down", () => {
@@ -126,7 +82,7 @@ describe("materialiser when PostgreSQL goes down", () => {
     await produceWorkload(topic, workload.slice(0, 700));
     await waitUntilApplied(pool, topic);
 
-    stopPostgres("immediate");
+    postgres!.stop("immediate");
     await produceWorkload(topic, workload.slice(700));
     await until("batches fail with system failures", async () => {
       return (await metric("chatbus_events_failed_total", 'failure_class="system"')) > 0;
@@ -138,7 +94,7 @@ describe("materialiser when PostgreSQL goes down", () => {
     const retriedWhileDown = await metric("chatbus_events_retried_total", 'failure_class="system"');
     expect(retriedWhileDown).toBeGreaterThan(0);
 
-    startPostgres();
+    postgres!.start();
     await waitUntilApplied(pool, topic, 90_000);
     await until("the breaker closes", async () => materialiser!.state().breaker === "closed", 10_000);
     expect(await metric("chatbus_events_dead_lettered_total", "materialiser")).toBe(0);

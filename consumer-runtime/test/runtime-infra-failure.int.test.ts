@@ -4,12 +4,8 @@
  * mid-run and started again: nothing is lost, nothing is dead-lettered, the breaker
  * opened and closed, and each conversation's rows are in log order.
  */
-import { spawnSync } from "node:child_process";
-import { chownSync, existsSync, mkdtempSync, rmSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import pg from "pg";
 import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -20,6 +16,7 @@ import {
   type TestSchema,
   uniqueName,
 } from "../../test/support/isolation.ts";
+import { createThrowawayPostgres, type ThrowawayPostgres } from "../../test/support/throwaway-postgres.ts";
 import { createRuntime, listDeadLetters, type Runtime } from "../src/index.ts";
 import {
   connectProducer,
@@ -31,8 +28,7 @@ import {
 } from "./runtime-support.ts";
 
 const port = 55433;
-const bin = "/usr/lib/postgresql/15/bin";
-let dataDir: string;
+let postgres: ThrowawayPostgres | undefined;
 let schema: TestSchema;
 let topic: string;
 let runtime: Runtime | undefined;
@@ -40,38 +36,12 @@ let target: pg.Pool | undefined;
 let webhook: Server | undefined;
 const alerts: { kind: string; subscription: string }[] = [];
 
-function asPostgres(args: string[]): void {
-  const result = spawnSync("runuser", ["-u", "postgres", "--", ...args], { encoding: "utf8" });
-  if (result.status !== 0) throw new Error(`${args.join(" ")} failed: ${result.stderr || result.stdout}`);
-}
-
-const pgCtl = (action: "start" | "stop") =>
-  asPostgres(
-    action === "start"
-      ? [
-          `${bin}/pg_ctl`,
-          "-D",
-          dataDir,
-          "-l",
-          join(dataDir, "log"),
-          "-o",
-          `-p ${port} -k /tmp`,
-          "-w",
-          "start",
-        ]
-      : [`${bin}/pg_ctl`, "-D", dataDir, "-m", "fast", "-w", "stop"],
-  );
-
 beforeAll(async () => {
   schema = await createTestSchema("rt_infra");
   topic = await createTestTopic("rt_infra", 4);
-  const parent = mkdtempSync(join(tmpdir(), "chatbus-pg-"));
-  chownSync(parent, Number(spawnSync("id", ["-u", "postgres"]).stdout.toString()), 0);
-  dataDir = join(parent, "data");
-  asPostgres([`${bin}/initdb`, "-D", dataDir, "-A", "trust", "-U", "postgres", "--no-sync"]);
-  pgCtl("start");
+  postgres = createThrowawayPostgres(port);
   target = new pg.Pool({
-    connectionString: `postgres://postgres@127.0.0.1:${port}/postgres`,
+    connectionString: postgres.url,
     max: 8,
     connectionTimeoutMillis: 1000,
     query_timeout: 2000,
@@ -98,8 +68,7 @@ afterAll(async () => {
   await runtime?.stop();
   await target?.end().catch(() => {});
   webhook?.close();
-  if (dataDir && existsSync(join(dataDir, "postmaster.pid"))) pgCtl("stop");
-  if (dataDir) rmSync(join(dataDir, ".."), { recursive: true, force: true });
+  postgres?.destroy();
   await schema.cleanup();
 });
 
@@ -150,13 +119,13 @@ describe("real infrastructure failure", () => {
       }
     };
     await waitFor(async () => (await count()) >= 100, 30_000, "the first hundred rows");
-    pgCtl("stop");
+    postgres!.stop();
     await waitFor(() => runtime!.breakerState === "open", 30_000, "the breaker to open");
     const callsWhenOpen = calls;
     await new Promise((r) => setTimeout(r, 1000));
     // While open the runtime stops calling the handler (at most a probe).
     expect(calls - callsWhenOpen).toBeLessThanOrEqual(2);
-    pgCtl("start");
+    postgres!.start();
     await waitFor(async () => (await count()) === conversations * perConversation, 90_000, "every row");
     await waitFor(() => runtime!.breakerState === "closed", 30_000, "the breaker to close");
 

@@ -49,17 +49,27 @@ export function createThrowawayPostgres(port: number): ThrowawayPostgres {
   const cluster: ThrowawayPostgres = {
     port,
     url: `postgres://postgres@127.0.0.1:${port}/postgres`,
-    start: () =>
-      run("pg_ctl", [
+    start: () => {
+      const args = [
         "-D",
         dataDir,
         "-l",
         join(dataDir, "server.log"),
         "-o",
         `-p ${port} -k /tmp -c fsync=off`,
-        "-w",
-        "start",
-      ]),
+      ];
+      // The port can be briefly held as an ephemeral port of some client on a busy
+      // machine ("Address already in use"): retry for a while.
+      for (let attempt = 1; ; attempt++) {
+        try {
+          run("pg_ctl", [...args, "-w", "start"]);
+          return;
+        } catch (error) {
+          if (attempt >= 20) throw error;
+          spawnSync("sleep", ["1"]);
+        }
+      }
+    },
     stop: (mode = "fast") => run("pg_ctl", ["-D", dataDir, "-m", mode, "-w", "stop"]),
     destroy: () => {
       try {

@@ -1,7 +1,14 @@
 /** Dead letters as the library functions take and return them. Offsets and ids are decimal strings (int64). */
 
 /** Why an event became a dead letter. */
-export type FailureClass = "poison" | "business" | "system";
+/**
+ * Why a record became a dead letter: `poison` (undecodable, unknown type, schema
+ * violation), `business` (a BusinessError past its retries), `system` (only when a
+ * subscription set a maximum), `data` (the database refused the event's data:
+ * SQLSTATE classes 22, 23, 54, or the materialiser's own rules), `operator` (an
+ * operator skipped a record the subscription kept retrying).
+ */
+export type FailureClass = "poison" | "business" | "system" | "data" | "operator";
 
 /** `waiting` → (`replaying` → `replayed` | back to `waiting`) or `discarded`. */
 export type DeadLetterStatus = "waiting" | "replaying" | "replayed" | "discarded";

@@ -17,12 +17,33 @@ export interface PartitionStatus {
   paused: boolean;
 }
 
+/**
+ * A record that the instance has retried for a system failure for longer than the
+ * subscription's `stuckAfterMs` (default 60 s): shown to operators, who can skip it.
+ */
+export interface StuckRecord {
+  partition: number;
+  /** Decimal string. */
+  offset: string;
+  eventType: string | null;
+  conversationId: string | null;
+  /** The last error's message. */
+  error: string;
+  attempts: number;
+  /** ISO time of the first failure. */
+  since: string;
+}
+
 /** The `state` JSON each instance publishes (shape fixed by the team contract). */
 export interface SubscriptionState {
   group: string;
   topic: string;
   breaker: "closed" | "open" | "halfOpen";
   inFlight: number;
+  /** Age in ms of the oldest event started but not finished (null when none). */
+  oldestInFlightMs?: number | null;
+  /** Records retried for longer than the stuck threshold (empty when none). */
+  stuck?: StuckRecord[];
   processed: number;
   failed: number;
   deadLettered: number;

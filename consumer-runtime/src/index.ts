@@ -45,5 +45,10 @@ export type { ShutdownOptions, Stoppable } from "./runtime/shutdown.ts";
 export { stopOnSignals } from "./runtime/shutdown.ts";
 export type { SkipRequest } from "./status/skips.ts";
 export { getSkip, markSkipApplied, pendingSkips, requestSkip } from "./status/skips.ts";
-export type { PartitionStatus, StuckRecord, SubscriptionState, SubscriptionStatusRow } from "./status/store.ts";
+export type {
+  PartitionStatus,
+  StuckRecord,
+  SubscriptionState,
+  SubscriptionStatusRow,
+} from "./status/store.ts";
 export { listSubscriptionStatus } from "./status/store.ts";

@@ -1,32 +1,20 @@
 import type { MemberView, MessageView, ProjectionReader } from "@chatbus/consumer-runtime";
 import { Type } from "@sinclair/typebox";
 import type { ApiApp } from "../app.ts";
+import { deliveryOf } from "../delivery.ts";
 import { invalidField } from "../errors.ts";
 import { actingUser, requireMember } from "./conversations.ts";
-import { ConversationParams, commonErrors, HistoryQuery } from "./schemas.ts";
+import {
+  ConversationParams,
+  type ConversationResponse,
+  commonErrors,
+  HistoryQuery,
+  type HistoryResponse,
+  type InboxResponse,
+  type MessageResponse,
+} from "./schemas.ts";
 
-/** Delivery state of a message for its sender, across the other current members. */
-export type DeliveryStatus = "sent" | "delivered" | "read";
-
-/**
- * `read` once every other member has read it, `delivered` once every other member's
- * client has received it, `sent` before that (Kafka has it). Counts say how far a
- * group message got.
- */
-export function deliveryOf(message: MessageView, members: MemberView[]) {
-  const others = members.filter((m) => m.userId !== message.senderId);
-  const readBy = others.filter((m) => m.lastReadSeq >= message.seq).length;
-  const deliveredTo = others.filter((m) => Math.max(m.lastDeliveredSeq, m.lastReadSeq) >= message.seq).length;
-  const status: DeliveryStatus =
-    others.length > 0 && readBy === others.length
-      ? "read"
-      : others.length > 0 && deliveredTo === others.length
-        ? "delivered"
-        : "sent";
-  return { status, deliveredTo, readBy, recipients: others.length };
-}
-
-function messageJson(message: MessageView, members: MemberView[]) {
+function messageJson(message: MessageView, members: MemberView[]): MessageResponse {
   return {
     id: message.eventId,
     seq: message.seq,
@@ -61,7 +49,7 @@ export function registerReadRoutes(
         response: { 200: Type.Unknown({ description: "See the summary." }), ...commonErrors },
       },
     },
-    async (request) => {
+    async (request): Promise<ConversationResponse> => {
       const userId = actingUser(request.principal, undefined, "userId");
       await requireMember(projection, request.params.id, userId);
       const [conversation, members] = await Promise.all([
@@ -99,7 +87,7 @@ export function registerReadRoutes(
         response: { 200: Type.Unknown({ description: "See the summary." }), ...commonErrors },
       },
     },
-    async (request) => {
+    async (request): Promise<HistoryResponse> => {
       const userId = actingUser(request.principal, undefined, "userId");
       const { after, before } = request.query;
       if (after !== undefined && before !== undefined && before <= after + 1) {
@@ -139,7 +127,7 @@ export function registerReadRoutes(
         response: { 200: Type.Unknown({ description: "See the summary." }), ...commonErrors },
       },
     },
-    async (request) => {
+    async (request): Promise<InboxResponse> => {
       const userId = actingUser(request.principal, undefined, "userId");
       const inbox = await projection.inbox(userId, { limit: request.query.limit ?? 100 });
       return {

@@ -11,7 +11,7 @@ import {
   Priority,
   UserId,
 } from "@chatbus/producer-sdk";
-import { Type } from "@sinclair/typebox";
+import { type Static, Type } from "@sinclair/typebox";
 
 const strict = { additionalProperties: false } as const;
 
@@ -87,3 +87,96 @@ export const HistoryQuery = Type.Object(
   },
   strict,
 );
+
+// ---- read responses: the wire shapes of history, the inbox and conversation details.
+// The read routes type their answers with these, and the chat page imports the
+// `Static` types (type-only), so a change of shape breaks `tsc` on both sides.
+
+const DeliverySchema = Type.Object({
+  status: Type.Union([Type.Literal("sent"), Type.Literal("delivered"), Type.Literal("read")]),
+  deliveredTo: Type.Integer(),
+  readBy: Type.Integer(),
+  recipients: Type.Integer(),
+});
+
+/** A message in history, with its delivery state for its sender. */
+export const MessageResponse = Type.Object({
+  id: Type.String({ description: "ce_id of its chat.message.sent." }),
+  seq: Type.Integer(),
+  senderId: Type.String(),
+  clientMsgId: Type.Union([Type.String(), Type.Null()]),
+  content: Type.Union([MessageContent, Type.Null()], { description: "null once recalled." }),
+  priority: Priority,
+  sentAt: Type.String({ format: "date-time" }),
+  editedAt: Type.Union([Type.String({ format: "date-time" }), Type.Null()]),
+  editCount: Type.Integer(),
+  recalledAt: Type.Union([Type.String({ format: "date-time" }), Type.Null()]),
+  recalledBy: Type.Union([Type.String(), Type.Null()]),
+  delivery: DeliverySchema,
+});
+export type MessageResponse = Static<typeof MessageResponse>;
+
+/** `GET /v1/conversations/:id/messages`. */
+export const HistoryResponse = Type.Object({
+  messages: Type.Array(MessageResponse),
+  limit: Type.Integer(),
+  nextAfter: Type.Union([Type.Integer(), Type.Null()]),
+  prevBefore: Type.Union([Type.Integer(), Type.Null()]),
+});
+export type HistoryResponse = Static<typeof HistoryResponse>;
+
+/** A member with their read and delivered positions. */
+export const MemberResponse = Type.Object({
+  userId: Type.String(),
+  role: Type.String(),
+  joinedAt: Type.String({ format: "date-time" }),
+  lastDeliveredSeq: Type.Integer(),
+  lastReadSeq: Type.Integer(),
+});
+export type MemberResponse = Static<typeof MemberResponse>;
+
+/** `GET /v1/conversations/:id`. */
+export const ConversationResponse = Type.Object({
+  conversation: Type.Union([
+    Type.Object({
+      id: Type.String(),
+      kind: Type.Union([Type.Literal("direct"), Type.Literal("group")]),
+      title: Type.Union([Type.String(), Type.Null()]),
+      createdBy: Type.String(),
+      createdAt: Type.String({ format: "date-time" }),
+      partition: Type.Integer(),
+      lastSeq: Type.Integer(),
+      lastMessageAt: Type.Union([Type.String({ format: "date-time" }), Type.Null()]),
+      lastActivityAt: Type.String({ format: "date-time" }),
+    }),
+    Type.Null(),
+  ]),
+  members: Type.Array(MemberResponse),
+});
+export type ConversationResponse = Static<typeof ConversationResponse>;
+
+/** One conversation of `GET /v1/me/conversations`. */
+export const InboxItemResponse = Type.Object({
+  id: Type.String(),
+  kind: Type.Union([Type.Literal("direct"), Type.Literal("group")]),
+  title: Type.Union([Type.String(), Type.Null()]),
+  lastSeq: Type.Integer(),
+  lastActivityAt: Type.String({ format: "date-time" }),
+  unreadCount: Type.Integer(),
+  lastReadSeq: Type.Integer(),
+  lastMessage: Type.Union([
+    Type.Object({
+      id: Type.String(),
+      seq: Type.Integer(),
+      senderId: Type.String(),
+      content: Type.Union([MessageContent, Type.Null()]),
+      sentAt: Type.String({ format: "date-time" }),
+    }),
+    Type.Null(),
+  ]),
+});
+export type InboxItemResponse = Static<typeof InboxItemResponse>;
+
+/** `GET /v1/me/conversations`. */
+export const InboxResponse = Type.Object({ conversations: Type.Array(InboxItemResponse) });
+export type InboxResponse = Static<typeof InboxResponse>;

@@ -8,15 +8,30 @@
  * `reset` means the position is gone: reload history.
  */
 
-/** The data of a chat event as the API streams it. */
-export interface StreamedEvent {
-  type: string;
-  eventId: string;
-  conversationId: string;
-  seq: number | null;
-  time: string;
-  data: Record<string, unknown>;
-}
+import type { ChatEventType, EventData, MessageContent } from "@chatbus/producer-sdk";
+
+/**
+ * The data of an event as the API streams it: what the sender sent, typed by the
+ * SDK's event contract (a type-only import, nothing of the SDK is bundled). One
+ * difference: a chat.message.sent carries the message's current content, null once
+ * it was recalled.
+ */
+export type StreamedData<T extends ChatEventType> = T extends "chat.message.sent"
+  ? Omit<EventData<T>, "content"> & { content: MessageContent | null }
+  : EventData<T>;
+
+/** A chat event as the API streams it (`eventPayload` in `api/src/realtime/stream.ts`). */
+export type StreamedEvent = {
+  [T in ChatEventType]: {
+    type: T;
+    eventId: string;
+    conversationId: string;
+    /** chat.message.sent: its seq; edits and recalls: the target's; receipts: upToSeq; else null. */
+    seq: number | null;
+    time: string;
+    data: StreamedData<T>;
+  };
+}[ChatEventType];
 
 /** Presence of a contact. */
 export interface PresenceChange {
@@ -43,16 +58,17 @@ export interface LiveEventsOptions {
   canReconnect: () => Promise<boolean>;
 }
 
-const chatEventTypes = [
-  "chat.conversation.created",
-  "chat.member.joined",
-  "chat.member.left",
-  "chat.message.sent",
-  "chat.message.edited",
-  "chat.message.recalled",
-  "chat.receipt.delivered",
-  "chat.receipt.read",
-];
+/** Every SSE event name of a chat event; `satisfies` fails the build when the contract gains one. */
+const chatEventTypes = Object.keys({
+  "chat.conversation.created": true,
+  "chat.member.joined": true,
+  "chat.member.left": true,
+  "chat.message.sent": true,
+  "chat.message.edited": true,
+  "chat.message.recalled": true,
+  "chat.receipt.delivered": true,
+  "chat.receipt.read": true,
+} satisfies Record<ChatEventType, true>);
 
 const backoffMs = [500, 1000, 2000, 4000, 8000, 15000];
 

@@ -36,6 +36,7 @@ function step(title: string, command: string, args: string[]): void {
 
 if (ensureSystemPackages(testPackages).length > 0) process.exit(1);
 step("lint (biome)", bin("biome"), ["ci", "."]);
+step("function length (150 lines)", bin("tsx"), ["scripts/function-length.ts"]);
 step("type-check (tsc)", bin("tsc"), ["-b"]);
 step("type-check tests, scripts and benchmarks", bin("tsc"), ["-p", "tsconfig.tools.json"]);
 step("type-check the web pages", bin("tsc"), ["-p", "api/web/tsconfig.json"]);

@@ -1,32 +1,22 @@
 /**
  * The producer: `createChatBus` validates, rate-limits, encodes and batches chat
  * events onto the chat topic with an idempotent kafkajs producer (acks=all).
+ *
+ * The pieces, each with one reason to change: `kafka-client.ts` (the kafkajs client,
+ * error mapping, topic provisioning), `producer-connection.ts` (connecting and
+ * replacing the producer), `event-admission.ts` (validation, size, partition, rate
+ * limit), `record-batcher.ts` (batching and per-send timeouts). This file composes
+ * them and holds the send and close paths.
  */
-import {
-  Kafka,
-  logLevel as KafkaLogLevel,
-  type LogEntry,
-  type Message,
-  Partitioners,
-  type Producer,
-} from "kafkajs";
-import type { Logger } from "pino";
-import { type EncodedRecord, encodeEvent } from "./codec.ts";
-import {
-  BrokerUnavailableError,
-  BusClosedError,
-  ChatBusError,
-  ProduceRejectedError,
-  RateLimitedError,
-  ValidationError,
-} from "./errors.ts";
-import type { ChatEventInput, ConversationKind, Priority } from "./events.ts";
-import { createProducerMetrics } from "./metrics.ts";
+import type { Message } from "kafkajs";
+import { BrokerUnavailableError, BusClosedError, type ChatBusError } from "./errors.ts";
+import { EventAdmission, type Prepared } from "./event-admission.ts";
+import type { ChatEventInput, ConversationKind } from "./events.ts";
+import { kafkaClient, provisionTopic, toChatBusError } from "./kafka-client.ts";
+import { createProducerMetrics, type ProducerMetrics } from "./metrics.ts";
 import { type ChatBusOptions, type ResolvedOptions, resolveOptions } from "./options.ts";
-import { createKeyPartitioner } from "./partitioner.ts";
-import { RateLimiter } from "./rate-limiter.ts";
+import { ProducerConnection } from "./producer-connection.ts";
 import { RecordBatcher } from "./record-batcher.ts";
-import { ensureTopic } from "./topic.ts";
 
 /** Where Kafka stored an event. */
 export interface SendResult {
@@ -74,65 +64,55 @@ export interface ChatBus {
   close(): Promise<void>;
 }
 
-/** kafkajs logs through pino: its errors during retries are warnings for us. */
-function kafkaLogCreator(logger: Logger | undefined) {
-  return () =>
-    ({ level, log }: LogEntry) => {
-      if (!logger) return;
-      const { message, ...extra } = log;
-      const entry = { ...extra, component: "kafkajs" };
-      if (level <= KafkaLogLevel.WARN) logger.warn(entry, message);
-      else if (level === KafkaLogLevel.INFO) logger.debug(entry, message);
-      else logger.trace(entry, message);
-    };
+/** The batcher that turns sends into produce requests on `connection`. */
+function createBatcher(options: ResolvedOptions, connection: ProducerConnection): RecordBatcher<Message> {
+  const { brokers, sendTimeoutMs } = options;
+  return new RecordBatcher<Message>({
+    lingerMs: options.lingerMs,
+    maxBatchSize: options.maxBatchSize,
+    maxBatchBytes: options.maxBatchBytes,
+    timeoutMs: sendTimeoutMs,
+    produce: (batch) => connection.produce(batch.map((r) => r.message)),
+    timeoutError: (sent) =>
+      new BrokerUnavailableError(
+        brokers,
+        sent
+          ? `no acknowledgement within ${sendTimeoutMs} ms (the event may or may not be stored; a retry with the same clientMsgId is safe)`
+          : `the event waited ${sendTimeoutMs} ms without being sent (it was not stored)`,
+      ),
+    failureError: (error) => toChatBusError(options, error),
+    onFailure: () => connection.reset(),
+  });
 }
 
-function describe(error: unknown): string {
-  if (!(error instanceof Error)) return String(error);
-  const cause = (error as { cause?: unknown }).cause;
-  return cause instanceof Error && cause.message !== error.message
-    ? `${error.message} (${cause.message})`
-    : error.message;
-}
-
-/** A Kafka failure as one of our errors: unreachable brokers versus a refusal. */
-function toChatBusError(options: ResolvedOptions, error: unknown): ChatBusError {
-  if (error instanceof ChatBusError) return error;
-  // kafkajs wraps a refusal it will not retry in KafkaJSNonRetriableError; judge the cause.
-  const cause = (error as { cause?: unknown })?.cause;
-  const root =
-    (error as { name?: string })?.name === "KafkaJSNonRetriableError" && cause instanceof Error
-      ? cause
-      : error;
-  const name = (root as { name?: string })?.name ?? "";
-  if (name === "KafkaJSProtocolError" && (root as { retriable?: boolean }).retriable === false) {
-    return new ProduceRejectedError(options.topic, describe(root), error);
-  }
-  return new BrokerUnavailableError(options.brokers, describe(error), error);
-}
-
-/** Rejects with `onTimeout()` when `promise` takes longer than `ms`. */
-function within<T>(promise: Promise<T>, ms: number, onTimeout: () => Error): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([
-    promise,
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(onTimeout()), ms);
-    }),
-  ]).finally(() => clearTimeout(timer));
-}
-
-/** Kafka client settings that keep every step inside `sendTimeoutMs`. */
-function kafkaClient(options: ResolvedOptions): Kafka {
-  const budget = options.sendTimeoutMs;
-  return new Kafka({
-    clientId: options.clientId,
-    brokers: options.brokers,
-    connectionTimeout: Math.min(3000, Math.max(100, Math.floor(budget / 4))),
-    requestTimeout: Math.max(1000, budget),
-    retry: { initialRetryTime: 100, maxRetryTime: Math.min(2000, budget), retries: 8 },
-    logLevel: options.logger ? KafkaLogLevel.INFO : KafkaLogLevel.NOTHING,
-    logCreator: kafkaLogCreator(options.logger),
+/** Hands a prepared event to the batcher; settles with its offset or its error, counted. */
+function enqueue(
+  batcher: RecordBatcher<Message>,
+  metrics: ProducerMetrics,
+  prepared: Prepared,
+  startedAt: number,
+): Promise<SendResult> {
+  return new Promise<SendResult>((resolve, reject) => {
+    const { record } = prepared;
+    batcher.add({
+      message: {
+        key: record.key,
+        value: record.value,
+        headers: record.headers,
+        partition: prepared.partition,
+      },
+      partition: prepared.partition,
+      bytes: prepared.bytes,
+      resolve: (offset) => {
+        metrics.produced(prepared.type);
+        metrics.sendDuration((performance.now() - startedAt) / 1000);
+        resolve({ eventId: prepared.eventId, partition: prepared.partition, offset });
+      },
+      reject: (error) => {
+        metrics.failed((error as ChatBusError).code ?? "CHATBUS_UNKNOWN");
+        reject(error);
+      },
+    });
   });
 }
 
@@ -144,206 +124,13 @@ function kafkaClient(options: ResolvedOptions): Kafka {
  */
 export async function createChatBus(options: ChatBusOptions = {}): Promise<ChatBus> {
   const resolved = resolveOptions(options);
-  const { topic, partitions, sendTimeoutMs, brokers } = resolved;
-  const logger = resolved.logger;
   const metrics = createProducerMetrics(resolved.registry);
   const kafka = kafkaClient(resolved);
-  const unavailable = (what: string) => () =>
-    new BrokerUnavailableError(brokers, `${what} did not finish within ${sendTimeoutMs} ms`);
-
-  if (resolved.ensureTopic) {
-    const admin = kafka.admin();
-    try {
-      await within(admin.connect(), sendTimeoutMs, unavailable("connecting"));
-      await within(
-        ensureTopic(admin, {
-          topic,
-          partitions,
-          replicationFactor: resolved.replicationFactor,
-          logger,
-          timeoutMs: sendTimeoutMs * 2,
-        }),
-        sendTimeoutMs * 2 + 1000,
-        unavailable(`checking topic "${topic}"`),
-      );
-    } catch (error) {
-      throw toChatBusError(resolved, error);
-    } finally {
-      await admin.disconnect().catch(() => {});
-    }
-  }
-
-  const newProducer = () =>
-    kafka.producer({
-      idempotent: true,
-      // kafkajs allows only one in-flight request per broker with idempotence.
-      maxInFlightRequests: 1,
-      createPartitioner: Partitioners.DefaultPartitioner,
-      allowAutoTopicCreation: false,
-    });
-  let producer: Producer = newProducer();
-  let connecting: Promise<void> | undefined;
-  let connected = false;
-  const connect = () => {
-    const current = producer;
-    connecting ??= within(current.connect(), sendTimeoutMs, unavailable("connecting")).then(
-      () => {
-        if (current === producer) connected = true;
-      },
-      (error) => {
-        connecting = undefined;
-        throw error;
-      },
-    );
-    return connecting;
-  };
-  await connect().catch(async (error) => {
-    await producer.disconnect().catch(() => {});
-    throw toChatBusError(resolved, error);
-  });
-
-  /**
-   * After a failure, the producer's sequence numbers may disagree with the broker's
-   * (a request may or may not have landed), so a fresh producer (new producer id)
-   * takes over; the old one is disconnected in the background.
-   */
-  const resetProducer = () => {
-    const old = producer;
-    producer = newProducer();
-    connecting = undefined;
-    connected = false;
-    old.disconnect().catch(() => {});
-    logger?.warn(
-      { brokers },
-      "chatbus producer: Kafka request failed; using a fresh producer for the next sends",
-    );
-  };
-
-  const batcher = new RecordBatcher<Message>({
-    lingerMs: resolved.lingerMs,
-    maxBatchSize: resolved.maxBatchSize,
-    maxBatchBytes: resolved.maxBatchBytes,
-    timeoutMs: sendTimeoutMs,
-    produce: async (batch) => {
-      // Awaiting only when needed: an extra await would let woken callers run first.
-      if (!connected) await connect();
-      const results = await producer.send({
-        topic,
-        acks: -1,
-        timeout: sendTimeoutMs,
-        messages: batch.map((r) => r.message),
-      });
-      const baseOffsets = new Map<number, string>();
-      for (const r of results) {
-        if (r.topicName === topic && r.baseOffset !== undefined) baseOffsets.set(r.partition, r.baseOffset);
-      }
-      return baseOffsets;
-    },
-    timeoutError: (sent) =>
-      new BrokerUnavailableError(
-        brokers,
-        sent
-          ? `no acknowledgement within ${sendTimeoutMs} ms (the event may or may not be stored; a retry with the same clientMsgId is safe)`
-          : `the event waited ${sendTimeoutMs} ms without being sent (it was not stored)`,
-      ),
-    failureError: (error) => toChatBusError(resolved, error),
-    onFailure: resetProducer,
-  });
-
-  const partitionOf = createKeyPartitioner(partitions);
-  const maxConversations = resolved.rateLimit.maxConversations;
-  const limiter = resolved.rateLimit.enabled ? new RateLimiter(resolved.rateLimit) : undefined;
-  /** Kinds learnt from hints and from conversation.created events, least recently used first. */
-  const kinds = new Map<string, ConversationKind>();
-  const learnKind = (conversationId: string, kind: ConversationKind) => {
-    kinds.delete(conversationId);
-    kinds.set(conversationId, kind);
-    if (kinds.size > maxConversations) kinds.delete(kinds.keys().next().value!);
-  };
-  const kindOf = (conversationId: string): ConversationKind =>
-    kinds.get(conversationId) ?? resolved.conversationKind?.(conversationId) ?? "direct";
-
+  await provisionTopic(kafka, resolved);
+  const connection = await ProducerConnection.open(kafka, resolved);
+  const batcher = createBatcher(resolved, connection);
+  const admission = new EventAdmission(resolved);
   let closed: Promise<void> | undefined;
-  const encodeOptions = { source: resolved.source };
-
-  interface Prepared {
-    record: EncodedRecord;
-    eventId: string;
-    type: string;
-    partition: number;
-    conversationId: string;
-    rateLimited: boolean;
-    /** Key, value and header bytes, counted against `maxBatchBytes`. */
-    bytes: number;
-  }
-
-  /** Validates and encodes; records the conversation kind; nothing is sent yet. */
-  const prepare = (
-    conversationId: string,
-    event: ChatEventInput,
-    hint: SendOptions | undefined,
-    fieldPrefix?: string,
-  ): Prepared => {
-    const { record, event: encoded } = encodeEvent(
-      conversationId,
-      event,
-      fieldPrefix === undefined ? encodeOptions : { source: resolved.source, fieldPrefix },
-    );
-    let bytes = record.key.length + record.value.length;
-    for (const name in record.headers) bytes += name.length + record.headers[name]!.length;
-    if (bytes > resolved.maxBatchBytes) {
-      // Kafka would refuse it (message.max.bytes): say so before anything is sent.
-      const field = fieldPrefix ?? "(event)";
-      throw new ValidationError(
-        field,
-        "maxBytes",
-        `\`${field}\` is ${bytes} bytes as a Kafka record, over the ${resolved.maxBatchBytes}-byte limit (maxBatchBytes, under the broker's message.max.bytes); send large payloads by reference.`,
-      );
-    }
-    if (hint?.kind === "direct" || hint?.kind === "group") learnKind(conversationId, hint.kind);
-    if (encoded.type === "chat.conversation.created") learnKind(conversationId, encoded.data.kind);
-    return {
-      record,
-      eventId: encoded.id,
-      type: encoded.type,
-      partition: partitionOf(conversationId),
-      conversationId,
-      rateLimited: encoded.type === "chat.message.sent",
-      bytes,
-    };
-  };
-
-  const admit = (prepared: Prepared, event: ChatEventInput): void => {
-    if (!limiter || !prepared.rateLimited) return;
-    const priority: Priority = (event as { priority?: Priority }).priority ?? "normal";
-    const decision = limiter.take(prepared.conversationId, kindOf(prepared.conversationId), priority);
-    if (!decision.allowed)
-      throw new RateLimitedError(prepared.conversationId, decision.retryAfterMs, priority);
-  };
-
-  const enqueue = (prepared: Prepared, startedAt: number): Promise<SendResult> =>
-    new Promise<SendResult>((resolve, reject) => {
-      const { record } = prepared;
-      batcher.add({
-        message: {
-          key: record.key,
-          value: record.value,
-          headers: record.headers,
-          partition: prepared.partition,
-        },
-        partition: prepared.partition,
-        bytes: prepared.bytes,
-        resolve: (offset) => {
-          metrics.produced(prepared.type);
-          metrics.sendDuration((performance.now() - startedAt) / 1000);
-          resolve({ eventId: prepared.eventId, partition: prepared.partition, offset });
-        },
-        reject: (error) => {
-          metrics.failed((error as ChatBusError).code ?? "CHATBUS_UNKNOWN");
-          reject(error);
-        },
-      });
-    });
 
   const failed = (error: unknown): Promise<never> => {
     metrics.failed((error as ChatBusError).code ?? "CHATBUS_UNKNOWN");
@@ -351,20 +138,20 @@ export async function createChatBus(options: ChatBusOptions = {}): Promise<ChatB
   };
 
   return {
-    topic,
-    partitions,
-    partitionOf,
+    topic: resolved.topic,
+    partitions: resolved.partitions,
+    partitionOf: admission.partitionOf,
     send(conversationId, event, sendOptions) {
       const startedAt = performance.now();
       if (closed) return failed(new BusClosedError());
       let prepared: Prepared;
       try {
-        prepared = prepare(conversationId, event, sendOptions);
-        admit(prepared, event);
+        prepared = admission.prepare(conversationId, event, sendOptions);
+        admission.admit(prepared, event);
       } catch (error) {
         return failed(error);
       }
-      return enqueue(prepared, startedAt);
+      return enqueue(batcher, metrics, prepared, startedAt);
     },
     sendMany(items) {
       const startedAt = performance.now();
@@ -373,31 +160,26 @@ export async function createChatBus(options: ChatBusOptions = {}): Promise<ChatB
         return failed(new TypeError("sendMany expects an array of { conversationId, event }."));
       const prepared: Prepared[] = [];
       try {
+        // entries(), not map(): a hole in a sparse array is an invalid item, not a skipped one.
         for (const [i, item] of items.entries()) {
-          prepared.push(prepare(item?.conversationId, item?.event, item, `items[${i}]`));
+          prepared.push(admission.prepare(item?.conversationId, item?.event, item, `items[${i}]`));
         }
+        // All or nothing: a refusal gives back the tokens the earlier ones took.
+        admission.admitAll(
+          prepared,
+          prepared.map((_, i) => items[i]!.event),
+        );
       } catch (error) {
         return failed(error);
       }
-      const admitted: Prepared[] = [];
-      try {
-        prepared.forEach((p, i) => {
-          admit(p, items[i]!.event);
-          if (p.rateLimited) admitted.push(p);
-        });
-      } catch (error) {
-        // All or nothing: give back the tokens the admitted ones took.
-        if (limiter) for (const p of admitted) limiter.refund(p.conversationId);
-        return failed(error);
-      }
-      const results = prepared.map((p) => enqueue(p, startedAt));
+      const results = prepared.map((p) => enqueue(batcher, metrics, p, startedAt));
       batcher.flush();
       return Promise.all(results);
     },
     close() {
       closed ??= (async () => {
         await batcher.drained();
-        await producer.disconnect().catch(() => {});
+        await connection.disconnect();
       })();
       return closed;
     },

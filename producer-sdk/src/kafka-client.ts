@@ -1,0 +1,107 @@
+/**
+ * The producer's Kafka plumbing that does not depend on a bus: the kafkajs client
+ * with timeouts that fit inside `sendTimeoutMs`, its logs through pino, mapping Kafka
+ * failures to our errors, and provisioning the topic before the first send.
+ */
+import { Kafka, logLevel as KafkaLogLevel, type LogEntry } from "kafkajs";
+import type { Logger } from "pino";
+import { BrokerUnavailableError, ChatBusError, ProduceRejectedError } from "./errors.ts";
+import type { ResolvedOptions } from "./options.ts";
+import { ensureTopic } from "./topic.ts";
+
+/** kafkajs logs through pino: its errors during retries are warnings for us. */
+function kafkaLogCreator(logger: Logger | undefined) {
+  return () =>
+    ({ level, log }: LogEntry) => {
+      if (!logger) return;
+      const { message, ...extra } = log;
+      const entry = { ...extra, component: "kafkajs" };
+      if (level <= KafkaLogLevel.WARN) logger.warn(entry, message);
+      else if (level === KafkaLogLevel.INFO) logger.debug(entry, message);
+      else logger.trace(entry, message);
+    };
+}
+
+/** An error's message, with its cause's when that says something more. */
+function describeError(error: unknown): string {
+  if (!(error instanceof Error)) return String(error);
+  const cause = (error as { cause?: unknown }).cause;
+  return cause instanceof Error && cause.message !== error.message
+    ? `${error.message} (${cause.message})`
+    : error.message;
+}
+
+/** A Kafka failure as one of our errors: unreachable brokers versus a refusal. */
+export function toChatBusError(options: ResolvedOptions, error: unknown): ChatBusError {
+  if (error instanceof ChatBusError) return error;
+  // kafkajs wraps a refusal it will not retry in KafkaJSNonRetriableError; judge the cause.
+  const cause = (error as { cause?: unknown })?.cause;
+  const root =
+    (error as { name?: string })?.name === "KafkaJSNonRetriableError" && cause instanceof Error
+      ? cause
+      : error;
+  const name = (root as { name?: string })?.name ?? "";
+  if (name === "KafkaJSProtocolError" && (root as { retriable?: boolean }).retriable === false) {
+    return new ProduceRejectedError(options.topic, describeError(root), error);
+  }
+  return new BrokerUnavailableError(options.brokers, describeError(error), error);
+}
+
+/** Rejects with `onTimeout()` when `promise` takes longer than `ms`. */
+export function within<T>(promise: Promise<T>, ms: number, onTimeout: () => Error): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    promise,
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(onTimeout()), ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
+
+/** The error of a step that did not finish within `sendTimeoutMs`. */
+export function timedOut(options: ResolvedOptions, what: string): () => BrokerUnavailableError {
+  return () =>
+    new BrokerUnavailableError(options.brokers, `${what} did not finish within ${options.sendTimeoutMs} ms`);
+}
+
+/** Kafka client settings that keep every step inside `sendTimeoutMs`. */
+export function kafkaClient(options: ResolvedOptions): Kafka {
+  const budget = options.sendTimeoutMs;
+  return new Kafka({
+    clientId: options.clientId,
+    brokers: options.brokers,
+    connectionTimeout: Math.min(3000, Math.max(100, Math.floor(budget / 4))),
+    requestTimeout: Math.max(1000, budget),
+    retry: { initialRetryTime: 100, maxRetryTime: Math.min(2000, budget), retries: 8 },
+    logLevel: options.logger ? KafkaLogLevel.INFO : KafkaLogLevel.NOTHING,
+    logCreator: kafkaLogCreator(options.logger),
+  });
+}
+
+/**
+ * Makes sure the topic exists with the expected partition count (when
+ * `ensureTopic` is on), through a short-lived admin client. Throws a ChatBusError.
+ */
+export async function provisionTopic(kafka: Kafka, options: ResolvedOptions): Promise<void> {
+  if (!options.ensureTopic) return;
+  const { topic, partitions, sendTimeoutMs } = options;
+  const admin = kafka.admin();
+  try {
+    await within(admin.connect(), sendTimeoutMs, timedOut(options, "connecting"));
+    await within(
+      ensureTopic(admin, {
+        topic,
+        partitions,
+        replicationFactor: options.replicationFactor,
+        logger: options.logger,
+        timeoutMs: sendTimeoutMs * 2,
+      }),
+      sendTimeoutMs * 2 + 1000,
+      timedOut(options, `checking topic "${topic}"`),
+    );
+  } catch (error) {
+    throw toChatBusError(options, error);
+  } finally {
+    await admin.disconnect().catch(() => {});
+  }
+}

@@ -9,7 +9,7 @@
  * them and holds the send and close paths.
  */
 import type { Message } from "kafkajs";
-import { BrokerUnavailableError, BusClosedError, type ChatBusError } from "./errors.ts";
+import { BrokerUnavailableError, BusClosedError, type ChatBusError, ValidationError } from "./errors.ts";
 import { EventAdmission, type Prepared } from "./event-admission.ts";
 import type { ChatEventInput, ConversationKind } from "./events.ts";
 import { kafkaClient, provisionTopic, toChatBusError } from "./kafka-client.ts";
@@ -157,7 +157,9 @@ export async function createChatBus(options: ChatBusOptions = {}): Promise<ChatB
       const startedAt = performance.now();
       if (closed) return failed(new BusClosedError());
       if (!Array.isArray(items))
-        return failed(new TypeError("sendMany expects an array of { conversationId, event }."));
+        return failed(
+          new ValidationError("items", "type", "sendMany expects an array of { conversationId, event }."),
+        );
       const prepared: Prepared[] = [];
       try {
         // entries(), not map(): a hole in a sparse array is an invalid item, not a skipped one.

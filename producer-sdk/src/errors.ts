@@ -1,16 +1,34 @@
 /**
  * The producer SDK's error catalogue. Every error has a stable `code`, says whether
  * retrying can help (`retryable`) and reads as a sentence a person can act on.
+ *
+ * Every error the SDK throws is one of the classes below, and each class has one
+ * code from `producerErrorCodes`, so `switch (error.code)` over the SDK's errors is
+ * checked by the compiler. Packages built on the SDK extend `ChatBusError` with their
+ * own code union (`ChatBusError<TheirCode>`), so callers still catch one base.
  */
 
-/** Base of every error the SDK throws. */
-export class ChatBusError extends Error {
+/** Every code of the SDK's errors. */
+export const producerErrorCodes = [
+  "CHATBUS_VALIDATION",
+  "CHATBUS_RATE_LIMITED",
+  "CHATBUS_BROKER_UNAVAILABLE",
+  "CHATBUS_CLOSED",
+  "CHATBUS_TOPIC_MISMATCH",
+  "CHATBUS_PRODUCE_REJECTED",
+] as const;
+
+/** A code of the SDK's errors. */
+export type ProducerErrorCode = (typeof producerErrorCodes)[number];
+
+/** Base of every error the SDK throws; `Code` is the union of its subclass's codes. */
+export class ChatBusError<Code extends string = string> extends Error {
   /** Stable, prefixed code, e.g. `CHATBUS_VALIDATION`. */
-  readonly code: string;
+  readonly code: Code;
   /** True when the same call may succeed later unchanged. */
   readonly retryable: boolean;
 
-  constructor(code: string, message: string, options: { retryable: boolean; cause?: unknown }) {
+  constructor(code: Code, message: string, options: { retryable: boolean; cause?: unknown }) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = new.target.name;
     this.code = code;
@@ -18,8 +36,17 @@ export class ChatBusError extends Error {
   }
 }
 
+/** An error of the producer SDK itself (every class below). */
+export type ProducerError =
+  | ValidationError
+  | RateLimitedError
+  | BrokerUnavailableError
+  | BusClosedError
+  | TopicMismatchError
+  | ProduceRejectedError;
+
 /** The input broke the event contract or an options schema; nothing was sent. */
-export class ValidationError extends ChatBusError {
+export class ValidationError extends ChatBusError<"CHATBUS_VALIDATION"> {
   /** Dotted path of the offending field, e.g. `content.text` (empty for the whole value). */
   readonly field: string;
   /** The rule it broke, e.g. `minLength`, `required`, `type`. */
@@ -33,7 +60,7 @@ export class ValidationError extends ChatBusError {
 }
 
 /** The conversation is over its rate limit; retry after `retryAfterMs`. */
-export class RateLimitedError extends ChatBusError {
+export class RateLimitedError extends ChatBusError<"CHATBUS_RATE_LIMITED"> {
   readonly conversationId: string;
   /** Milliseconds until a token is available for this priority. */
   readonly retryAfterMs: number;
@@ -50,7 +77,7 @@ export class RateLimitedError extends ChatBusError {
 }
 
 /** No broker acknowledged the record in time; the event may or may not be stored. */
-export class BrokerUnavailableError extends ChatBusError {
+export class BrokerUnavailableError extends ChatBusError<"CHATBUS_BROKER_UNAVAILABLE"> {
   /** The bootstrap brokers that were tried. */
   readonly brokers: string[];
 
@@ -65,7 +92,7 @@ export class BrokerUnavailableError extends ChatBusError {
 }
 
 /** The bus was closed; create a new one to send again. */
-export class BusClosedError extends ChatBusError {
+export class BusClosedError extends ChatBusError<"CHATBUS_CLOSED"> {
   constructor() {
     super("CHATBUS_CLOSED", "this chat bus is closed; create a new one with createChatBus() to send again.", {
       retryable: false,
@@ -74,14 +101,14 @@ export class BusClosedError extends ChatBusError {
 }
 
 /** The topic exists with a shape chatbus cannot use (e.g. a different partition count). */
-export class TopicMismatchError extends ChatBusError {
+export class TopicMismatchError extends ChatBusError<"CHATBUS_TOPIC_MISMATCH"> {
   constructor(message: string) {
     super("CHATBUS_TOPIC_MISMATCH", message, { retryable: false });
   }
 }
 
 /** Kafka answered but refused the records (e.g. too large, topic deleted); retrying unchanged will not help. */
-export class ProduceRejectedError extends ChatBusError {
+export class ProduceRejectedError extends ChatBusError<"CHATBUS_PRODUCE_REJECTED"> {
   constructor(topic: string, detail: string, cause?: unknown) {
     super(
       "CHATBUS_PRODUCE_REJECTED",

@@ -12,11 +12,13 @@ export {
   encodeEvent,
   validateConversationId,
 } from "./codec.ts";
+export type { ProducerError, ProducerErrorCode } from "./errors.ts";
 export {
   BrokerUnavailableError,
   BusClosedError,
   ChatBusError,
   ProduceRejectedError,
+  producerErrorCodes,
   RateLimitedError,
   TopicMismatchError,
   ValidationError,

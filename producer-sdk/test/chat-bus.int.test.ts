@@ -215,6 +215,10 @@ describe("bad input", () => {
       ])
       .catch((e: unknown) => e);
     expect((many as ValidationError).field).toBe("items[1].content.text");
+    // Not an array at all (a JavaScript caller): a ValidationError naming `items` too.
+    const notArray = await bus.sendMany("conv-a" as never).catch((e: unknown) => e);
+    expect(notArray).toBeInstanceOf(ValidationError);
+    expect((notArray as ValidationError).field).toBe("items");
     // An event over the record size limit is refused before it is sent.
     const huge = await bus
       .send("conv-big", {

@@ -42,10 +42,14 @@ function newest(path: string): number {
   );
 }
 
+/** Server modules the chat page bundles (`web/src/chat/` imports them as values). */
+const sharedSources = [fileURLToPath(new URL("../src/delivery.ts", import.meta.url))];
+
 /** Builds the pages unless `web/dist` is newer than every source. */
 async function ensureBuilt(): Promise<void> {
   const index = join(webRoot, "dist", "index.html");
-  if (existsSync(index) && statSync(index).mtimeMs >= newest(webRoot)) return;
+  const sources = Math.max(newest(webRoot), ...sharedSources.map(newest));
+  if (existsSync(index) && statSync(index).mtimeMs >= sources) return;
   await build({ configFile: join(webRoot, "vite.config.ts"), logLevel: "warn" });
 }
 

@@ -18,8 +18,11 @@ commands:
   replay --all --subscription S     replay every waiting dead letter of a subscription
   discard <id> [--reason TEXT]      mark it discarded (kept, recorded with who and why)
 
+options:
+  --insecure            allow a plain http:// CHATBUS_API_URL to another host (the key travels in clear)
+
 environment:
-  CHATBUS_API_URL       the API (default http://127.0.0.1:3000)
+  CHATBUS_API_URL       the API (default http://127.0.0.1:3000; https:// unless on this machine)
   CHATBUS_OPERATOR_KEY  the operator key (required)
   CHATBUS_OPERATOR      your name as recorded with replays and discards (default $USER)
 
@@ -99,6 +102,7 @@ export async function run(argv: string[]): Promise<number> {
         limit: { type: "string" },
         cursor: { type: "string" },
         reason: { type: "string" },
+        insecure: { type: "boolean" },
       },
     });
   try {
@@ -116,7 +120,7 @@ export async function run(argv: string[]): Promise<number> {
   try {
     if (!["list", "show", "replay", "discard"].includes(command))
       throw new UsageError(`unknown command "${command}"`);
-    const env = operatorEnv();
+    const env = operatorEnv(process.env, { insecure: values.insecure ?? false });
     switch (command) {
       case "list": {
         if (values.limit !== undefined && !/^\d+$/.test(values.limit))

@@ -4,16 +4,17 @@
  * a long, configurable retention; an existing chat topic that deletes records gives
  * exactly one warning line at start, and `/readyz` reports it under `details`.
  */
-import {
-  deadLetterRetentionMs,
-  ensureDeadLetterTopic,
-} from "../consumer-runtime/src/dead-letters/dead-letter-topic.ts";
+
 import { ensureTopic, topicRetentionMs } from "@chatbus/producer-sdk";
 import { type Admin, ConfigResourceTypes, Kafka, logLevel } from "kafkajs";
 import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
-import { type Harness, startHarness } from "../api/test/harness.ts";
 import { retentionDetail } from "../api/src/topic-retention.ts";
+import { type Harness, startHarness } from "../api/test/harness.ts";
+import {
+  deadLetterRetentionMs,
+  ensureDeadLetterTopic,
+} from "../consumer-runtime/src/dead-letters/dead-letter-topic.ts";
 import { kafkaBrokers } from "./support/env.ts";
 import { uniqueName } from "./support/isolation.ts";
 

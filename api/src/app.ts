@@ -251,11 +251,13 @@ export async function buildBaseApp(deps: ApiDeps): Promise<ApiApp> {
         }),
       ),
     );
-    if (failed.length === 0) return { status: "ready", checks, details };
+    // `details` only when the app was given some, so the answer's shape is unchanged otherwise.
+    const extra = deps.readinessDetails ? { details } : {};
+    if (failed.length === 0) return { status: "ready", checks, ...extra };
     return reply.status(503).send({
       status: "not ready",
       checks,
-      details,
+      ...extra,
       error: {
         code: "CHATBUS_NOT_READY",
         message: failed.map((f) => `${f.name}: ${f.reason}`).join("; "),

@@ -12,7 +12,6 @@ import { type Harness, operatorKey, startHarness } from "./harness.ts";
 
 let h: Harness;
 const total = 12_000;
-const subscriptions = ["alpha", "beta", "gamma"];
 
 /** Inserts `n` dead letters with SQL; offsets start at `from` (each row is its own record). */
 async function insertDeadLetters(n: number, from: number): Promise<void> {

@@ -136,6 +136,23 @@ describe(`${total.toLocaleString("en")} dead letters`, () => {
         await insertDeadLetters(11, 2_000_000 + inserted);
         inserted += 11;
       }
+      // --all walks every page itself (with progress on stderr).
+      out.length = 0;
+      const progress: string[] = [];
+      const stderr = vi.spyOn(process.stderr, "write").mockImplementation((chunk: unknown) => {
+        progress.push(String(chunk));
+        return true;
+      });
+      const everything = await deadLettersCli(["list", "--all", "--json"]).finally(() =>
+        stderr.mockRestore(),
+      );
+      expect(everything).toBe(0);
+      const all = JSON.parse(out.join("\n")) as { items: { id: string }[]; nextCursor: null };
+      expectVisitedOnce(
+        all.items.map((d) => d.id),
+        await allIds(),
+      );
+      expect(progress.some((line) => /^fetched \d+ dead letters/.test(line))).toBe(true);
       // The table view offers the next command with the cursor.
       out.length = 0;
       expect(await deadLettersCli(["list", "--limit", "5"])).toBe(0);

@@ -42,6 +42,12 @@ export interface ApiDeps {
   bus: EventSender;
   /** Readiness probes by dependency name, e.g. `{ kafka, postgresql }`. */
   readiness: Record<string, ReadinessCheck>;
+  /**
+   * Facts `/readyz` reports under `details` without failing readiness, e.g. the chat
+   * topic's retention (a topic that deletes records still serves, but an operator
+   * must know). A detail that throws is shown as its error message.
+   */
+  readinessDetails?: Record<string, () => Promise<unknown>>;
   /** The materialised projection (conversations, members, messages, event log). */
   projection: ProjectionReader;
   /** The chatbus database (dead letters, subscription status), for the operator routes. */
@@ -234,10 +240,24 @@ export async function buildBaseApp(deps: ApiDeps): Promise<ApiApp> {
     );
     const failed = results.filter((r) => !r.ok);
     const checks = Object.fromEntries(results.map((r) => [r.name, r.ok ? "ok" : r.reason]));
-    if (failed.length === 0) return { status: "ready", checks };
+    const details = Object.fromEntries(
+      await Promise.all(
+        Object.entries(deps.readinessDetails ?? {}).map(async ([name, detail]) => {
+          try {
+            return [name, await detail()] as const;
+          } catch (error) {
+            return [name, { error: (error as Error).message }] as const;
+          }
+        }),
+      ),
+    );
+    // `details` only when the app was given some, so the answer's shape is unchanged otherwise.
+    const extra = deps.readinessDetails ? { details } : {};
+    if (failed.length === 0) return { status: "ready", checks, ...extra };
     return reply.status(503).send({
       status: "not ready",
       checks,
+      ...extra,
       error: {
         code: "CHATBUS_NOT_READY",
         message: failed.map((f) => `${f.name}: ${f.reason}`).join("; "),

@@ -5,7 +5,7 @@
  * exit. A missing or unreachable dependency is one line naming it and the fix.
  */
 import { createProjectionReader, eventsChannel } from "@chatbus/consumer-runtime";
-import { createChatBus } from "@chatbus/producer-sdk";
+import { createChatBus, topicRetentionMs } from "@chatbus/producer-sdk";
 import { Kafka, logLevel } from "kafkajs";
 import pg from "pg";
 import pino from "pino";
@@ -13,6 +13,7 @@ import { collectDefaultMetrics, Registry } from "prom-client";
 import { buildApp } from "./build-app.ts";
 import { loadConfig } from "./config.ts";
 import { ConfigError } from "./errors.ts";
+import { retentionDetail } from "./topic-retention.ts";
 
 function fail(message: string): never {
   console.error(`chatbus-api: ${message}`);
@@ -83,16 +84,19 @@ async function main(): Promise<void> {
     logLevel: logLevel.NOTHING,
   }).admin();
   let adminConnected: Promise<void> | undefined;
+  const connectAdmin = () => {
+    adminConnected ??= admin.connect().catch((error: unknown) => {
+      adminConnected = undefined;
+      throw error;
+    });
+    return adminConnected;
+  };
   const readiness = {
     postgresql: async () => {
       await withTimeout(pool.query("SELECT 1"), 2000, `PostgreSQL at ${where.host}`);
     },
     kafka: async () => {
-      adminConnected ??= admin.connect().catch((error: unknown) => {
-        adminConnected = undefined;
-        throw error;
-      });
-      await withTimeout(adminConnected, 2000, `Kafka at ${config.kafkaBrokers.join(",")}`);
+      await withTimeout(connectAdmin(), 2000, `Kafka at ${config.kafkaBrokers.join(",")}`);
       const cluster = await withTimeout(
         admin.describeCluster(),
         2000,
@@ -111,6 +115,16 @@ async function main(): Promise<void> {
     pool,
     projection: createProjectionReader(pool),
     readiness,
+    readinessDetails: {
+      // The chat topic must keep its records (createChatBus warned once at start if not).
+      topicRetention: async () => {
+        await withTimeout(connectAdmin(), 2000, `Kafka at ${config.kafkaBrokers.join(",")}`);
+        return retentionDetail(
+          config.topic,
+          await withTimeout(topicRetentionMs(admin, config.topic), 2000, "DescribeConfigs"),
+        );
+      },
+    },
     realtime: { pool, databaseUrl: config.databaseUrl, channel: eventsChannel(schema) },
   });
   try {

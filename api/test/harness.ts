@@ -21,7 +21,7 @@ import {
   type TestSchema,
   uniqueName,
 } from "../../test/support/isolation.ts";
-import type { ApiApp } from "../src/app.ts";
+import type { ApiApp, ApiDeps } from "../src/app.ts";
 import { buildApp } from "../src/build-app.ts";
 import { type ApiConfig, configDefaults, validateConfig } from "../src/config.ts";
 
@@ -46,6 +46,8 @@ export async function startHarness(
   prefix: string,
   overrides: Omit<Partial<ApiConfig>, "sse"> & { sse?: Partial<ApiConfig["sse"]> } = {},
   partitions = 4,
+  /** Extra app dependencies, e.g. `readinessDetails`. */
+  extra: Pick<ApiDeps, "readinessDetails"> = {},
 ): Promise<Harness> {
   const [topic, schema] = await Promise.all([createTestTopic(prefix, partitions), createTestSchema(prefix)]);
   const logger = pino({ level: process.env.TEST_LOG_LEVEL ?? "silent" });
@@ -87,6 +89,7 @@ export async function startHarness(
     projection: createProjectionReader(schema.pool),
     pool: schema.pool,
     readiness: {},
+    ...extra,
     realtime: { pool: schema.pool, databaseUrl: schema.url, channel: eventsChannel(schema.schema) },
   });
   const url = await app.listen({ port: 0, host: "127.0.0.1" });

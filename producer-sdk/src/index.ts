@@ -43,4 +43,4 @@ export {
 export type { ChatBusOptions } from "./options.ts";
 export { ChatBusOptionsSchema } from "./options.ts";
 export type { EnsureTopicOptions } from "./topic.ts";
-export { ensureTopic } from "./topic.ts";
+export { chatTopicRetentionMs, ensureTopic, retentionWarning, topicRetentionMs } from "./topic.ts";

@@ -1,5 +1,9 @@
-/** Topic provisioning: the chat topic exists, with the partition count everyone routes by. */
-import type { Admin } from "kafkajs";
+/**
+ * Topic provisioning: the chat topic exists, with the partition count everyone routes
+ * by, and keeps its records forever (`retention.ms=-1`): it is the source of truth
+ * that the projection and every new subscription are rebuilt from.
+ */
+import { type Admin, ConfigResourceTypes } from "kafkajs";
 import type { Logger } from "pino";
 import { TopicMismatchError } from "./errors.ts";
 
@@ -14,12 +18,49 @@ export interface EnsureTopicOptions {
   timeoutMs?: number | undefined;
 }
 
+/** `retention.ms` of a new chat topic: never delete (docs/materialiser.md, "Retention"). */
+export const chatTopicRetentionMs = -1;
+
+/**
+ * The topic's `retention.ms` as the broker reports it (its own or the broker's
+ * default): -1 means forever. Null when the broker does not say.
+ */
+export async function topicRetentionMs(admin: Admin, topic: string): Promise<number | null> {
+  const described = await admin.describeConfigs({
+    resources: [{ type: ConfigResourceTypes.TOPIC, name: topic, configNames: ["retention.ms"] }],
+    includeSynonyms: false,
+  });
+  const value = described.resources[0]?.configEntries.find(
+    (e) => e.configName === "retention.ms",
+  )?.configValue;
+  if (value === undefined || value === null || !/^-?\d+$/.test(value)) return null;
+  return Number(value);
+}
+
+/**
+ * The one warning line for a chat topic whose records expire (null when they do
+ * not): after that time a projection rebuild or a new subscription silently starts
+ * from a partial history.
+ */
+export function retentionWarning(topic: string, retentionMs: number | null): string | null {
+  if (retentionMs === null || retentionMs < 0) return null;
+  const days = (retentionMs / 86_400_000).toFixed(retentionMs < 86_400_000 ? 2 : 0);
+  return (
+    `topic "${topic}" deletes records after retention.ms=${retentionMs} (${days} ${days === "1" ? "day" : "days"}): projection rebuilds and new ` +
+    `subscriptions will miss older events; keep them forever with: kafka-configs.sh --bootstrap-server <broker> ` +
+    `--alter --entity-type topics --entity-name ${topic} --add-config retention.ms=-1`
+  );
+}
+
 /**
  * Creates `topic` with `partitions` partitions when it is missing and waits for its
  * leaders. When it exists with another partition count, throws TopicMismatchError
  * naming both counts: keys would land on other partitions than consumers and other
  * producers expect, so carrying on silently is never right. Throws a plain Error when
- * the partitions have no leaders within `timeoutMs`.
+ * the partitions have no leaders within `timeoutMs`. A new topic keeps its records
+ * forever (`retention.ms=-1`); an existing one that deletes them gets one warning
+ * line (the logger's, or stderr without one) and is left as it is: changing a
+ * cluster's retention is the operator's decision.
  * Resolves `"created"` or `"exists"`.
  */
 export async function ensureTopic(admin: Admin, options: EnsureTopicOptions): Promise<"created" | "exists"> {
@@ -27,7 +68,14 @@ export async function ensureTopic(admin: Admin, options: EnsureTopicOptions): Pr
   // Leaders are awaited below: kafkajs's own wait fails on a busy broker with
   // UNKNOWN_TOPIC_OR_PARTITION while the new topic's metadata propagates.
   const created = await admin.createTopics({
-    topics: [{ topic, numPartitions: partitions, replicationFactor: options.replicationFactor ?? -1 }],
+    topics: [
+      {
+        topic,
+        numPartitions: partitions,
+        replicationFactor: options.replicationFactor ?? -1,
+        configEntries: [{ name: "retention.ms", value: String(chatTopicRetentionMs) }],
+      },
+    ],
     waitForLeaders: false,
   });
   const deadline = Date.now() + (options.timeoutMs ?? 30_000);
@@ -51,6 +99,28 @@ export async function ensureTopic(admin: Admin, options: EnsureTopicOptions): Pr
     }
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
-  if (created) options.logger?.info({ topic, partitions }, "chatbus: created the chat topic");
-  return created ? "created" : "exists";
+  if (created) {
+    options.logger?.info(
+      { topic, partitions, retentionMs: chatTopicRetentionMs },
+      "chatbus: created the chat topic",
+    );
+    return "created";
+  }
+  await warnOnFiniteRetention(admin, topic, options.logger);
+  return "exists";
+}
+
+async function warnOnFiniteRetention(admin: Admin, topic: string, logger: Logger | undefined): Promise<void> {
+  let retentionMs: number | null;
+  try {
+    retentionMs = await topicRetentionMs(admin, topic);
+  } catch (error) {
+    // A user without DescribeConfigs rights can still produce: say so, do not fail.
+    logger?.info({ topic, err: error }, "chatbus: could not read the chat topic's retention.ms");
+    return;
+  }
+  const warning = retentionWarning(topic, retentionMs);
+  if (!warning) return;
+  if (logger) logger.warn({ topic, retentionMs }, `chatbus: ${warning}`);
+  else console.warn(`chatbus: ${warning}`);
 }

@@ -5,14 +5,22 @@
  * brought back, then another broker stays down for longer than the consumer
  * session timeout. Every send that resolved must be in PostgreSQL exactly once, in
  * per-conversation order; sends that rejected were reported to their callers.
+ *
+ * Duplicates are counted where they can happen, not in a UNIQUE column (which cannot
+ * show one): every record of the topic is read back and grouped by `ce_id` (a
+ * producer retry without idempotence would store an event twice), and a runtime
+ * subscription counts its handler invocations per event id (at-least-once: a
+ * rebalance or a lost commit redelivers). The counts are printed for
+ * docs/reliability.md.
  */
 
-import { type Materialiser, startMaterialiser } from "@chatbus/consumer-runtime";
+import { createRuntime, type Materialiser, type Runtime, startMaterialiser } from "@chatbus/consumer-runtime";
 import { type ChatBus, createChatBus } from "@chatbus/producer-sdk";
 import { Kafka, logLevel } from "kafkajs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { killBroker, restartBroker, startKafka, stopKafka } from "../../scripts/kafka.ts";
 import { createTestSchema, type TestSchema, uniqueName } from "../support/isolation.ts";
+import { countDuplicates, readWholeTopic, tally } from "./log-duplicates.ts";
 
 const basePort = 29_392; // private to this file: nodes on 29392, 29394, 29396
 const ports = [basePort, basePort + 2, basePort + 4];
@@ -22,6 +30,9 @@ const sessionTimeoutMs = 10_000;
 
 let bus: ChatBus;
 let materialiser: Materialiser | undefined;
+let audit: Runtime | undefined;
+/** Handler invocations of the audit subscription, by event id. */
+const invocations = new Map<string, number>();
 let db: TestSchema;
 let topic: string;
 let startedCluster = false;
@@ -62,9 +73,22 @@ beforeAll(async () => {
     groupId: uniqueName("failover-mat"),
     sessionTimeoutMs,
   });
+  audit = createRuntime({
+    group: uniqueName("failover-audit"),
+    topic,
+    brokers,
+    pool: db.pool,
+    fromBeginning: true,
+    sessionTimeoutMs,
+  });
+  audit.on("chat.message.sent", async (event) => {
+    invocations.set(event.id, (invocations.get(event.id) ?? 0) + 1);
+  });
+  await audit.start();
 }, 180_000);
 
 afterAll(async () => {
+  await audit?.stop();
   await materialiser?.stop();
   await bus?.close();
   await db?.cleanup();
@@ -151,6 +175,7 @@ describe("three-broker cluster failover", () => {
     }>(
       "SELECT conversation_id, seq, event_id, content->>'text' AS text FROM messages ORDER BY conversation_id, seq",
     );
+    // messages.event_id is UNIQUE: this only checks the read, duplicates are counted below.
     const eventIds = rows.map((r) => r.event_id);
     expect(new Set(eventIds).size).toBe(eventIds.length);
     for (const id of conversations) {
@@ -166,8 +191,46 @@ describe("three-broker cluster failover", () => {
       const storedIds = new Set(stored.map((r) => r.event_id));
       for (const a of acknowledged.get(id)!) expect(storedIds.has(a.eventId)).toBe(true);
     }
+
+    // Duplicates in the Kafka log: every record read back, grouped by ce_id. The
+    // producer is idempotent, so a retried batch is stored once: none expected.
+    const logged = await readWholeTopic(brokers, topic);
+    const messagesLogged = logged.filter((r) => r.ceType === "chat.message.sent");
+    const inLog = countDuplicates(
+      tally(messagesLogged.map((r) => r.ceId ?? `(no ce_id) ${r.partition}:${r.offset}`)),
+    );
+    expect(inLog.duplicated, `events stored twice in the log: ${JSON.stringify(inLog.examples)}`).toBe(0);
+    const loggedIds = new Set(messagesLogged.map((r) => r.ceId));
+    for (const a of expected) expect(loggedIds.has(a.eventId)).toBe(true);
+    // PostgreSQL ends up with what the log holds: acknowledged sends plus rejected ones
+    // that were stored anyway (the materialiser may still be applying the last of those).
+    let stored = rows.length;
+    for (
+      const until = Date.now() + 60_000;
+      stored !== inLog.distinct && Date.now() < until;
+      await sleep(500)
+    ) {
+      const { rows: count } = await db.pool.query<{ n: string }>("SELECT count(*) AS n FROM messages");
+      stored = Number(count[0]!.n);
+    }
+    expect(stored).toBe(inLog.distinct);
+
+    // Duplicates in handler invocations: at least once each; redeliveries are counted.
+    const auditDeadline = Date.now() + 120_000;
+    while (![...loggedIds].every((id) => id !== null && invocations.has(id))) {
+      if (Date.now() > auditDeadline) {
+        const missing = [...loggedIds].filter((id) => id !== null && !invocations.has(id)).length;
+        throw new Error(`the audit handler never saw ${missing} logged events`);
+      }
+      await sleep(500);
+    }
+    const inHandler = countDuplicates(invocations);
+    expect(inHandler.distinct).toBe(inLog.distinct);
     console.log(
-      `failover: ${expected.length} acknowledged, ${rejected} rejected and reported, ${rows.length} stored; killed node ${victimNode} (led partitions ${victimPartitions.join(",")}) and node ${ports.indexOf(other) + 1}`,
+      `failover: ${expected.length} acknowledged, ${rejected} rejected and reported, ${rows.length} stored; ` +
+        `killed node ${victimNode} (led partitions ${victimPartitions.join(",")}) and node ${ports.indexOf(other) + 1}; ` +
+        `log: ${inLog.total} message records, ${inLog.distinct} distinct ce_id, ${inLog.duplicated} duplicated; ` +
+        `audit handler: ${inHandler.total} invocations for ${inHandler.distinct} events, ${inHandler.duplicated} invoked more than once (${inHandler.extra} extra calls)`,
     );
   });
 });

@@ -3,7 +3,7 @@
  * Exit codes: 0 done, 1 failed (one line on stderr), 2 bad usage.
  */
 import { parseArgs } from "node:util";
-import { CliError, callApi, operatorEnv } from "./operator-client.ts";
+import { CliError, callApi, type OperatorEnv, operatorEnv } from "./operator-client.ts";
 import { renderTable } from "./table.ts";
 
 /** One line for `chatbus --help`. */
@@ -13,13 +13,17 @@ const usage = `usage: chatbus dead-letters <command> [options]
 
 commands:
   list [--subscription S] [--status waiting|replaying|replayed|discarded] [--limit N] [--cursor ID] [--json]
+  list --all [--subscription S] [--status ...] [--json]   every page, newest first, each dead letter once
   show <id> [--json]
   replay <id>                       replay one waiting dead letter to its subscription
   replay --all --subscription S     replay every waiting dead letter of a subscription
   discard <id> [--reason TEXT]      mark it discarded (kept, recorded with who and why)
 
+options:
+  --insecure            allow a plain http:// CHATBUS_API_URL to another host (the key travels in clear)
+
 environment:
-  CHATBUS_API_URL       the API (default http://127.0.0.1:3000)
+  CHATBUS_API_URL       the API (default http://127.0.0.1:3000; https:// unless on this machine)
   CHATBUS_OPERATOR_KEY  the operator key (required)
   CHATBUS_OPERATOR      your name as recorded with replays and discards (default $USER)
 
@@ -76,6 +80,30 @@ function printDeadLetters(items: DeadLetterJson[]): void {
   );
 }
 
+/**
+ * Follows `nextCursor` from the first page (or `--cursor`) to the last, 1000 at a
+ * time unless `--limit` says otherwise, with progress on stderr. The API's cursor
+ * visits every dead letter that existed when the walk began exactly once.
+ */
+async function listAll(
+  env: OperatorEnv,
+  query: URLSearchParams,
+): Promise<{ items: DeadLetterJson[]; nextCursor: null }> {
+  const items: DeadLetterJson[] = [];
+  if (!query.has("limit")) query.set("limit", "1000");
+  for (;;) {
+    const page = await callApi<{ items: DeadLetterJson[]; nextCursor: string | null }>(
+      env,
+      "GET",
+      `/v1/dead-letters?${query}`,
+    );
+    items.push(...page.items);
+    if (!page.nextCursor) return { items, nextCursor: null };
+    process.stderr.write(`fetched ${items.length} dead letters…\n`);
+    query.set("cursor", page.nextCursor);
+  }
+}
+
 function requireId(value: string | undefined): string {
   if (!value || !/^\d{1,19}$/.test(value)) throw new UsageError("give the dead letter's numeric id");
   return value;
@@ -99,6 +127,7 @@ export async function run(argv: string[]): Promise<number> {
         limit: { type: "string" },
         cursor: { type: "string" },
         reason: { type: "string" },
+        insecure: { type: "boolean" },
       },
     });
   try {
@@ -116,7 +145,7 @@ export async function run(argv: string[]): Promise<number> {
   try {
     if (!["list", "show", "replay", "discard"].includes(command))
       throw new UsageError(`unknown command "${command}"`);
-    const env = operatorEnv();
+    const env = operatorEnv(process.env, { insecure: values.insecure ?? false });
     switch (command) {
       case "list": {
         if (values.limit !== undefined && !/^\d+$/.test(values.limit))
@@ -125,11 +154,13 @@ export async function run(argv: string[]): Promise<number> {
         for (const key of ["subscription", "status", "limit", "cursor"] as const) {
           if (values[key] !== undefined) query.set(key, values[key]);
         }
-        const page = await callApi<{ items: DeadLetterJson[]; nextCursor: string | null }>(
-          env,
-          "GET",
-          `/v1/dead-letters${query.size ? `?${query}` : ""}`,
-        );
+        const page = values.all
+          ? await listAll(env, query)
+          : await callApi<{ items: DeadLetterJson[]; nextCursor: string | null }>(
+              env,
+              "GET",
+              `/v1/dead-letters${query.size ? `?${query}` : ""}`,
+            );
         if (values.json) console.log(JSON.stringify(page, null, 2));
         else if (page.items.length === 0) console.log("no dead letters match.");
         else {

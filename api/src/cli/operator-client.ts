@@ -2,6 +2,10 @@
  * The operator commands' HTTP client: `CHATBUS_API_URL` (default
  * http://127.0.0.1:3000) with `CHATBUS_OPERATOR_KEY`; each action is sent with
  * `X-Chatbus-Operator: $USER` so the API records who did it.
+ *
+ * The operator key travels in a header, so a plain `http://` URL to another host
+ * would hand it to anyone on the path: such URLs are refused unless the operator
+ * passes `--insecure` (loopback addresses never leave the machine and are allowed).
  */
 import { userInfo } from "node:os";
 
@@ -17,8 +21,49 @@ export interface OperatorEnv {
   operator: string;
 }
 
-/** Reads CHATBUS_API_URL, CHATBUS_OPERATOR_KEY and the operator's name. */
-export function operatorEnv(env: NodeJS.ProcessEnv = process.env): OperatorEnv {
+/** True for localhost, 127.0.0.0/8 and ::1: traffic that never leaves the machine. */
+function isLoopback(hostname: string): boolean {
+  const host = hostname.replace(/^\[|\]$/g, "").toLowerCase();
+  return (
+    host === "localhost" ||
+    host.endsWith(".localhost") ||
+    host === "::1" ||
+    /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host)
+  );
+}
+
+/**
+ * Checks CHATBUS_API_URL: `https://` anywhere, `http://` only to a loopback address
+ * unless `insecure`. Returns the URL without trailing slashes.
+ */
+export function checkApiUrl(raw: string, insecure: boolean): string {
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new CliError(
+      `CHATBUS_API_URL is not a URL: ${JSON.stringify(raw)} (e.g. https://chatbus.example.com).`,
+    );
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") {
+    throw new CliError(
+      `CHATBUS_API_URL must start with https:// (or http:// for this machine); got ${url.protocol}//.`,
+    );
+  }
+  if (url.protocol === "http:" && !isLoopback(url.hostname) && !insecure) {
+    throw new CliError(
+      `refusing to send the operator key in clear text to ${url.origin}: use https:// in CHATBUS_API_URL, ` +
+        "or pass --insecure if this network is trusted.",
+    );
+  }
+  return raw.replace(/\/+$/, "");
+}
+
+/** Reads CHATBUS_API_URL, CHATBUS_OPERATOR_KEY and the operator's name; see `checkApiUrl` for `insecure`. */
+export function operatorEnv(
+  env: NodeJS.ProcessEnv = process.env,
+  options: { insecure?: boolean } = {},
+): OperatorEnv {
   const operatorKey = env.CHATBUS_OPERATOR_KEY;
   if (!operatorKey) {
     throw new CliError("CHATBUS_OPERATOR_KEY is not set; export the API's operator key to use this command.");
@@ -32,7 +77,7 @@ export function operatorEnv(env: NodeJS.ProcessEnv = process.env): OperatorEnv {
     }
   }
   return {
-    apiUrl: (env.CHATBUS_API_URL ?? "http://127.0.0.1:3000").replace(/\/+$/, ""),
+    apiUrl: checkApiUrl(env.CHATBUS_API_URL ?? "http://127.0.0.1:3000", options.insecure ?? false),
     operatorKey,
     operator,
   };

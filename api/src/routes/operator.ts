@@ -8,8 +8,10 @@ import {
   listDeadLetters,
   listSubscriptionStatus,
   type PartitionStatus,
+  pendingSkips,
   replayAllDeadLetters,
   replayDeadLetter,
+  type StuckRecord,
   type SubscriptionStatusRow,
 } from "@chatbus/consumer-runtime";
 import { Type } from "@sinclair/typebox";
@@ -17,6 +19,7 @@ import type pg from "pg";
 import type { ApiApp } from "../app.ts";
 import { conflict, notFound } from "../errors.ts";
 import { commonErrors, ErrorResponse } from "./schemas.ts";
+import { registerSkipRoutes, type SkipJson, skipJson } from "./subscription-skips.ts";
 
 const strict = { additionalProperties: false } as const;
 const DeadLetterId = Type.String({ pattern: "^[0-9]{1,19}$", description: "Dead letter id." });
@@ -63,8 +66,16 @@ export function deadLetterJson(d: DeadLetter) {
 
 const breakerRank = { closed: 0, halfOpen: 1, open: 2 } as const;
 
-/** One subscription across its instances: worst breaker, summed counts, lag per partition. */
-export function summariseSubscription(rows: SubscriptionStatusRow[], waiting: number) {
+/**
+ * One subscription across its instances: worst breaker, summed counts, lag per
+ * partition, events in flight and the oldest one's age, the records it is stuck on
+ * (with the instance that holds each) and the skip requests not yet applied.
+ */
+export function summariseSubscription(
+  rows: SubscriptionStatusRow[],
+  waiting: number,
+  skipsPending: SkipJson[] = [],
+) {
   const live = rows.filter((r) => r.live);
   const counted = live.length > 0 ? live : rows;
   const partitions = new Map<number, PartitionStatus & { instanceId: string }>();
@@ -79,6 +90,13 @@ export function summariseSubscription(rows: SubscriptionStatusRow[], waiting: nu
   const sum = (key: "processed" | "failed" | "deadLettered" | "inFlight") =>
     counted.reduce((n, r) => n + (r.state[key] ?? 0), 0);
   const byPartition = [...partitions.values()].sort((a, b) => a.partition - b.partition);
+  // Instances that publish no age yet (older runtimes) count as "unknown", not as 0.
+  const ages = counted
+    .map((r) => r.state.oldestInFlightMs)
+    .filter((age): age is number => typeof age === "number");
+  const stuck: (StuckRecord & { instanceId: string })[] = counted
+    .flatMap((r) => (r.state.stuck ?? []).map((s) => ({ ...s, instanceId: r.instanceId })))
+    .sort((a, b) => a.partition - b.partition || compareOffsets(a.offset, b.offset));
   return {
     subscription: rows[0]!.subscription,
     state: live.length === 0 ? "stopped" : breaker === "open" ? "paused" : "running",
@@ -91,6 +109,9 @@ export function summariseSubscription(rows: SubscriptionStatusRow[], waiting: nu
     failed: sum("failed"),
     deadLettered: sum("deadLettered"),
     inFlight: sum("inFlight"),
+    oldestInFlightMs: ages.length > 0 ? Math.max(...ages) : null,
+    stuck,
+    skipsPending,
     deadLettersWaiting: waiting,
     instances: rows.map((r) => ({
       instanceId: r.instanceId,
@@ -100,6 +121,11 @@ export function summariseSubscription(rows: SubscriptionStatusRow[], waiting: nu
       breaker: r.state.breaker,
     })),
   };
+}
+
+/** Orders decimal offset strings numerically (they are int64, beyond a double's precision). */
+function compareOffsets(a: string, b: string): number {
+  return a.length - b.length || (a < b ? -1 : a > b ? 1 : 0);
 }
 
 function translate(error: unknown): never {
@@ -123,7 +149,7 @@ export function registerOperatorRoutes(app: ApiApp, deps: { pool: pg.Pool }): vo
       schema: {
         tags: ["operator"],
         summary:
-          "Each subscription: state, breaker, lag per partition, counts, dead letters waiting, instances.",
+          "Each subscription: state, breaker, lag per partition, counts, events in flight and the oldest one's age, stuck records, pending skips, dead letters waiting, instances.",
         response: { 200: Type.Unknown(), ...commonErrors },
       },
     },
@@ -138,8 +164,12 @@ export function registerOperatorRoutes(app: ApiApp, deps: { pool: pg.Pool }): vo
         list.push(row);
         bySubscription.set(row.subscription, list);
       }
-      const subscriptions = [...bySubscription.values()].map((list) =>
-        summariseSubscription(list, waiting[list[0]!.subscription] ?? 0),
+      const subscriptions = await Promise.all(
+        [...bySubscription.values()].map(async (list) => {
+          const name = list[0]!.subscription;
+          const pending = (await pendingSkips(pool, name)).map(skipJson);
+          return summariseSubscription(list, waiting[name] ?? 0, pending);
+        }),
       );
       // Subscriptions with dead letters but no status row (none running) still show up.
       for (const [subscription, n] of Object.entries(waiting)) {
@@ -156,6 +186,9 @@ export function registerOperatorRoutes(app: ApiApp, deps: { pool: pg.Pool }): vo
             failed: 0,
             deadLettered: 0,
             inFlight: 0,
+            oldestInFlightMs: null,
+            stuck: [],
+            skipsPending: [],
             deadLettersWaiting: n,
             instances: [],
           });
@@ -164,6 +197,8 @@ export function registerOperatorRoutes(app: ApiApp, deps: { pool: pg.Pool }): vo
       return { subscriptions };
     },
   );
+
+  registerSkipRoutes(app, { pool, who });
 
   app.get(
     "/v1/dead-letters",

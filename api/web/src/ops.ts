@@ -2,7 +2,8 @@
  * The operations page (`/ops`): each subscription's state (breaker, lag, rates,
  * instances), a chart of consumption and failures over the last minutes, and dead
  * letters with filters, the error and the event side by side, replay and discard
- * with confirmation, and bulk replay. Polls the operator API every 2 s. The operator
+ * with confirmation, and bulk replay; events in flight and the records a subscription
+ * is stuck on, with a Skip button (ops-in-flight.ts). Polls the operator API every 2 s. The operator
  * key is entered here and kept in sessionStorage (gone when the tab closes).
  */
 import "./base.css";
@@ -10,6 +11,13 @@ import "./ops.css";
 import { confirmDialog, formDialog } from "./dialogs.ts";
 import { byId, h, replaceChildren, shortTime } from "./element.ts";
 import { ApiRequestError, apiRequest } from "./http.ts";
+import {
+  createInFlightCard,
+  type InFlightSubscription,
+  renderInFlight,
+  type SkipRequest,
+  type StuckRecord,
+} from "./ops-in-flight.ts";
 import { agoText, drawRateChart } from "./rate-chart.ts";
 
 interface PartitionStatus {
@@ -20,7 +28,7 @@ interface PartitionStatus {
   paused: boolean;
 }
 
-interface Subscription {
+interface Subscription extends InFlightSubscription {
   subscription: string;
   state: "running" | "paused" | "stopped";
   breaker: "closed" | "halfOpen" | "open";
@@ -86,6 +94,8 @@ const state = {
   pages: 1,
   selectedId: null as string | null,
   timer: undefined as number | undefined,
+  /** Skip requests made from this page, refreshed until applied. */
+  skips: [] as SkipRequest[],
 };
 
 const keyView = byId("key-view");
@@ -103,6 +113,7 @@ const loadMore = byId<HTMLButtonElement>("load-more");
 const detail = byId("detail");
 const replayAll = byId<HTMLButtonElement>("replay-all");
 const pageError = byId("page-error");
+const inFlightBody = createInFlightCard(byId("subscriptions-title").closest("section") as Element);
 
 function call<T>(path: string, options: Parameters<typeof apiRequest>[1] = {}): Promise<T> {
   const headers: Record<string, string> = state.name ? { "x-chatbus-operator": state.name } : {};
@@ -191,6 +202,34 @@ async function refreshSubscriptions(): Promise<void> {
   renderSubscriptions();
   renderFilterOptions();
   renderChart();
+  await refreshSkips();
+  renderInFlight(inFlightBody, state.subscriptions, state.skips, skipRecord);
+}
+
+/** Re-reads the skip requests made here until each is applied (then it shows its dead letter). */
+async function refreshSkips(): Promise<void> {
+  state.skips = await Promise.all(
+    state.skips.map((k) =>
+      k.appliedAt ? k : call<SkipRequest>(`/v1/subscriptions/skips/${encodeURIComponent(k.id)}`),
+    ),
+  );
+}
+
+function skipRecord(subscription: string, record: StuckRecord): Promise<boolean> {
+  return confirmDialog({
+    title: `Skip offset ${record.offset} of partition ${record.partition}?`,
+    message: `${subscription} stops retrying this ${record.eventType ?? "record"} (conversation ${record.conversationId ?? "unknown"}): it becomes a dead letter of class "operator", recorded with your name, and the partition moves on. You can replay it later from the dead letters.`,
+    confirmLabel: "Skip",
+    danger: true,
+    action: async () => {
+      const skip = await call<SkipRequest>(`/v1/subscriptions/${encodeURIComponent(subscription)}/skip`, {
+        method: "POST",
+        body: { partition: record.partition, offset: record.offset },
+      });
+      state.skips = [skip, ...state.skips.filter((k) => k.id !== skip.id)].slice(0, 10);
+      await poll();
+    },
+  });
 }
 
 /** Per-second rate of a counter between the last two samples (0 after a restart resets it). */

@@ -130,7 +130,14 @@ export async function recordDeadLetter(
 
 const statuses: readonly DeadLetterStatus[] = ["waiting", "replaying", "replayed", "discarded"];
 
-/** Dead letters, newest first, optionally of one subscription and status; paginated by cursor. */
+/**
+ * Dead letters, newest first (by id, which only grows), optionally of one
+ * subscription and status; paginated by cursor. The cursor is the last id of a page
+ * and the next page starts strictly below it, so paging visits every dead letter that
+ * existed when it started exactly once, in strictly descending order, even while new
+ * ones are recorded (they get higher ids: a new listing shows them first). A dead
+ * letter whose status changes mid-way leaves or enters a status-filtered listing.
+ */
 export async function listDeadLetters(pool: Queryable, filter: DeadLetterFilter): Promise<DeadLetterPage> {
   const { subscription, status, limit, cursor } = filter;
   if (!Number.isInteger(limit) || limit < 1 || limit > 1000) {
@@ -143,19 +150,34 @@ export async function listDeadLetters(pool: Queryable, filter: DeadLetterFilter)
       `\`status\` must be one of ${statuses.join(", ")}; got ${JSON.stringify(status)}.`,
     );
   }
-  if (cursor !== undefined && cursor !== null && !/^\d{1,19}$/.test(cursor)) {
+  if (
+    cursor !== undefined &&
+    cursor !== null &&
+    (!/^\d{1,19}$/.test(cursor) || BigInt(cursor) > 9_223_372_036_854_775_807n)
+  ) {
     throw new ValidationError(
       "cursor",
       "format",
       "`cursor` must be the nextCursor of a previous page (digits).",
     );
   }
+  // Only the filters given, so that the planner picks the primary key or
+  // dead_letters_by_subscription_status instead of a generic plan over `$1 IS NULL OR ...`.
+  const params: unknown[] = [];
+  const where: string[] = [];
+  const param = (value: unknown) => {
+    params.push(value);
+    return `$${params.length}`;
+  };
+  if (subscription !== undefined) where.push(`subscription = ${param(subscription)}`);
+  if (status !== undefined) where.push(`status = ${param(status)}`);
+  if (cursor !== undefined && cursor !== null) where.push(`id < ${param(cursor)}::bigint`);
   const { rows } = await pool.query<Row>(
-    `SELECT ${columns} FROM dead_letters
-     WHERE ($1::text IS NULL OR subscription = $1) AND ($2::text IS NULL OR status = $2)
-       AND ($3::bigint IS NULL OR id < $3::bigint)
-     ORDER BY id DESC LIMIT $4`,
-    [subscription ?? null, status ?? null, cursor ?? null, limit],
+    // `dead_letters.id`, not `id`: the select list renames `id::text AS id`, and ORDER BY
+    // would take that text alias (then "997" sorts above "12000" and the cursor skips rows).
+    `SELECT ${columns} FROM dead_letters ${where.length > 0 ? `WHERE ${where.join(" AND ")}` : ""}
+     ORDER BY dead_letters.id DESC LIMIT ${param(limit)}`,
+    params,
   );
   const items = rows.map(toDeadLetter);
   return { items, nextCursor: items.length === limit ? items[items.length - 1]!.id : null };

@@ -76,7 +76,7 @@ export async function requestSkip(
 /** Pending (not yet applied) requests of one subscription, oldest first. */
 export async function pendingSkips(db: Queryable, subscription: string): Promise<SkipRequest[]> {
   const { rows } = await db.query<SkipRow>(
-    `SELECT ${columns} FROM subscription_skips WHERE subscription = $1 AND applied_at IS NULL ORDER BY id`,
+    `SELECT ${columns} FROM subscription_skips WHERE subscription = $1 AND applied_at IS NULL ORDER BY subscription_skips.id`,
     [subscription],
   );
   return rows.map(toSkip);

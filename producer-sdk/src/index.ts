@@ -2,6 +2,8 @@
 
 export type { ChatBus, SendItem, SendOptions, SendResult } from "./chat-bus.ts";
 export { createChatBus } from "./chat-bus.ts";
+export type { UnstorableValue } from "./validation.ts";
+export { findUnstorableValue } from "./validation.ts";
 export { runSendCommand, sendCommandSummary } from "./cli.ts";
 export type { DecodeFailureCode, DecodeResult, EncodedRecord, EncodeOptions, RawRecord } from "./codec.ts";
 export {
@@ -31,6 +33,7 @@ export {
   eventDataSchemas,
   eventTypes,
   MessageContent,
+  MAX_SEQ,
   MessageId,
   Priority,
   Role,

@@ -76,6 +76,7 @@ export async function startHarness(
     topic,
     kafkaBrokers: kafkaBrokers(),
     databaseUrl: schema.url,
+    devLogin: true, // tests log in through POST /v1/dev/login
     ...overrides,
     sse: { ...configDefaults.sse, deliveredFlushMs: 200, presenceGraceMs: 500, ...overrides.sse },
   });

@@ -2,8 +2,6 @@
 
 export type { ChatBus, SendItem, SendOptions, SendResult } from "./chat-bus.ts";
 export { createChatBus } from "./chat-bus.ts";
-export type { UnstorableValue } from "./validation.ts";
-export { findUnstorableValue } from "./validation.ts";
 export { runSendCommand, sendCommandSummary } from "./cli.ts";
 export type { DecodeFailureCode, DecodeResult, EncodedRecord, EncodeOptions, RawRecord } from "./codec.ts";
 export {
@@ -32,8 +30,8 @@ export {
   CustomContent,
   eventDataSchemas,
   eventTypes,
-  MessageContent,
   MAX_SEQ,
+  MessageContent,
   MessageId,
   Priority,
   Role,
@@ -45,3 +43,5 @@ export type { ChatBusOptions } from "./options.ts";
 export { ChatBusOptionsSchema } from "./options.ts";
 export type { EnsureTopicOptions } from "./topic.ts";
 export { ensureTopic } from "./topic.ts";
+export type { UnstorableValue } from "./validation.ts";
+export { findUnstorableValue } from "./validation.ts";

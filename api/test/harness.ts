@@ -30,6 +30,8 @@ export const serviceKey = "int-service-key-0123456789";
 
 export interface Harness {
   app: ApiApp;
+  /** The API's settings, e.g. to start a second API process's app on the same stack. */
+  config: ApiConfig;
   url: string;
   topic: string;
   schema: TestSchema;
@@ -95,6 +97,7 @@ export async function startHarness(
   await admin.connect();
   return {
     app,
+    config,
     url,
     topic,
     schema,

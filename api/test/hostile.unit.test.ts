@@ -304,6 +304,16 @@ describe("limits (issue 13 item 7)", () => {
     expect(added.statusCode).toBe(202);
   });
 
+  it("a group created with more members than the limit → 400 naming `members`; at the limit → 202", async () => {
+    const { call, sent } = await makeApp({ maxGroupMembers: 3 });
+    const over = await call("olga", "POST", "/v1/conversations", { kind: "group", members: ["a", "b", "c"] });
+    expect(over.statusCode).toBe(400);
+    expect(over.json().error.field).toBe("members");
+    expect(sent).toHaveLength(0);
+    const at = await call("olga", "POST", "/v1/conversations", { kind: "group", members: ["a", "b"] });
+    expect(at.statusCode).toBe(202);
+  });
+
   for (const [path, setting, name] of [
     ["/v1/conversations/g1/messages", "historyMaxLimit", "history"],
     ["/v1/me/conversations", "inboxMaxLimit", "inbox"],

@@ -101,6 +101,12 @@ export function registerConversationRoutes(
           return reply.status(200).send({ conversationId, existing: true as const });
         }
       } else {
+        if (members.length > maxGroupMembers) {
+          throw invalidField(
+            "members",
+            `body field \`members\` makes a group of ${members.length}, over the limit of ${maxGroupMembers} (CHATBUS_MAX_GROUP_MEMBERS).`,
+          );
+        }
         conversationId = `g-${uuidv7()}`;
       }
       if (request.principal.kind === "user") {

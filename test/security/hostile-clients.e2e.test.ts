@@ -16,7 +16,8 @@ import {
   type Materialiser,
   startMaterialiser,
 } from "@chatbus/consumer-runtime";
-import { type ChatBus, createChatBus } from "@chatbus/producer-sdk";
+import { type ChatBus, createChatBus, encodeEvent } from "@chatbus/producer-sdk";
+import { Kafka, logLevel } from "kafkajs";
 import { pino } from "pino";
 import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -29,6 +30,7 @@ const serviceKey = `sec-service-${uniqueName("k")}`;
 const partitions = 3;
 
 let db: TestSchema;
+let topic: string;
 let bus: ChatBus;
 let materialiser: Materialiser;
 let app: ApiApp;
@@ -83,7 +85,7 @@ async function group(owner: string, members: string[]): Promise<string> {
 }
 
 beforeAll(async () => {
-  const topic = await createTestTopic("security", partitions);
+  topic = await createTestTopic("security", partitions);
   db = await createTestSchema("security");
   const quiet = pino({ level: "silent" });
   bus = await createChatBus({
@@ -281,7 +283,55 @@ describe("hostile clients against a running stack", () => {
     await materialised(two.json.conversationId, "c");
   });
 
-  it("after all of it: no dead letter, and a new message is still materialised", async () => {
+  it("a raw producer's NUL text, lone surrogate and huge seq are dead-lettered as poison; the conversation goes on", async () => {
+    const g = await group("ana", ["ben"]);
+    const producer = new Kafka({ brokers: kafkaBrokers(), logLevel: logLevel.NOTHING }).producer();
+    await producer.connect();
+    try {
+      // Well-formed CloudEvents headers (from the real encoder) around values the SDK would refuse.
+      const raw = (type: "chat.message.sent" | "chat.receipt.read", value: string) => {
+        const event =
+          type === "chat.message.sent"
+            ? { type, senderId: "ana", content: { type: "text" as const, text: "placeholder" } }
+            : { type, userId: "ana", upToSeq: 1 };
+        const { record } = encodeEvent(g, event, { source: "/attacker" });
+        return { key: record.key, value: value, headers: record.headers };
+      };
+      await producer.send({
+        topic,
+        acks: -1,
+        messages: [
+          raw("chat.message.sent", '{"senderId":"ana","content":{"type":"text","text":"a\\u0000b"}}'),
+          raw("chat.message.sent", '{"senderId":"ana","content":{"type":"text","text":"\\ud800"}}'),
+          raw("chat.receipt.read", '{"userId":"ana","upToSeq":10000000000000000000}'),
+        ],
+      });
+    } finally {
+      await producer.disconnect();
+    }
+    const after = await call("POST", `/v1/conversations/${g}/messages`, "ana", {
+      content: { type: "text", text: "after the poison" },
+    });
+    expect(after.status).toBe(202);
+    await eventually("the message after the poison records", async () => {
+      const history = await call("GET", `/v1/conversations/${g}/messages`, "ben");
+      return history.json.messages.some(
+        (m: { content: { text?: string } }) => m.content.text === "after the poison",
+      )
+        ? true
+        : undefined;
+    });
+    const poison = await eventually("three poison dead letters", async () => {
+      const page = await call("GET", "/v1/dead-letters?limit=50", operatorKey);
+      const items = (page.json.items as { conversationId: string; failureClass: string }[]).filter(
+        (d) => d.conversationId === g,
+      );
+      return items.length >= 3 ? items : undefined;
+    });
+    expect(poison.map((d) => d.failureClass)).toEqual(["poison", "poison", "poison"]);
+  });
+
+  it("after all of it: no dead letter but the raw producer's, and a new message is still materialised", async () => {
     const g = await group("ben", ["ana"]);
     const sent = await call("POST", `/v1/conversations/${g}/messages`, "ben", {
       content: { type: "text", text: "still standing" },
@@ -297,6 +347,8 @@ describe("hostile clients against a running stack", () => {
     });
     const deadLetters = await call("GET", "/v1/dead-letters?limit=50", operatorKey);
     expect(deadLetters.status).toBe(200);
-    expect(deadLetters.json.items).toEqual([]);
+    // Only the raw producer's records: nothing a user did over the API became a dead letter.
+    const sources = (deadLetters.json.items as { failureClass: string }[]).map((d) => d.failureClass);
+    expect(sources).toEqual(["poison", "poison", "poison"]);
   });
 });

@@ -54,7 +54,7 @@ async function makeApp(overrides: Partial<ApiConfig> = {}) {
   const projection = {
     isMember: async (id: string, user: string) => roles[id]?.[user] !== undefined,
     conversation: async (id: string) =>
-      roles[id] ? { id, kind: id.startsWith("dm") ? "direct" : "group" } : null,
+      roles[id] ? { id, kind: id.startsWith("dm") ? "direct" : "group", lastSeq: 5 } : null,
     members: async (id: string) => Object.keys(roles[id] ?? {}).map((u) => member(id, u)),
     messageByEventId: async (id: string) =>
       id === liveId ? message(id, false) : id === recalledId ? message(id, true) : null,
@@ -175,10 +175,14 @@ describe("values PostgreSQL cannot store (issue 12 item 3)", () => {
     });
   }
 
-  it("accepts the largest safe seq", async () => {
-    const { call, sent } = await makeApp();
-    const res = await call("mia", "POST", "/v1/conversations/g1/read", { seq: Number.MAX_SAFE_INTEGER });
-    expect(res.statusCode).toBe(202);
+  it("a read seq past the conversation's last message → 400 naming `seq`; at it → 202", async () => {
+    const { call, sent } = await makeApp(); // g1's last seq is 5
+    const past = await call("mia", "POST", "/v1/conversations/g1/read", { seq: 6 });
+    expect(past.statusCode).toBe(400);
+    expect(past.json().error.field).toBe("seq");
+    expect(sent).toHaveLength(0);
+    const at = await call("mia", "POST", "/v1/conversations/g1/read", { seq: 5 });
+    expect(at.statusCode).toBe(202);
     expect(sent).toHaveLength(1);
   });
 });

@@ -1,6 +1,6 @@
 import type { ProjectionReader } from "@chatbus/consumer-runtime";
 import type { ApiApp } from "../app.ts";
-import { ApiError, conflict, forbidden, notAMember, notFound } from "../errors.ts";
+import { ApiError, conflict, forbidden, invalidField, notAMember, notFound } from "../errors.ts";
 import type { EventSender } from "../types.ts";
 import type { WriteLimiter } from "../write-limits.ts";
 import { actingUser, requireMember } from "./conversations.ts";
@@ -165,6 +165,14 @@ export function registerMessageRoutes(
     async (request, reply) => {
       const userId = actingUser(request.principal, undefined, "userId");
       await requireMember(projection, request.params.id, userId);
+      const lastSeq = (await projection.conversation(request.params.id))?.lastSeq ?? 0;
+      if (request.body.seq > lastSeq) {
+        // Clients only see materialised messages: a larger seq would mark future messages read.
+        throw invalidField(
+          "seq",
+          `body field \`seq\` must be at most ${lastSeq}, the conversation's last message; got ${request.body.seq}.`,
+        );
+      }
       await limits.admit({
         what: "write",
         userId,

@@ -121,10 +121,10 @@ export function createWriteLimiter(
     async admit(request) {
       const buckets = bucketsOf(request, limits);
       if (buckets.length === 0) return;
-      let waitSeconds: number;
+      let verdict: { wait: number; short: string[] } | undefined;
       try {
-        const { rows } = await pool.query<{ wait: number }>(
-          "SELECT chatbus_take_tokens($1::text[], $2::float8[], $3::float8[], $4::float8[]) AS wait",
+        const { rows } = await pool.query<{ wait: number; short: string[] }>(
+          "SELECT wait, short FROM chatbus_take_tokens($1::text[], $2::float8[], $3::float8[], $4::float8[])",
           [
             buckets.map((b) => b.key),
             buckets.map((b) => b.rate),
@@ -132,7 +132,7 @@ export function createWriteLimiter(
             buckets.map((b) => b.needed),
           ],
         );
-        waitSeconds = rows[0]?.wait ?? 0;
+        verdict = rows[0];
       } catch (error) {
         throw unavailable(
           "CHATBUS_POSTGRES_UNAVAILABLE",
@@ -140,11 +140,14 @@ export function createWriteLimiter(
           error,
         );
       }
-      if (waitSeconds > 0) {
-        const names = buckets.map((b) => b.label).join(", ");
+      if (verdict && verdict.wait > 0) {
+        const names = buckets
+          .filter((b) => verdict.short.includes(b.key))
+          .map((b) => b.label)
+          .join(" and ");
         throw rateLimited(
-          `over the rate limit (${names}); retry after the Retry-After seconds.`,
-          Math.ceil(waitSeconds * 1000),
+          `over the rate limit of ${names || "this write"}; retry after the Retry-After seconds.`,
+          Math.ceil(verdict.wait * 1000),
         );
       }
     },

@@ -69,18 +69,29 @@ afterAll(async () => {
 /** Sends alternately through both apps as fast as they answer; counts statuses. */
 async function alternate(
   count: number,
-  request: (app: ApiApp, i: number) => Promise<{ statusCode: number; headers: Record<string, unknown> }>,
+  request: (
+    app: ApiApp,
+    i: number,
+  ) => Promise<{
+    statusCode: number;
+    headers: Record<string, unknown>;
+    json(): { error?: { message: string } };
+  }>,
 ) {
   const started = performance.now();
   const statuses: number[] = [];
   const retryAfter: unknown[] = [];
+  const messages = new Set<string>();
   for (let i = 0; i < count; i++) {
     const res = await request(i % 2 === 0 ? h.app : b, i);
     statuses.push(res.statusCode);
-    if (res.statusCode === 429) retryAfter.push(res.headers["retry-after"]);
+    if (res.statusCode === 429) {
+      retryAfter.push(res.headers["retry-after"]);
+      messages.add(res.json().error?.message ?? "");
+    }
   }
   const seconds = (performance.now() - started) / 1000;
-  return { accepted: statuses.filter((s) => s === 202).length, statuses, retryAfter, seconds };
+  return { accepted: statuses.filter((s) => s === 202).length, statuses, retryAfter, messages, seconds };
 }
 
 describe("write limits shared by two API processes", () => {
@@ -99,6 +110,7 @@ describe("write limits shared by two API processes", () => {
     expect(result.accepted).toBeLessThanOrEqual(4 + Math.ceil(result.seconds * 1));
     expect(result.statuses).toContain(429);
     for (const value of result.retryAfter) expect(Number(value)).toBeGreaterThanOrEqual(1);
+    expect([...result.messages].join()).toContain("1 messages/s in this group conversation");
   });
 
   it("a user's message limit holds across conversations and processes", async () => {
@@ -115,6 +127,7 @@ describe("write limits shared by two API processes", () => {
     expect(result.accepted).toBeGreaterThanOrEqual(6);
     expect(result.accepted).toBeLessThanOrEqual(6 + Math.ceil(result.seconds * 1.5));
     expect(result.statuses).toContain(429);
+    expect([...result.messages].join()).toContain("1.5 messages/s per user");
   });
 
   it("read receipts are limited per user across processes too", async () => {

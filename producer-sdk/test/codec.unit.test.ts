@@ -177,6 +177,22 @@ describe("codec", () => {
       /`upToSeq` must be 9007199254740991 or less/,
     ],
     [
+      "a NUL in ce_source",
+      (r) => {
+        r.headers.ce_source = "/evil\u0000";
+      },
+      "CHATBUS_UNDECODABLE",
+      /ce_source contains U\+0000/,
+    ],
+    [
+      "a ce_id that is not a UUID",
+      (r) => {
+        r.headers.ce_id = "not-a-uuid";
+      },
+      "CHATBUS_UNDECODABLE",
+      /ce_id must be a UUID/,
+    ],
+    [
       "data that breaks the schema",
       (r) => {
         r.value = Buffer.from(JSON.stringify({ senderId: "ana", content: { type: "text" } }));

@@ -134,6 +134,10 @@ export function createWriteLimiter(
         );
         verdict = rows[0];
       } catch (error) {
+        logger.warn(
+          { err: error },
+          "the rate-limit check failed: PostgreSQL is down, or migration 006 (api_rate_buckets) is not applied yet (start the runtime or run migrate)",
+        );
         throw unavailable(
           "CHATBUS_POSTGRES_UNAVAILABLE",
           "the rate limits (kept in PostgreSQL) could not be checked; retry shortly.",

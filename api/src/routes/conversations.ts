@@ -59,69 +59,7 @@ export function registerConversationRoutes(
   deps: { bus: EventSender; projection: ProjectionReader; limits: WriteLimiter; maxGroupMembers: number },
 ): void {
   const { bus, projection, limits, maxGroupMembers } = deps;
-
-  app.post(
-    "/v1/conversations",
-    {
-      config: { access: "user-or-service" },
-      schema: {
-        tags: ["conversations"],
-        summary: "Create a direct or group conversation (emits chat.conversation.created).",
-        description:
-          "A direct conversation that already exists between the two users is answered with 200 and its id; nothing is sent.",
-        body: CreateConversationBody,
-        response: {
-          200: Type.Object({ conversationId: Type.String(), existing: Type.Literal(true) }),
-          202: { ...Accepted, properties: { ...Accepted.properties, conversationId: { type: "string" } } },
-          ...commonErrors,
-          409: ErrorResponse,
-          429: ErrorResponse,
-        },
-      },
-    },
-    async (request, reply) => {
-      const creator = actingUser(request.principal, request.body.createdBy, "createdBy");
-      const members = [creator, ...request.body.members.filter((m) => m !== creator)];
-      let conversationId: string;
-      if (request.body.kind === "direct") {
-        if (members.length !== 2) {
-          throw invalidField(
-            "members",
-            "body field `members` of a direct conversation must name exactly one other user.",
-          );
-        }
-        conversationId = directConversationId(members[0]!, members[1]!);
-        if (await projection.conversation(conversationId)) {
-          // Creating it again is a user's mistake, not an event: answer with the one that exists.
-          if (!(await projection.isMember(conversationId, creator))) {
-            throw conflict(
-              "this direct conversation exists and you have left it; a direct conversation cannot be joined again.",
-            );
-          }
-          return reply.status(200).send({ conversationId, existing: true as const });
-        }
-      } else {
-        if (members.length > maxGroupMembers) {
-          throw invalidField(
-            "members",
-            `body field \`members\` makes a group of ${members.length}, over the limit of ${maxGroupMembers} (CHATBUS_MAX_GROUP_MEMBERS).`,
-          );
-        }
-        conversationId = `g-${uuidv7()}`;
-      }
-      if (request.principal.kind === "user") {
-        await limits.admit({ what: "write", userId: creator, action: "conversation creations" });
-      }
-      const sent = await bus.send(conversationId, {
-        type: "chat.conversation.created",
-        kind: request.body.kind,
-        createdBy: creator,
-        members,
-        ...(request.body.title === undefined ? {} : { title: request.body.title }),
-      });
-      return reply.status(202).send({ conversationId, ...sent });
-    },
-  );
+  registerCreateRoute(app, deps);
 
   app.post(
     "/v1/conversations/:id/members",
@@ -211,4 +149,74 @@ export function registerConversationRoutes(
 function actingHeader(headers: Record<string, unknown>): string | undefined {
   const value = headers["x-chatbus-acting-user"];
   return typeof value === "string" ? value : undefined;
+}
+
+/** `POST /v1/conversations`: a new group, or a direct conversation (the existing one when it exists). */
+function registerCreateRoute(
+  app: ApiApp,
+  deps: { bus: EventSender; projection: ProjectionReader; limits: WriteLimiter; maxGroupMembers: number },
+): void {
+  const { bus, projection, limits, maxGroupMembers } = deps;
+  app.post(
+    "/v1/conversations",
+    {
+      config: { access: "user-or-service" },
+      schema: {
+        tags: ["conversations"],
+        summary: "Create a direct or group conversation (emits chat.conversation.created).",
+        description:
+          "A direct conversation that already exists between the two users is answered with 200 and its id; nothing is sent.",
+        body: CreateConversationBody,
+        response: {
+          200: Type.Object({ conversationId: Type.String(), existing: Type.Literal(true) }),
+          202: { ...Accepted, properties: { ...Accepted.properties, conversationId: { type: "string" } } },
+          ...commonErrors,
+          409: ErrorResponse,
+          429: ErrorResponse,
+        },
+      },
+    },
+    async (request, reply) => {
+      const creator = actingUser(request.principal, request.body.createdBy, "createdBy");
+      const members = [creator, ...request.body.members.filter((m) => m !== creator)];
+      let conversationId: string;
+      if (request.body.kind === "direct") {
+        if (members.length !== 2) {
+          throw invalidField(
+            "members",
+            "body field `members` of a direct conversation must name exactly one other user.",
+          );
+        }
+        conversationId = directConversationId(members[0]!, members[1]!);
+        if (await projection.conversation(conversationId)) {
+          // Creating it again is a user's mistake, not an event: answer with the one that exists.
+          if (!(await projection.isMember(conversationId, creator))) {
+            throw conflict(
+              "this direct conversation exists and you have left it; a direct conversation cannot be joined again.",
+            );
+          }
+          return reply.status(200).send({ conversationId, existing: true as const });
+        }
+      } else {
+        if (members.length > maxGroupMembers) {
+          throw invalidField(
+            "members",
+            `body field \`members\` makes a group of ${members.length}, over the limit of ${maxGroupMembers} (CHATBUS_MAX_GROUP_MEMBERS).`,
+          );
+        }
+        conversationId = `g-${uuidv7()}`;
+      }
+      if (request.principal.kind === "user") {
+        await limits.admit({ what: "write", userId: creator, action: "conversation creations" });
+      }
+      const sent = await bus.send(conversationId, {
+        type: "chat.conversation.created",
+        kind: request.body.kind,
+        createdBy: creator,
+        members,
+        ...(request.body.title === undefined ? {} : { title: request.body.title }),
+      });
+      return reply.status(202).send({ conversationId, ...sent });
+    },
+  );
 }

@@ -150,6 +150,15 @@ export function registerMessageRoutes(
     },
   );
 
+  registerReadReceiptRoute(app, deps);
+}
+
+/** `POST /v1/conversations/:id/read`: read receipts, bounded by the conversation's last message. */
+function registerReadReceiptRoute(
+  app: ApiApp,
+  deps: { bus: EventSender; projection: ProjectionReader; limits: WriteLimiter },
+): void {
+  const { bus, projection, limits } = deps;
   app.post(
     "/v1/conversations/:id/read",
     {

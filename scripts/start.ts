@@ -178,6 +178,8 @@ async function main(): Promise<void> {
   if (!production) {
     env.CHATBUS_JWT_SECRET ??= randomBytes(32).toString("hex");
     env.CHATBUS_OPERATOR_KEY ??= `dev-operator-${randomBytes(12).toString("hex")}`;
+    env.CHATBUS_DEV_LOGIN ??= "1";
+    say(`dev login for this local stack: CHATBUS_DEV_LOGIN=${env.CHATBUS_DEV_LOGIN} (POST /v1/dev/login)`);
   }
 
   env.DATABASE_URL ??= "postgres://postgres@127.0.0.1:5432/chatbus";

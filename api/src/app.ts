@@ -2,7 +2,7 @@
  * `buildApp(deps)`: the fastify application without `listen`, so that tests use
  * `inject` where sockets are not the point and `main.ts` owns the process.
  */
-import { randomUUID } from "node:crypto";
+import { createHash, randomUUID, timingSafeEqual } from "node:crypto";
 import type { ProjectionReader } from "@chatbus/consumer-runtime";
 import { ChatBusError, RateLimitedError, ValidationError } from "@chatbus/producer-sdk";
 import fastifyJwt from "@fastify/jwt";
@@ -28,6 +28,7 @@ import { ApiError } from "./errors.ts";
 import { type ApiMetrics, createApiMetrics } from "./metrics.ts";
 import { validatorCompiler } from "./request-validation.ts";
 import type { EventSender } from "./types.ts";
+import type { WriteLimiter } from "./write-limits.ts";
 
 /** A readiness probe of one dependency: resolves when healthy, rejects with the reason. */
 export type ReadinessCheck = () => Promise<void>;
@@ -58,6 +59,8 @@ export interface ApiDeps {
    * `/v1/me/events` is not served.
    */
   realtime?: { pool: pg.Pool; databaseUrl: string; channel: string };
+  /** Write rate limits; by default the PostgreSQL-backed limiter on `pool` (write-limits.ts). */
+  writeLimiter?: WriteLimiter;
 }
 
 /** The API's fastify instance with the TypeBox type provider. */
@@ -69,11 +72,26 @@ export type ApiApp = FastifyInstance<
   TypeBoxTypeProvider
 > & { metrics: ApiMetrics };
 
-const redactedQuery = /([?&]access_token=)[^&]*/g;
+/** A query parameter, its name as sent (possibly percent-encoded) and its value. */
+const queryParameter = /([?&])([^=&#]*)(=?)([^&#]*)/g;
 
-/** The request line as logged: the SSE token is cut out of the query string. */
+function decodedName(name: string): string {
+  try {
+    return decodeURIComponent(name.replaceAll("+", " "));
+  } catch {
+    return name;
+  }
+}
+
+/**
+ * The request line as logged: the SSE token is cut out of the query string. Names
+ * are compared decoded, as fastify's parser reads them, so `access%5Ftoken=` (which
+ * authenticates just the same) is redacted too.
+ */
 export function redactUrl(url: string): string {
-  return url.replace(redactedQuery, "$1[redacted]");
+  return url.replace(queryParameter, (whole, sep: string, name: string, eq: string) =>
+    decodedName(name).toLowerCase() === "access_token" ? `${sep}${name}${eq}[redacted]` : whole,
+  );
 }
 
 /** The standard error body. */
@@ -217,7 +235,7 @@ export async function buildBaseApp(deps: ApiDeps): Promise<ApiApp> {
             type: "http",
             scheme: "bearer",
             description:
-              "A user token (POST /v1/dev/login in development), a service key or the operator key.",
+              "A user token (POST /v1/dev/login when CHATBUS_DEV_LOGIN=1), a service key or the operator key.",
           },
         },
       },
@@ -227,7 +245,14 @@ export async function buildBaseApp(deps: ApiDeps): Promise<ApiApp> {
   await app.register(fastifySwaggerUi, { routePrefix: "/docs" });
 
   app.get("/healthz", { schema: { hide: true } }, async () => ({ status: "ok" }));
-  app.get("/readyz", { schema: { hide: true } }, async (_request, reply) => {
+  const operatorDigest = createHash("sha256").update(config.operatorKey).digest();
+  /** Dependency error text names internal hosts: only the operator key sees it. */
+  const isOperator = (request: FastifyRequest): boolean => {
+    const match = /^Bearer\s+(\S+)\s*$/i.exec(request.headers.authorization ?? "");
+    if (!match) return false;
+    return timingSafeEqual(createHash("sha256").update(match[1]!).digest(), operatorDigest);
+  };
+  app.get("/readyz", { schema: { hide: true } }, async (request, reply) => {
     const results = await Promise.all(
       Object.entries(deps.readiness).map(async ([name, probe]) => {
         try {
@@ -239,20 +264,28 @@ export async function buildBaseApp(deps: ApiDeps): Promise<ApiApp> {
       }),
     );
     const failed = results.filter((r) => !r.ok);
-    const checks = Object.fromEntries(results.map((r) => [r.name, r.ok ? "ok" : r.reason]));
-    const details = Object.fromEntries(
-      await Promise.all(
-        Object.entries(deps.readinessDetails ?? {}).map(async ([name, detail]) => {
-          try {
-            return [name, await detail()] as const;
-          } catch (error) {
-            return [name, { error: (error as Error).message }] as const;
-          }
-        }),
-      ),
+    const operator = isOperator(request);
+    const checks = Object.fromEntries(
+      results.map((r) => [r.name, r.ok ? "ok" : operator ? r.reason : "failing"]),
     );
-    // `details` only when the app was given some, so the answer's shape is unchanged otherwise.
-    const extra = deps.readinessDetails ? { details } : {};
+    // `details` (topic retention and the like) only for the operator, and only when the
+    // app was given some, so the answer's shape is unchanged otherwise.
+    const extra =
+      operator && deps.readinessDetails
+        ? {
+            details: Object.fromEntries(
+              await Promise.all(
+                Object.entries(deps.readinessDetails).map(async ([name, detail]) => {
+                  try {
+                    return [name, await detail()] as const;
+                  } catch (error) {
+                    return [name, { error: (error as Error).message }] as const;
+                  }
+                }),
+              ),
+            ),
+          }
+        : {};
     if (failed.length === 0) return { status: "ready", checks, ...extra };
     return reply.status(503).send({
       status: "not ready",
@@ -260,7 +293,9 @@ export async function buildBaseApp(deps: ApiDeps): Promise<ApiApp> {
       ...extra,
       error: {
         code: "CHATBUS_NOT_READY",
-        message: failed.map((f) => `${f.name}: ${f.reason}`).join("; "),
+        message: operator
+          ? failed.map((f) => `${f.name}: ${f.reason}`).join("; ")
+          : `${failed.map((f) => f.name).join(", ")} not ready; details with the operator key (Authorization: Bearer $CHATBUS_OPERATOR_KEY).`,
       },
     });
   });

@@ -7,20 +7,33 @@ import { registerMessageRoutes } from "./routes/messages.ts";
 import { registerOperatorRoutes } from "./routes/operator.ts";
 import { registerReadRoutes } from "./routes/reads.ts";
 import { webPages } from "./web-pages.ts";
+import { createWriteLimiter } from "./write-limits.ts";
 
 /**
  * Builds the whole API (without listening): error format, auth, `/docs`, metrics,
- * health, and every `/v1` route. `POST /v1/dev/login` exists only outside
- * production. With `deps.realtime` the SSE hub starts here (LISTEN) and stops when
+ * health, and every `/v1` route. `POST /v1/dev/login` exists only when
+ * `config.devLogin` (`CHATBUS_DEV_LOGIN=1`), and never in production. With `deps.realtime` the SSE hub starts here (LISTEN) and stops when
  * the app closes, before the server waits for connections.
  */
 export async function buildApp(deps: ApiDeps): Promise<ApiApp> {
   const app = await buildBaseApp(deps);
-  if (deps.config.nodeEnv !== "production") registerDevLogin(app);
-  registerConversationRoutes(app, deps);
-  registerMessageRoutes(app, deps);
+  const { config } = deps;
+  if (config.devLogin && config.nodeEnv !== "production") {
+    registerDevLogin(app);
+    deps.logger.warn(
+      "dev login is on (CHATBUS_DEV_LOGIN=1): POST /v1/dev/login gives anyone a token for any user name; never on a server others can reach.",
+    );
+  }
+  const limits = deps.writeLimiter ?? createWriteLimiter(deps.pool, config.rateLimits, deps.logger);
+  app.addHook("onClose", async () => limits.close());
+  registerConversationRoutes(app, { ...deps, limits, maxGroupMembers: config.maxGroupMembers });
+  registerMessageRoutes(app, { ...deps, limits });
   registerOperatorRoutes(app, deps);
-  registerReadRoutes(app, { projection: deps.projection, historyMaxLimit: deps.config.historyMaxLimit });
+  registerReadRoutes(app, {
+    projection: deps.projection,
+    historyMaxLimit: config.historyMaxLimit,
+    inboxMaxLimit: config.inboxMaxLimit,
+  });
   await app.register(webPages); // the chat page at / and the operations page at /ops
   if (deps.realtime) {
     const hub = new EventHub({

@@ -31,6 +31,41 @@ export const SseConfigSchema = Type.Object(
   { additionalProperties: false },
 );
 
+/**
+ * Write rate limits, shared by every API process through PostgreSQL (see
+ * write-limits.ts and docs/decisions.md). Buckets hold `rate * burstSeconds` tokens.
+ */
+export const RateLimitConfigSchema = Type.Object(
+  {
+    enabled: Type.Boolean(),
+    directMessagesPerSecond: Type.Number({
+      exclusiveMinimum: 0,
+      description: "Messages/s into one direct conversation.",
+    }),
+    groupMessagesPerSecond: Type.Number({ exclusiveMinimum: 0, description: "Messages/s into one group." }),
+    userMessagesPerSecond: Type.Number({
+      exclusiveMinimum: 0,
+      description: "Messages/s one user sends, all conversations together.",
+    }),
+    userWritesPerSecond: Type.Number({
+      exclusiveMinimum: 0,
+      description:
+        "Other writes/s of one user: creating conversations, member changes, edits, recalls, read receipts.",
+    }),
+    conversationWritesPerSecond: Type.Number({
+      exclusiveMinimum: 0,
+      description: "Member changes, edits, recalls and read receipts/s in one conversation.",
+    }),
+    burstSeconds: Type.Number({ minimum: 1, description: "Bucket size in seconds of its rate." }),
+    lowPriorityReserve: Type.Number({
+      minimum: 0,
+      maximum: 0.9,
+      description: "Share of a conversation's bucket that low-priority messages may not use.",
+    }),
+  },
+  { additionalProperties: false },
+);
+
 /** Every setting of the API process. */
 export const ApiConfigSchema = Type.Object(
   {
@@ -46,6 +81,13 @@ export const ApiConfigSchema = Type.Object(
     operatorKey: Type.String({ minLength: 16 }),
     bodyLimitBytes: Type.Integer({ minimum: 1024 }),
     historyMaxLimit: Type.Integer({ minimum: 1 }),
+    /** Inbox page size limit (`GET /v1/me/conversations?limit=`). */
+    inboxMaxLimit: Type.Integer({ minimum: 1 }),
+    /** Members a group may have; adding one more is refused with 409. */
+    maxGroupMembers: Type.Integer({ minimum: 2 }),
+    /** `POST /v1/dev/login` is served only when this is true (`CHATBUS_DEV_LOGIN=1`). */
+    devLogin: Type.Boolean(),
+    rateLimits: RateLimitConfigSchema,
     sse: SseConfigSchema,
   },
   { additionalProperties: false },
@@ -65,7 +107,20 @@ export const configDefaults = {
   tokenTtlSeconds: 3600, // 1 h; SSE tokens travel in the URL, so keep them short-lived
   serviceKeys: [] as string[],
   bodyLimitBytes: 65_536, // 64 KiB: a 16 KiB text in UTF-8 JSON fits with room
-  historyMaxLimit: 200, // messages per history page
+  historyMaxLimit: 200, // messages per history page; a larger `limit` is a 400
+  inboxMaxLimit: 1000, // conversations per inbox page; a larger `limit` is a 400
+  maxGroupMembers: 10_000, // members per group
+  devLogin: false, // opt-in only: a token for any name must never be on by accident
+  rateLimits: {
+    enabled: true,
+    directMessagesPerSecond: 10, // the SDK's default for a direct conversation
+    groupMessagesPerSecond: 40, // the SDK's default for a group
+    userMessagesPerSecond: 20, // one person typing in many conversations at once
+    userWritesPerSecond: 10,
+    conversationWritesPerSecond: 20,
+    burstSeconds: 5, // bursts (a client catching up on read receipts) pass
+    lowPriorityReserve: 0.2,
+  },
   sse: {
     heartbeatMs: 15_000, // 15 s, below common proxy idle timeouts (30–60 s)
     maxBufferedBytes: 1_048_576, // 1 MiB unread per client
@@ -91,6 +146,32 @@ export function validateConfig(config: unknown): ApiConfig {
 /** What `loadConfig` noticed that a person should know about (logged at startup). */
 export interface ConfigNotes {
   warnings: string[];
+}
+
+function decimal(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return fallback;
+  if (!/^\d+(\.\d+)?$/.test(raw)) throw new ConfigError(name, `${name} must be a number; got "${raw}".`);
+  return Number(raw);
+}
+
+/** The rate-limit settings from `CHATBUS_RATE_*` variables (`CHATBUS_RATE_LIMITS=0` turns them off). */
+function rateLimits(env: NodeJS.ProcessEnv): ApiConfig["rateLimits"] {
+  const d = configDefaults.rateLimits;
+  return {
+    enabled: env.CHATBUS_RATE_LIMITS !== "0",
+    directMessagesPerSecond: decimal(env, "CHATBUS_RATE_DIRECT_PER_SECOND", d.directMessagesPerSecond),
+    groupMessagesPerSecond: decimal(env, "CHATBUS_RATE_GROUP_PER_SECOND", d.groupMessagesPerSecond),
+    userMessagesPerSecond: decimal(env, "CHATBUS_RATE_USER_MESSAGES_PER_SECOND", d.userMessagesPerSecond),
+    userWritesPerSecond: decimal(env, "CHATBUS_RATE_USER_WRITES_PER_SECOND", d.userWritesPerSecond),
+    conversationWritesPerSecond: decimal(
+      env,
+      "CHATBUS_RATE_CONVERSATION_WRITES_PER_SECOND",
+      d.conversationWritesPerSecond,
+    ),
+    burstSeconds: decimal(env, "CHATBUS_RATE_BURST_SECONDS", d.burstSeconds),
+    lowPriorityReserve: d.lowPriorityReserve,
+  };
 }
 
 function integer(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
@@ -136,8 +217,19 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): { config: ApiC
       "CHATBUS_SERVICE_KEYS is not set; in production the send endpoint needs at least one service key (comma-separated, each at least 16 characters).",
     );
   }
+  const devLogin = env.CHATBUS_DEV_LOGIN === "1";
+  if (devLogin) {
+    warnings.push(
+      "CHATBUS_DEV_LOGIN=1: POST /v1/dev/login gives anyone a token for any user name; never set it on a server others can reach.",
+    );
+  }
   const config = {
     ...configDefaults,
+    devLogin,
+    historyMaxLimit: integer(env, "CHATBUS_HISTORY_MAX_LIMIT", configDefaults.historyMaxLimit),
+    inboxMaxLimit: integer(env, "CHATBUS_INBOX_MAX_LIMIT", configDefaults.inboxMaxLimit),
+    maxGroupMembers: integer(env, "CHATBUS_MAX_GROUP_MEMBERS", configDefaults.maxGroupMembers),
+    rateLimits: rateLimits(env),
     nodeEnv,
     host: env.HOST || configDefaults.host,
     port: integer(env, "PORT", configDefaults.port),

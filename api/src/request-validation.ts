@@ -7,6 +7,8 @@
  * fields (fastify's default AJV does both). Query strings and path parameters are
  * strings on the wire, so they are converted first (`"20"` → 20).
  */
+
+import { findUnstorableValue } from "@chatbus/producer-sdk";
 import type { TSchema } from "@sinclair/typebox";
 import { type TypeCheck, TypeCompiler } from "@sinclair/typebox/compiler";
 import { type ValueError, ValueErrorType } from "@sinclair/typebox/errors";
@@ -77,7 +79,15 @@ export const validatorCompiler: FastifySchemaCompiler<TSchema> = ({ schema, http
   const part = httpPart ?? "body";
   return (input: unknown) => {
     const value = part === "body" ? input : Value.Convert(schema, input);
-    if (check.Check(value)) return { value };
+    if (check.Check(value)) {
+      // What no schema says: U+0000, lone surrogates and unsafe integers anywhere (custom data too).
+      const unstorable = findUnstorableValue(value);
+      if (!unstorable) return { value };
+      const where = partNames[part] ?? part;
+      return {
+        error: invalidField(unstorable.path, `${where} \`${unstorable.path}\` ${unstorable.reason}.`),
+      };
+    }
     const error = pickError(check.Errors(value));
     const field = error ? dottedPath(error.path) : "";
     const shown = field || "(body)";

@@ -26,6 +26,9 @@ function config(overrides: Partial<ApiConfig> = {}): ApiConfig {
     jwtSecret,
     operatorKey,
     serviceKeys: [serviceKey],
+    devLogin: true,
+    // The limits live in PostgreSQL (write-limits.int.test.ts); this fake has none.
+    rateLimits: { ...configDefaults.rateLimits, enabled: false },
     ...overrides,
   });
 }
@@ -144,6 +147,16 @@ describe("auth", () => {
     expect(missing.statusCode).toBe(403);
     expect(existing.body).toBe(missing.body);
     expect(sent).toHaveLength(0);
+  });
+
+  it("has no dev login unless CHATBUS_DEV_LOGIN=1", async () => {
+    const { app } = await makeApp({ devLogin: false });
+    const res = await app.inject({ method: "POST", url: "/v1/dev/login", payload: { username: "ana" } });
+    expect(res.statusCode).toBe(404);
+    expect(loadConfig({ NODE_ENV: "development" }).config.devLogin).toBe(false);
+    const on = loadConfig({ NODE_ENV: "development", CHATBUS_DEV_LOGIN: "1" });
+    expect(on.config.devLogin).toBe(true);
+    expect(on.notes.warnings.join(" ")).toContain("CHATBUS_DEV_LOGIN=1");
   });
 
   it("has no dev login in production", async () => {
@@ -300,7 +313,7 @@ describe("bad input", () => {
 });
 
 describe("health", () => {
-  it("is ready when every dependency answers, and says which one does not", async () => {
+  it("is ready when every dependency answers, and says which one does not (details only to the operator)", async () => {
     let kafkaUp = true;
     const { app } = await makeApp(
       {},
@@ -315,7 +328,15 @@ describe("health", () => {
     expect(ready.statusCode).toBe(200);
     expect(ready.json()).toEqual({ status: "ready", checks: { postgresql: "ok", kafka: "ok" } });
     kafkaUp = false;
-    const down = await app.inject({ method: "GET", url: "/readyz" });
+    const anonymous = await app.inject({ method: "GET", url: "/readyz" });
+    expect(anonymous.statusCode).toBe(503);
+    expect(anonymous.json().checks).toEqual({ postgresql: "ok", kafka: "failing" });
+    expect(anonymous.body).not.toContain("127.0.0.1");
+    const down = await app.inject({
+      method: "GET",
+      url: "/readyz",
+      headers: { authorization: `Bearer ${operatorKey}` },
+    });
     expect(down.statusCode).toBe(503);
     expect(down.json().checks).toEqual({
       postgresql: "ok",

@@ -30,6 +30,8 @@ export const serviceKey = "int-service-key-0123456789";
 
 export interface Harness {
   app: ApiApp;
+  /** The API's settings, e.g. to start a second API process's app on the same stack. */
+  config: ApiConfig;
   url: string;
   topic: string;
   schema: TestSchema;
@@ -78,6 +80,7 @@ export async function startHarness(
     topic,
     kafkaBrokers: kafkaBrokers(),
     databaseUrl: schema.url,
+    devLogin: true, // tests log in through POST /v1/dev/login
     ...overrides,
     sse: { ...configDefaults.sse, deliveredFlushMs: 200, presenceGraceMs: 500, ...overrides.sse },
   });
@@ -97,6 +100,7 @@ export async function startHarness(
   await admin.connect();
   return {
     app,
+    config,
     url,
     topic,
     schema,

@@ -161,7 +161,7 @@ describe("SSE resume", () => {
         method: "POST",
         url: `/v1/conversations/${groups[i % 3]}/messages`,
         headers: { authorization: `Bearer ${ana}` },
-        payload: { content: { type: "text", text: `far-${i}` }, priority: "high" },
+        payload: { content: { type: "text", text: `far-${i}` } },
       });
       expect(res.statusCode).toBe(202);
     }
@@ -288,7 +288,7 @@ describe("delivered receipts are batched", () => {
           method: "POST",
           url: `/v1/conversations/${conversation}/messages`,
           headers: { authorization: `Bearer ${ana}` },
-          payload: { content: { type: "text", text: `burst-${i}` }, priority: "high" },
+          payload: { content: { type: "text", text: `burst-${i}` } },
         });
         sent.push(res.json());
       }
@@ -377,7 +377,7 @@ describe("edits, recalls and members", () => {
     const add = await h.app.inject({
       method: "POST",
       url: `/v1/conversations/${conversation}/members`,
-      headers: auth(ben),
+      headers: auth(ana), // owners and admins add members
       payload: { userId: "erin" },
     });
     expect(add.statusCode).toBe(202);

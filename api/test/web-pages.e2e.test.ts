@@ -407,7 +407,7 @@ describe("web pages in chromium", () => {
         method: "POST",
         url: `/v1/conversations/${groupId}/messages`,
         headers: { authorization: `Bearer ${token}` },
-        payload: { content: { type: "text", text }, priority: "high" },
+        payload: { content: { type: "text", text } },
       });
       expect(res.statusCode).toBe(202);
     }

@@ -62,7 +62,12 @@ try {
     const topic = await createTestTopic("bench_e2e", 12);
     const env = { KAFKA_BROKERS: kafkaBrokers().join(","), DATABASE_URL: schema.url, CHATBUS_TOPIC: topic };
     startProcess("consumer-runtime/src/main.ts", { ...env, CHATBUS_METRICS_PORT: "19564" });
-    startProcess("api/src/main.ts", { ...env, PORT: String(apiPort), NODE_ENV: "development" });
+    startProcess("api/src/main.ts", {
+      ...env,
+      PORT: String(apiPort),
+      NODE_ENV: "development",
+      CHATBUS_DEV_LOGIN: "1",
+    });
     const base = `http://127.0.0.1:${apiPort}`;
     for (let i = 0; ; i++) {
       if ((await fetch(`${base}/readyz`).catch(() => undefined))?.ok) break;

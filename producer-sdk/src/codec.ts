@@ -128,6 +128,9 @@ function header(headers: RawRecord["headers"], name: string): string | undefined
   return value === undefined ? undefined : value.toString();
 }
 
+/** `ce_id` as chatbus writes it (a UUIDv7); any UUID version is accepted. */
+const uuidText = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
 const fail = (code: DecodeFailureCode, reason: string): DecodeResult => ({ ok: false, code, reason });
 
 /**
@@ -158,6 +161,14 @@ export function decodeRecord(record: RawRecord): DecodeResult {
     ["ce_time", timeText],
   ] as const) {
     if (!value) return fail("CHATBUS_UNDECODABLE", `header ${name} is missing`);
+    // Stored as text by consumers: PostgreSQL refuses U+0000 (a raw producer could send it).
+    if (value.includes("\u0000")) return fail("CHATBUS_UNDECODABLE", `header ${name} contains U+0000 (NUL)`);
+  }
+  if (!uuidText.test(id!)) {
+    return fail(
+      "CHATBUS_UNDECODABLE",
+      `header ce_id must be a UUID; got ${JSON.stringify(id!.slice(0, 60))}`,
+    );
   }
   const time = new Date(timeText!);
   if (Number.isNaN(time.getTime()))

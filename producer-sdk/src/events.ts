@@ -9,6 +9,12 @@
  */
 import { type Static, type TSchema, Type } from "@sinclair/typebox";
 
+/**
+ * The largest integer the contract carries: 2^53-1, exact in JavaScript and within
+ * PostgreSQL's bigint, so a sequence number can never be a value the projection refuses.
+ */
+export const MAX_SEQ = Number.MAX_SAFE_INTEGER;
+
 /** Ids of conversations, users and client messages: printable, no quotes, bounded. */
 const idPattern = "^[A-Za-z0-9][A-Za-z0-9._:@-]*$";
 
@@ -111,14 +117,22 @@ export const eventDataSchemas = {
   "chat.receipt.delivered": Type.Object(
     {
       userId: UserId,
-      upToSeq: Type.Integer({ minimum: 1, description: "Every message up to this sequence number." }),
+      upToSeq: Type.Integer({
+        minimum: 1,
+        maximum: MAX_SEQ,
+        description: "Every message up to this sequence number.",
+      }),
     },
     strict,
   ),
   "chat.receipt.read": Type.Object(
     {
       userId: UserId,
-      upToSeq: Type.Integer({ minimum: 1, description: "Every message up to this sequence number." }),
+      upToSeq: Type.Integer({
+        minimum: 1,
+        maximum: MAX_SEQ,
+        description: "Every message up to this sequence number.",
+      }),
     },
     strict,
   ),

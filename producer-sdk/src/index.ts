@@ -32,6 +32,7 @@ export {
   CustomContent,
   eventDataSchemas,
   eventTypes,
+  MAX_SEQ,
   MessageContent,
   MessageId,
   Priority,
@@ -44,3 +45,5 @@ export type { ChatBusOptions } from "./options.ts";
 export { ChatBusOptionsSchema } from "./options.ts";
 export type { EnsureTopicOptions } from "./topic.ts";
 export { chatTopicRetentionMs, ensureTopic, retentionWarning, topicRetentionMs } from "./topic.ts";
+export type { UnstorableValue } from "./validation.ts";
+export { findUnstorableValue } from "./validation.ts";

@@ -128,6 +128,9 @@ function sentence(error: ValueError): string {
     case ValueErrorType.IntegerMinimum:
     case ValueErrorType.NumberMinimum:
       return `must be ${schema.minimum} or more`;
+    case ValueErrorType.IntegerMaximum:
+    case ValueErrorType.NumberMaximum:
+      return `must be ${schema.maximum} or less`;
     case ValueErrorType.ObjectRequiredProperty:
       return "is required but missing";
     case ValueErrorType.ObjectAdditionalProperties:
@@ -165,6 +168,69 @@ export function firstError(
   return new ValidationError(field, rule, `\`${field}\` ${sentence(first)}${got}.`);
 }
 
+/** Where a value holds something PostgreSQL cannot store, and what it is. */
+export interface UnstorableValue {
+  /** Dotted path, e.g. `content.data.note` (a bad object key names the key itself). */
+  path: string;
+  /** `nul`, `surrogate` or `unsafeInteger`. */
+  rule: "nul" | "surrogate" | "unsafeInteger";
+  /** Why, as the end of a sentence starting with the field's name. */
+  reason: string;
+}
+
+/** An unpaired surrogate half (no `u` flag: the regex must see UTF-16 code units). */
+const loneSurrogate = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+function unstorableString(text: string): Pick<UnstorableValue, "rule" | "reason"> | undefined {
+  // jsonb and text refuse U+0000; jsonb refuses an unpaired UTF-16 surrogate half.
+  if (text.includes("\u0000")) return { rule: "nul", reason: "must not contain U+0000 (NUL)" };
+  if (loneSurrogate.test(text)) {
+    return { rule: "surrogate", reason: "must not contain a lone UTF-16 surrogate (invalid Unicode)" };
+  }
+  return undefined;
+}
+
+/**
+ * The first string (value or object key) holding U+0000 or a lone surrogate, or
+ * integer beyond 2^53-1, anywhere in `value`: what the schemas cannot say about
+ * free-form data such as custom content, and what PostgreSQL would refuse after
+ * Kafka had already accepted the event (a poison record). Depth-first, bounded by
+ * the value itself (request bodies are size-limited before they get here).
+ */
+export function findUnstorableValue(value: unknown, path = ""): UnstorableValue | undefined {
+  const at = (key: string) => (path ? `${path}.${key}` : key);
+  if (typeof value === "string") {
+    const bad = unstorableString(value);
+    return bad && { path: path || "(value)", ...bad };
+  }
+  if (typeof value === "number") {
+    if (Number.isInteger(value) && !Number.isSafeInteger(value)) {
+      return {
+        path: path || "(value)",
+        rule: "unsafeInteger",
+        reason: `must be an integer between -${Number.MAX_SAFE_INTEGER} and ${Number.MAX_SAFE_INTEGER} (2^53-1)`,
+      };
+    }
+    return undefined;
+  }
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) {
+      const found = findUnstorableValue(value[i], at(String(i)));
+      if (found) return found;
+    }
+    return undefined;
+  }
+  if (typeof value === "object" && value !== null) {
+    for (const [key, item] of Object.entries(value)) {
+      const badKey = unstorableString(key);
+      if (badKey) return { path: at(JSON.stringify(key).slice(1, -1)), ...badKey };
+      const found = findUnstorableValue(item, at(key));
+      if (found) return found;
+    }
+  }
+  return undefined;
+}
+
 /**
  * Checks an event's data against its type's schema; throws a ValidationError that
  * names the first bad field (relative to the event, e.g. `content.text`), with
@@ -184,4 +250,12 @@ export function validateEventData(type: string, data: unknown, prefix = ""): ass
   }
   const error = firstError(check, data, prefix);
   if (error) throw error;
+  const unstorable = findUnstorableValue(data, prefix);
+  if (unstorable) {
+    throw new ValidationError(
+      unstorable.path,
+      unstorable.rule,
+      `\`${unstorable.path}\` ${unstorable.reason}.`,
+    );
+  }
 }

@@ -146,6 +146,52 @@ describe("codec", () => {
       "CHATBUS_UNDECODABLE",
       /not JSON/,
     ],
+    // What a raw producer could write past the SDK: the projection cannot store these,
+    // so the decoder must make them poison (dead-lettered at once), never a retried batch.
+    [
+      "a text holding U+0000 (escaped in JSON)",
+      (r) => {
+        r.value = Buffer.from('{"senderId":"ana","content":{"type":"text","text":"a\\u0000b"}}');
+      },
+      "CHATBUS_SCHEMA_VIOLATION",
+      /`content\.text` must not contain U\+0000/,
+    ],
+    [
+      "a lone surrogate in custom data",
+      (r) => {
+        r.value = Buffer.from(
+          '{"senderId":"ana","content":{"type":"custom","customType":"x","data":{"note":"\\ud800"}}}',
+        );
+      },
+      "CHATBUS_SCHEMA_VIOLATION",
+      /`content\.data\.note` must not contain a lone UTF-16 surrogate/,
+    ],
+    [
+      "a read receipt past 2^53-1",
+      (r) => {
+        r.headers.ce_type = "chat.receipt.read";
+        r.headers.ce_dataschema = "urn:chatbus:chat.receipt.read:v1";
+        r.value = Buffer.from('{"userId":"ana","upToSeq":10000000000000000000}');
+      },
+      "CHATBUS_SCHEMA_VIOLATION",
+      /`upToSeq` must be 9007199254740991 or less/,
+    ],
+    [
+      "a NUL in ce_source",
+      (r) => {
+        r.headers.ce_source = "/evil\u0000";
+      },
+      "CHATBUS_UNDECODABLE",
+      /ce_source contains U\+0000/,
+    ],
+    [
+      "a ce_id that is not a UUID",
+      (r) => {
+        r.headers.ce_id = "not-a-uuid";
+      },
+      "CHATBUS_UNDECODABLE",
+      /ce_id must be a UUID/,
+    ],
     [
       "data that breaks the schema",
       (r) => {

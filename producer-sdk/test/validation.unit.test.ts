@@ -137,4 +137,89 @@ describe("event validation", () => {
     );
     expect(error.field).toBe("items[3].content.text");
   });
+
+  // The hostile values of the security review (H1): each one PostgreSQL refuses, so
+  // each must be refused before Kafka, naming the field.
+  const hostile: [string, unknown, string, string][] = [
+    ["NUL in a text", { ...sent, content: { type: "text", text: "a\u0000b" } }, "content.text", "nul"],
+    [
+      "a lone high surrogate",
+      { ...sent, content: { type: "text", text: "\ud800" } },
+      "content.text",
+      "surrogate",
+    ],
+    [
+      "a lone low surrogate",
+      { ...sent, content: { type: "text", text: "x\udc00y" } },
+      "content.text",
+      "surrogate",
+    ],
+    [
+      "NUL deep in custom data",
+      { ...sent, content: { type: "custom", customType: "x", data: { a: [{ b: "\u0000" }] } } },
+      "content.data.a.0.b",
+      "nul",
+    ],
+    [
+      "NUL in a custom data key",
+      { ...sent, content: { type: "custom", customType: "x", data: { "k\u0000": 1 } } },
+      "content.data.k\\u0000",
+      "nul",
+    ],
+    [
+      "an unsafe integer in custom data",
+      { ...sent, content: { type: "custom", customType: "x", data: { n: 1e300 } } },
+      "content.data.n",
+      "unsafeInteger",
+    ],
+    [
+      "NUL in a custom description",
+      { ...sent, content: { type: "custom", customType: "x", data: {}, description: "\u0000" } },
+      "content.description",
+      "nul",
+    ],
+    [
+      "NUL in a title",
+      {
+        type: "chat.conversation.created",
+        kind: "group",
+        title: "a\u0000b",
+        createdBy: "ana",
+        members: ["ana"],
+      },
+      "title",
+      "nul",
+    ],
+    [
+      "a receipt seq of 1e19",
+      { type: "chat.receipt.read", userId: "ana", upToSeq: 1e19 },
+      "upToSeq",
+      "maximum",
+    ],
+    [
+      "a receipt seq of 1e300",
+      { type: "chat.receipt.delivered", userId: "ana", upToSeq: 1e300 },
+      "upToSeq",
+      "maximum",
+    ],
+  ];
+  for (const [name, event, field, rule] of hostile) {
+    it(`refuses ${name}, naming \`${field}\``, () => {
+      const error = errorOf(() => encode("conv-1", event));
+      expect(error.field).toBe(field);
+      expect(error.rule).toBe(rule);
+      expect(error.message).toContain(`\`${field}\``);
+    });
+  }
+
+  it("accepts the largest safe sequence number and paired surrogates (emoji)", () => {
+    expect(() =>
+      encode("conv-1", { type: "chat.receipt.read", userId: "ana", upToSeq: Number.MAX_SAFE_INTEGER }),
+    ).not.toThrow();
+    expect(() =>
+      encode("conv-1", { ...sent, content: { type: "text", text: "hi 😀 \ud83d\ude00" } }),
+    ).not.toThrow();
+  });
 });
+
+const sent = { type: "chat.message.sent", senderId: "ana" } as const;

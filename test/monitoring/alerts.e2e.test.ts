@@ -170,6 +170,7 @@ beforeAll(async () => {
     DATABASE_URL: db.url,
     CHATBUS_TOPIC: topic,
     CHATBUS_PARTITIONS: String(partitions),
+    CHATBUS_DEV_LOGIN: "1", // the test logs in through POST /v1/dev/login
   });
   app = await buildApp({
     config,

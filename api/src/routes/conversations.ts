@@ -6,12 +6,15 @@ import type { ApiApp } from "../app.ts";
 import type { Principal } from "../auth.ts";
 import { conflict, forbidden, invalidField, notAMember } from "../errors.ts";
 import type { EventSender } from "../types.ts";
+import type { WriteLimiter } from "../write-limits.ts";
+import { checkAdd, checkRemove } from "./member-rules.ts";
 import {
   Accepted,
   AddMemberBody,
   ConversationParams,
   CreateConversationBody,
   commonErrors,
+  ErrorResponse,
   MemberParams,
 } from "./schemas.ts";
 
@@ -20,13 +23,14 @@ const ActingHeaders = Type.Object({ "x-chatbus-acting-user": Type.Optional(UserI
 
 /**
  * The id of the direct conversation between two users: the same whoever creates it,
- * so that creating it twice names one conversation. Readable when it fits the
- * 128-character id limit, a hash otherwise.
+ * so that creating it twice names one conversation. Readable (`dm:ana:ben`) when
+ * neither id holds a `:` and it fits the 128-character id limit, a hash otherwise:
+ * with a `:` in a user id, `dm:a:b:c` would name both (a, b:c) and (a:b, c).
  */
 export function directConversationId(a: string, b: string): string {
   const [x, y] = [a, b].sort();
   const readable = `dm:${x}:${y}`;
-  if (readable.length <= 128) return readable;
+  if (readable.length <= 128 && !x!.includes(":") && !y!.includes(":")) return readable;
   return `dm-${createHash("sha256").update(`${x}\u0000${y}`).digest("hex").slice(0, 40)}`;
 }
 
@@ -52,48 +56,10 @@ export async function requireMember(projection: ProjectionReader, conversationId
 /** Create conversations, add and remove members. */
 export function registerConversationRoutes(
   app: ApiApp,
-  deps: { bus: EventSender; projection: ProjectionReader },
+  deps: { bus: EventSender; projection: ProjectionReader; limits: WriteLimiter; maxGroupMembers: number },
 ): void {
-  const { bus, projection } = deps;
-
-  app.post(
-    "/v1/conversations",
-    {
-      config: { access: "user-or-service" },
-      schema: {
-        tags: ["conversations"],
-        summary: "Create a direct or group conversation (emits chat.conversation.created).",
-        body: CreateConversationBody,
-        response: {
-          202: { ...Accepted, properties: { ...Accepted.properties, conversationId: { type: "string" } } },
-        },
-      },
-    },
-    async (request, reply) => {
-      const creator = actingUser(request.principal, request.body.createdBy, "createdBy");
-      const members = [creator, ...request.body.members.filter((m) => m !== creator)];
-      let conversationId: string;
-      if (request.body.kind === "direct") {
-        if (members.length !== 2) {
-          throw invalidField(
-            "members",
-            "body field `members` of a direct conversation must name exactly one other user.",
-          );
-        }
-        conversationId = directConversationId(members[0]!, members[1]!);
-      } else {
-        conversationId = `g-${uuidv7()}`;
-      }
-      const sent = await bus.send(conversationId, {
-        type: "chat.conversation.created",
-        kind: request.body.kind,
-        createdBy: creator,
-        members,
-        ...(request.body.title === undefined ? {} : { title: request.body.title }),
-      });
-      return reply.status(202).send({ conversationId, ...sent });
-    },
-  );
+  const { bus, projection, limits, maxGroupMembers } = deps;
+  registerCreateRoute(app, deps);
 
   app.post(
     "/v1/conversations/:id/members",
@@ -101,11 +67,12 @@ export function registerConversationRoutes(
       config: { access: "user-or-service" },
       schema: {
         tags: ["conversations"],
-        summary: "Add a member (emits chat.member.joined); the caller must be a member.",
+        summary:
+          "Add a member (emits chat.member.joined). Owners and admins add plain members; only owners grant `admin` or `owner`.",
         params: ConversationParams,
         body: AddMemberBody,
         headers: ActingHeaders,
-        response: { 202: Accepted, ...commonErrors },
+        response: { 202: Accepted, ...commonErrors, 409: ErrorResponse, 429: ErrorResponse },
       },
     },
     async (request, reply) => {
@@ -114,6 +81,21 @@ export function registerConversationRoutes(
       const conversation = await projection.conversation(request.params.id);
       if (conversation?.kind === "direct") {
         throw conflict("a direct conversation has exactly two members; create a group to add more people.");
+      }
+      checkAdd({
+        members: await projection.members(request.params.id),
+        actor,
+        userId: request.body.userId,
+        role: request.body.role ?? "member",
+        maxGroupMembers,
+      });
+      if (request.principal.kind === "user") {
+        await limits.admit({
+          what: "write",
+          userId: actor,
+          conversationId: request.params.id,
+          action: "member changes",
+        });
       }
       const sent = await bus.send(request.params.id, {
         type: "chat.member.joined",
@@ -131,21 +113,28 @@ export function registerConversationRoutes(
       config: { access: "user-or-service" },
       schema: {
         tags: ["conversations"],
-        summary: "Remove a member or leave (emits chat.member.left); owners and admins may remove others.",
+        summary:
+          "Remove a member or leave (emits chat.member.left). Owners and admins remove plain members; only owners remove admins and owners; the last owner cannot leave.",
         params: MemberParams,
         headers: ActingHeaders,
-        response: { 202: Accepted, ...commonErrors },
+        response: { 202: Accepted, ...commonErrors, 404: ErrorResponse, 429: ErrorResponse },
       },
     },
     async (request, reply) => {
       const actor = actingUser(request.principal, actingHeader(request.headers), "x-chatbus-acting-user");
       await requireMember(projection, request.params.id, actor);
-      if (actor !== request.params.userId) {
-        const members = await projection.members(request.params.id);
-        const role = members.find((m) => m.userId === actor)?.role;
-        if (role !== "owner" && role !== "admin") {
-          throw forbidden("only an owner or admin may remove another member; anyone may remove themselves.");
-        }
+      checkRemove({
+        members: await projection.members(request.params.id),
+        actor,
+        userId: request.params.userId,
+      });
+      if (request.principal.kind === "user") {
+        await limits.admit({
+          what: "write",
+          userId: actor,
+          conversationId: request.params.id,
+          action: "member changes",
+        });
       }
       const sent = await bus.send(request.params.id, {
         type: "chat.member.left",
@@ -160,4 +149,74 @@ export function registerConversationRoutes(
 function actingHeader(headers: Record<string, unknown>): string | undefined {
   const value = headers["x-chatbus-acting-user"];
   return typeof value === "string" ? value : undefined;
+}
+
+/** `POST /v1/conversations`: a new group, or a direct conversation (the existing one when it exists). */
+function registerCreateRoute(
+  app: ApiApp,
+  deps: { bus: EventSender; projection: ProjectionReader; limits: WriteLimiter; maxGroupMembers: number },
+): void {
+  const { bus, projection, limits, maxGroupMembers } = deps;
+  app.post(
+    "/v1/conversations",
+    {
+      config: { access: "user-or-service" },
+      schema: {
+        tags: ["conversations"],
+        summary: "Create a direct or group conversation (emits chat.conversation.created).",
+        description:
+          "A direct conversation that already exists between the two users is answered with 200 and its id; nothing is sent.",
+        body: CreateConversationBody,
+        response: {
+          200: Type.Object({ conversationId: Type.String(), existing: Type.Literal(true) }),
+          202: { ...Accepted, properties: { ...Accepted.properties, conversationId: { type: "string" } } },
+          ...commonErrors,
+          409: ErrorResponse,
+          429: ErrorResponse,
+        },
+      },
+    },
+    async (request, reply) => {
+      const creator = actingUser(request.principal, request.body.createdBy, "createdBy");
+      const members = [creator, ...request.body.members.filter((m) => m !== creator)];
+      let conversationId: string;
+      if (request.body.kind === "direct") {
+        if (members.length !== 2) {
+          throw invalidField(
+            "members",
+            "body field `members` of a direct conversation must name exactly one other user.",
+          );
+        }
+        conversationId = directConversationId(members[0]!, members[1]!);
+        if (await projection.conversation(conversationId)) {
+          // Creating it again is a user's mistake, not an event: answer with the one that exists.
+          if (!(await projection.isMember(conversationId, creator))) {
+            throw conflict(
+              "this direct conversation exists and you have left it; a direct conversation cannot be joined again.",
+            );
+          }
+          return reply.status(200).send({ conversationId, existing: true as const });
+        }
+      } else {
+        if (members.length > maxGroupMembers) {
+          throw invalidField(
+            "members",
+            `body field \`members\` makes a group of ${members.length}, over the limit of ${maxGroupMembers} (CHATBUS_MAX_GROUP_MEMBERS).`,
+          );
+        }
+        conversationId = `g-${uuidv7()}`;
+      }
+      if (request.principal.kind === "user") {
+        await limits.admit({ what: "write", userId: creator, action: "conversation creations" });
+      }
+      const sent = await bus.send(conversationId, {
+        type: "chat.conversation.created",
+        kind: request.body.kind,
+        createdBy: creator,
+        members,
+        ...(request.body.title === undefined ? {} : { title: request.body.title }),
+      });
+      return reply.status(202).send({ conversationId, ...sent });
+    },
+  );
 }

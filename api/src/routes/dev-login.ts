@@ -5,8 +5,8 @@ import { ErrorResponse } from "./schemas.ts";
 
 /**
  * `POST /v1/dev/login {username}` → `{ token }`: a token for any user name, for
- * development and demos. Not registered at all when `NODE_ENV=production`, so the
- * route is absent (404) rather than merely refused.
+ * development and demos. Registered only when `CHATBUS_DEV_LOGIN=1` (never in
+ * production), so otherwise the route is absent (404) rather than merely refused.
  */
 export function registerDevLogin(app: ApiApp): void {
   app.post(
@@ -14,7 +14,7 @@ export function registerDevLogin(app: ApiApp): void {
     {
       schema: {
         tags: ["auth"],
-        summary: "Get a user token for any user name (development only).",
+        summary: "Get a user token for any user name (only with CHATBUS_DEV_LOGIN=1).",
         security: [],
         body: Type.Object({ username: UserId }, { additionalProperties: false }),
         response: {

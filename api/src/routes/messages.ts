@@ -1,7 +1,8 @@
 import type { ProjectionReader } from "@chatbus/consumer-runtime";
 import type { ApiApp } from "../app.ts";
-import { forbidden, notAMember, notFound } from "../errors.ts";
+import { ApiError, conflict, forbidden, invalidField, notAMember, notFound } from "../errors.ts";
 import type { EventSender } from "../types.ts";
+import type { WriteLimiter } from "../write-limits.ts";
 import { actingUser, requireMember } from "./conversations.ts";
 import {
   Accepted,
@@ -17,9 +18,9 @@ import {
 /** Send, edit and recall messages; read receipts. */
 export function registerMessageRoutes(
   app: ApiApp,
-  deps: { bus: EventSender; projection: ProjectionReader },
+  deps: { bus: EventSender; projection: ProjectionReader; limits: WriteLimiter },
 ): void {
-  const { bus, projection } = deps;
+  const { bus, projection, limits } = deps;
 
   app.post(
     "/v1/conversations/:id/messages",
@@ -29,7 +30,7 @@ export function registerMessageRoutes(
         tags: ["messages"],
         summary: "Send a message (202 once Kafka has it; it shows in history once materialised).",
         description:
-          "With a user token the sender is the caller; with a service key give `senderId`. The sender must be a member. 429 with Retry-After when the conversation is over its rate limit.",
+          'With a user token the sender is the caller; with a service key give `senderId`. The sender must be a member. `priority: "high"` (past the rate limits) is for service keys only: a user token asking for it gets 403 naming `priority`. 429 with Retry-After when the conversation or the sender is over its rate limit.',
         params: ConversationParams,
         body: SendMessageBody,
         response: { 202: Accepted, ...commonErrors, 429: ErrorResponse },
@@ -37,12 +38,28 @@ export function registerMessageRoutes(
     },
     async (request, reply) => {
       const senderId = actingUser(request.principal, request.body.senderId, "senderId");
+      const user = request.principal.kind === "user";
+      if (user && request.body.priority === "high") {
+        throw new ApiError(
+          "CHATBUS_FORBIDDEN",
+          403,
+          '`priority` "high" passes the rate limits and is for service keys (system notices); send with "normal" or "low".',
+          { field: "priority" },
+        );
+      }
       const [member, conversation] = await Promise.all([
         projection.isMember(request.params.id, senderId),
         projection.conversation(request.params.id),
       ]);
       if (!member || !conversation) throw notAMember();
       const { content, priority, clientMsgId } = request.body;
+      await limits.admit({
+        what: "message",
+        ...(user ? { userId: senderId } : {}),
+        conversationId: request.params.id,
+        conversationKind: conversation.kind === "group" ? "group" : "direct",
+        priority: priority ?? "normal",
+      });
       const sent = await bus.send(
         request.params.id,
         {
@@ -66,6 +83,8 @@ export function registerMessageRoutes(
       throw notFound(`message ${messageId} is not in this conversation (or not materialised yet).`);
     }
     if (message.senderId !== userId) throw forbidden("only the sender of a message may edit or recall it.");
+    if (message.recalledAt !== null)
+      throw conflict("this message was recalled; it can be neither edited nor recalled again.");
     return message;
   }
 
@@ -78,12 +97,19 @@ export function registerMessageRoutes(
         summary: "Edit your message (emits chat.message.edited).",
         params: MessageParams,
         body: EditMessageBody,
-        response: { 202: Accepted, ...commonErrors, 404: ErrorResponse },
+        response: {
+          202: Accepted,
+          ...commonErrors,
+          404: ErrorResponse,
+          409: ErrorResponse,
+          429: ErrorResponse,
+        },
       },
     },
     async (request, reply) => {
       const userId = actingUser(request.principal, undefined, "userId");
       await ownMessage(request.params.id, request.params.messageId, userId);
+      await limits.admit({ what: "write", userId, conversationId: request.params.id, action: "edits" });
       const sent = await bus.send(request.params.id, {
         type: "chat.message.edited",
         messageId: request.params.messageId,
@@ -102,12 +128,19 @@ export function registerMessageRoutes(
         tags: ["messages"],
         summary: "Recall your message (emits chat.message.recalled).",
         params: MessageParams,
-        response: { 202: Accepted, ...commonErrors, 404: ErrorResponse },
+        response: {
+          202: Accepted,
+          ...commonErrors,
+          404: ErrorResponse,
+          409: ErrorResponse,
+          429: ErrorResponse,
+        },
       },
     },
     async (request, reply) => {
       const userId = actingUser(request.principal, undefined, "userId");
       await ownMessage(request.params.id, request.params.messageId, userId);
+      await limits.admit({ what: "write", userId, conversationId: request.params.id, action: "recalls" });
       const sent = await bus.send(request.params.id, {
         type: "chat.message.recalled",
         messageId: request.params.messageId,
@@ -117,6 +150,15 @@ export function registerMessageRoutes(
     },
   );
 
+  registerReadReceiptRoute(app, deps);
+}
+
+/** `POST /v1/conversations/:id/read`: read receipts, bounded by the conversation's last message. */
+function registerReadReceiptRoute(
+  app: ApiApp,
+  deps: { bus: EventSender; projection: ProjectionReader; limits: WriteLimiter },
+): void {
+  const { bus, projection, limits } = deps;
   app.post(
     "/v1/conversations/:id/read",
     {
@@ -126,12 +168,26 @@ export function registerMessageRoutes(
         summary: "Mark every message up to `seq` as read (emits chat.receipt.read).",
         params: ConversationParams,
         body: ReadBody,
-        response: { 202: Accepted, ...commonErrors },
+        response: { 202: Accepted, ...commonErrors, 429: ErrorResponse },
       },
     },
     async (request, reply) => {
       const userId = actingUser(request.principal, undefined, "userId");
       await requireMember(projection, request.params.id, userId);
+      const lastSeq = (await projection.conversation(request.params.id))?.lastSeq ?? 0;
+      if (request.body.seq > lastSeq) {
+        // Clients only see materialised messages: a larger seq would mark future messages read.
+        throw invalidField(
+          "seq",
+          `body field \`seq\` must be at most ${lastSeq}, the conversation's last message; got ${request.body.seq}.`,
+        );
+      }
+      await limits.admit({
+        what: "write",
+        userId,
+        conversationId: request.params.id,
+        action: "read receipts",
+      });
       const sent = await bus.send(request.params.id, {
         type: "chat.receipt.read",
         userId,

@@ -10,9 +10,21 @@ import {
   commonErrors,
   HistoryQuery,
   type HistoryResponse,
+  InboxQuery,
   type InboxResponse,
   type MessageResponse,
 } from "./schemas.ts";
+
+/** 400 naming `limit` when a page asks for more than the setting allows. */
+function pageSize(requested: number | undefined, fallback: number, max: number, setting: string): number {
+  if (requested !== undefined && requested > max) {
+    throw invalidField(
+      "limit",
+      `query parameter \`limit\` must be at most ${max} (${setting}); got ${requested}.`,
+    );
+  }
+  return requested ?? Math.min(fallback, max);
+}
 
 function messageJson(message: MessageView, members: MemberView[]): MessageResponse {
   return {
@@ -34,9 +46,9 @@ function messageJson(message: MessageView, members: MemberView[]): MessageRespon
 /** History, the inbox and conversation details: reads of the materialised projection. */
 export function registerReadRoutes(
   app: ApiApp,
-  deps: { projection: ProjectionReader; historyMaxLimit: number },
+  deps: { projection: ProjectionReader; historyMaxLimit: number; inboxMaxLimit: number },
 ): void {
-  const { projection, historyMaxLimit } = deps;
+  const { projection, historyMaxLimit, inboxMaxLimit } = deps;
 
   app.get(
     "/v1/conversations/:id",
@@ -81,7 +93,7 @@ export function registerReadRoutes(
       schema: {
         tags: ["messages"],
         summary: "Materialised history in sequence order.",
-        description: `\`after\`: messages with a greater seq, oldest first; \`before\`: the newest messages with a smaller seq; neither: the newest page. \`limit\` is capped at ${historyMaxLimit}. Each of your own messages carries its delivery status (sent, delivered, read).`,
+        description: `\`after\`: messages with a greater seq, oldest first; \`before\`: the newest messages with a smaller seq; neither: the newest page. \`limit\` is at most ${historyMaxLimit} (CHATBUS_HISTORY_MAX_LIMIT); more is a 400. Each of your own messages carries its delivery status (sent, delivered, read).`,
         params: ConversationParams,
         querystring: HistoryQuery,
         response: { 200: Type.Unknown({ description: "See the summary." }), ...commonErrors },
@@ -93,8 +105,8 @@ export function registerReadRoutes(
       if (after !== undefined && before !== undefined && before <= after + 1) {
         throw invalidField("before", "query parameter `before` must be greater than `after` + 1.");
       }
+      const limit = pageSize(request.query.limit, 50, historyMaxLimit, "CHATBUS_HISTORY_MAX_LIMIT");
       await requireMember(projection, request.params.id, userId);
-      const limit = Math.min(request.query.limit ?? 50, historyMaxLimit);
       const [messages, members] = await Promise.all([
         projection.history(request.params.id, {
           limit,
@@ -120,16 +132,14 @@ export function registerReadRoutes(
         tags: ["conversations"],
         summary:
           "Your inbox: your conversations, newest activity first, with unread counts and the last message.",
-        querystring: Type.Object(
-          { limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })) },
-          { additionalProperties: false },
-        ),
+        querystring: InboxQuery,
         response: { 200: Type.Unknown({ description: "See the summary." }), ...commonErrors },
       },
     },
     async (request): Promise<InboxResponse> => {
       const userId = actingUser(request.principal, undefined, "userId");
-      const inbox = await projection.inbox(userId, { limit: request.query.limit ?? 100 });
+      const limit = pageSize(request.query.limit, 100, inboxMaxLimit, "CHATBUS_INBOX_MAX_LIMIT");
+      const inbox = await projection.inbox(userId, { limit });
       return {
         conversations: inbox.map((entry) => ({
           id: entry.conversation.id,

@@ -6,6 +6,7 @@
 import {
   ConversationId,
   eventDataSchemas,
+  MAX_SEQ,
   MessageContent,
   MessageId,
   Priority,
@@ -75,15 +76,45 @@ export const MemberParams = Type.Object({ id: ConversationId, userId: UserId }, 
 export const MessageParams = Type.Object({ id: ConversationId, messageId: MessageId }, strict);
 export const EditMessageBody = Type.Object({ content: MessageContent }, strict);
 export const ReadBody = Type.Object(
-  { seq: Type.Integer({ minimum: 1, description: "Every message up to this sequence number is read." }) },
+  {
+    seq: Type.Integer({
+      minimum: 1,
+      maximum: MAX_SEQ,
+      description: "Every message up to this sequence number is read.",
+    }),
+  },
   strict,
 );
 
 export const HistoryQuery = Type.Object(
   {
-    after: Type.Optional(Type.Integer({ minimum: 0, description: "Messages with seq greater than this." })),
-    before: Type.Optional(Type.Integer({ minimum: 1, description: "Messages with seq less than this." })),
-    limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, description: "Page size (capped)." })),
+    after: Type.Optional(
+      Type.Integer({ minimum: 0, maximum: MAX_SEQ, description: "Messages with seq greater than this." }),
+    ),
+    before: Type.Optional(
+      Type.Integer({ minimum: 1, maximum: MAX_SEQ, description: "Messages with seq less than this." }),
+    ),
+    limit: Type.Optional(
+      Type.Integer({
+        minimum: 1,
+        maximum: MAX_SEQ,
+        description: "Page size, at most CHATBUS_HISTORY_MAX_LIMIT (default 200); more is a 400.",
+      }),
+    ),
+  },
+  strict,
+);
+
+/** `?limit=` of the inbox. */
+export const InboxQuery = Type.Object(
+  {
+    limit: Type.Optional(
+      Type.Integer({
+        minimum: 1,
+        maximum: MAX_SEQ,
+        description: "Page size, at most CHATBUS_INBOX_MAX_LIMIT (default 1000); more is a 400.",
+      }),
+    ),
   },
   strict,
 );

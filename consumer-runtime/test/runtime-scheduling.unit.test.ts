@@ -34,11 +34,13 @@ describe("system retry delay", () => {
 
 describe("business retry delay", () => {
   it("defaults to no retry", () => {
-    expect(businessRetryDelay(1, resolveRegistration(undefined))).toBeNull();
+    expect(businessRetryDelay(1, resolveRegistration(undefined).businessRetry)).toBeNull();
   });
 
   it("follows the schedule, repeats its last entry, and stops after `attempts`", () => {
-    const policy = resolveRegistration({ businessRetry: { attempts: 5, backoffMs: [10, 20, 30] } });
+    const policy = resolveRegistration({
+      businessRetry: { attempts: 5, backoffMs: [10, 20, 30] },
+    }).businessRetry;
     expect([1, 2, 3, 4, 5].map((n) => businessRetryDelay(n, policy))).toEqual([10, 20, 30, 30, null]);
   });
 

@@ -5,12 +5,18 @@
  *
  * How the pieces fit (see docs/consumer-runtime.md):
  * - kafkajs `eachBatch` only feeds records into key-level queues (one queue per
- *   conversation, `KeyQueues`) and then waits, heartbeating, until nothing of its
- *   partition runs or waits for a slot. Events in a retry back-off or behind an open
- *   breaker are parked without holding a slot, so the batch returns and fetching goes
- *   on for the other conversations. Because kafkajs waits for running `eachBatch`
- *   calls before it rejoins a group, no handler of a revoked partition runs while its
- *   new owner starts.
+ *   conversation, `KeyQueues`) and waits a little (`batchDetachMs`) for them to run.
+ *   It never waits for a slow or hung call: kafkajs fetches again only when every
+ *   batch call of a fetch has returned, so one slow conversation would hold them all
+ *   (issue 17). Back-pressure is `maxQueuedPerPartition` (the partition is paused).
+ * - Every handler call has a deadline (`handlerTimeoutMs`) and its own `ctx.signal`
+ *   (handler-call.ts). A call past its deadline is a system failure and is retried.
+ * - Handlers run outside kafkajs's batch calls, so the runtime fences them itself
+ *   (issue 20): when the group rebalances (or the consumer restarts) no new call
+ *   starts, running calls are aborted and awaited (bounded by the rebalance timeout),
+ *   finished work is committed, and only then does kafkajs rejoin (the REBALANCING
+ *   listener refuses the rejoin until the fence is done; kafkajs retries it). A
+ *   result that arrives after the fence began is discarded, never committed.
  * - Offsets are committed per partition up to the lowest unfinished event
  *   (`OffsetTracker`), at the end of each batch and every `commitIntervalMs`, only for
  *   partitions of the current assignment.
@@ -51,6 +57,8 @@ import {
   describe,
   RuntimeStateError,
 } from "../errors.ts";
+import { markSkipApplied, pendingSkips, type SkipRequest } from "../status/skips.ts";
+import type { StuckRecord } from "../status/store.ts";
 import {
   type PartitionStatus,
   publishSubscriptionStatus,
@@ -59,6 +67,7 @@ import {
 } from "../status/store.ts";
 import { createAlertSender } from "./alerts.ts";
 import { BreakerOpenError, type BreakerState, createCircuitBreaker } from "./circuit-breaker.ts";
+import { type CallOutcome, HandlerTimeoutError, RunningCalls } from "./handler-call.ts";
 import { KeyQueues, Slots, type Step } from "./key-queues.ts";
 import { runtimeMetrics } from "./metrics.ts";
 import { OffsetTracker } from "./offset-tracker.ts";
@@ -70,6 +79,13 @@ import {
   resolveRuntimeOptions,
 } from "./options.ts";
 import { type BusinessRetryOptions, businessRetryDelay, systemRetryDelay } from "./retry.ts";
+
+/**
+ * How long a batch call waits for its records to run before it returns (ms). Short
+ * handlers finish inside the call; slow ones go on outside it while kafkajs fetches
+ * the next batch for everyone else.
+ */
+const batchDetachMs = 500;
 
 /** What a handler gets besides the event. */
 export interface HandlerContext {
@@ -85,7 +101,11 @@ export interface HandlerContext {
   replay: boolean;
   /** A child logger carrying subscription, conversation, partition, offset and event id. */
   logger: Logger;
-  /** Aborted when the runtime stops and the shutdown deadline passed. */
+  /**
+   * Aborted when this call is given up: at its deadline (`handlerTimeoutMs`), when
+   * the group rebalances or the consumer restarts, or when `stop()` passes the
+   * shutdown deadline. Pass it to your I/O; a result after the abort is ignored.
+   */
   signal: AbortSignal;
 }
 
@@ -117,10 +137,14 @@ interface Registration {
   type: ChatEventType | "*";
   handler: Handler<ChatEventType>;
   businessRetry: BusinessRetryOptions;
+  /** Deadline of one call (ms): the registration's, else the subscription's. */
+  handlerTimeoutMs: number;
 }
 
 interface Item {
   work: PartitionWork;
+  /** The conversation id (or the record key of a poison record). */
+  key: string;
   offset: bigint;
   message: KafkaMessage;
   decoded: DecodeResult;
@@ -135,6 +159,16 @@ interface Item {
   lastError: unknown;
   pendingDeadLetter: DeadLetterInput | null;
   deadLetterWriteFailures: number;
+  /** When the event first started running (ms since epoch), for the oldest in-flight age. */
+  startedAt: number | null;
+  /** First system failure of the current streak (null after a success): the stuck clock. */
+  systemSince: Date | null;
+  /** Wakes the item from a back-off early (an operator skip). */
+  wake: (() => void) | null;
+  /** An operator asked to skip this record (applied at its next run). */
+  skip: SkipRequest | null;
+  /** Already waited once for a fenced call of its key from a previous generation. */
+  waitedForFenced: boolean;
 }
 
 interface PartitionWork {
@@ -147,6 +181,13 @@ interface PartitionWork {
 }
 
 const noKey = "\u0000no-key";
+
+/** The fence of one rebalance or restart: done once running calls settled (bounded) and commits ran. */
+interface Fence {
+  promise: Promise<void>;
+  done: boolean;
+  startedAt: number;
+}
 
 function isRebalancing(error: unknown): boolean {
   const e = error as { type?: string; name?: string };
@@ -277,12 +318,17 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   let stopped = false;
   let rebalancing = false;
   let rebalanceSettled: { promise: Promise<void>; resolve: () => void } = settled();
+  /** The fence of the current rebalance or restart (null while consuming normally). */
+  let fence: Fence | null = null;
+  const calls = new RunningCalls();
+  /** Events that started running and are not finished (oldest in-flight age, stuck, skips). */
+  const held = new Set<Item>();
   let generation = 0;
   let probeInFlight = false;
   let restartDelayMs = 1000;
   const restarted = new WeakSet<Consumer>();
   const startedAt = new Date().toISOString();
-  const counts = { processed: 0, failed: 0, deadLettered: 0, inFlight: 0 };
+  const counts = { processed: 0, failed: 0, deadLettered: 0 };
   const assigned = new Set<number>();
   const kafkaPaused = new Set<number>();
   const works = new Map<number, PartitionWork>();
@@ -402,16 +448,68 @@ export function createRuntime(options: RuntimeOptions): Runtime {
 
   // ---- assignment -------------------------------------------------------------------
 
+  /** Events fetched and not finished, over every partition of this generation. */
+  function inFlightCount(): number {
+    let n = 0;
+    for (const work of works.values()) n += work.queues.size;
+    return n;
+  }
+
   function dropAllWork(): void {
-    for (const work of works.values()) {
-      counts.inFlight -= work.queues.size;
-      work.queues.close();
-    }
+    for (const work of works.values()) work.queues.close();
     works.clear();
-    metrics.inFlight.set({ subscription }, Math.max(0, counts.inFlight));
+    held.clear();
+    metrics.inFlight.set({ subscription }, 0);
+  }
+
+  /** How long a fence waits for aborted calls before it gives up on them (ms). */
+  function fenceBoundMs(): number {
+    return Math.max(1000, config.rebalanceTimeoutMs - 10_000);
+  }
+
+  /**
+   * Fences in-flight work before the group is rejoined (or the consumer restarted):
+   * no new call starts (`rebalancing`), running calls get their signal aborted and are
+   * awaited up to `fenceBoundMs`, and what finished before is committed. Results of
+   * the aborted calls are discarded (never committed). Idempotent per rebalance.
+   */
+  function startFence(why: string): Fence {
+    if (fence) return fence;
+    rebalancing = true;
+    const startedAt = Date.now();
+    const running = calls.size;
+    calls.abortAll("fence");
+    const bound = fenceBoundMs();
+    const created: Fence = {
+      done: false,
+      startedAt,
+      promise: (async () => {
+        const settledInTime = await withDeadline(
+          calls.whenSettled((c) => c.abortedFor === "fence"),
+          bound,
+        );
+        if (!settledInTime) {
+          logger.warn(
+            { running: calls.size, boundMs: bound },
+            `handlers ignored their aborted ctx.signal for ${bound} ms; going on (${why}) without them, their results are discarded`,
+          );
+        }
+        await commitQuietly();
+      })(),
+    };
+    void created.promise.then(() => {
+      created.done = true;
+      logger.info({ why, running, ms: Date.now() - startedAt }, "in-flight work fenced");
+    });
+    fence = created;
+    return created;
   }
 
   function onAssignment(partitions: number[]): void {
+    // Normally fenced already (REBALANCING); an eviction rejoins without that event:
+    // abort what still runs so that it cannot overlap the new owner for long.
+    if (!fence && calls.size > 0) startFence("assignment");
+    fence = null;
     generation++;
     // kafkajs restarts every assigned partition from its committed offset: the
     // queued work of the previous generation would be delivered again, so drop it.
@@ -481,6 +579,13 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   async function eachBatch(payload: EachBatchPayload): Promise<void> {
     const { batch, resolveOffset, heartbeat, isRunning, isStale } = payload;
     if (stopping) return;
+    if (rebalancing) {
+      // A fence is on: accept nothing, and hold kafkajs here (it cannot rejoin while
+      // a batch call is open) until the fence is done; its next heartbeat then fails
+      // with the rebalance and kafkajs rejoins.
+      await fence?.promise;
+      return;
+    }
     const partition = batch.partition;
     if (!assigned.has(partition)) assigned.add(partition);
     const work = workFor(partition);
@@ -503,9 +608,10 @@ export function createRuntime(options: RuntimeOptions): Runtime {
         runLength = 0;
       }
       runLength++;
-      counts.inFlight++;
-      work.queues.push(decoded.ok ? decoded.event.conversationId : (message.key?.toString() ?? noKey), {
+      const key = decoded.ok ? decoded.event.conversationId : (message.key?.toString() ?? noKey);
+      work.queues.push(key, {
         work,
+        key,
         offset,
         message,
         decoded,
@@ -517,35 +623,30 @@ export function createRuntime(options: RuntimeOptions): Runtime {
         lastError: undefined,
         pendingDeadLetter: null,
         deadLetterWriteFailures: 0,
+        startedAt: null,
+        systemSince: null,
+        wake: null,
+        skip: null,
+        waitedForFenced: false,
       });
       lastAccepted = message.offset;
     }
     if (runLength > 0) typeMetrics(runType).consumed.inc(runLength);
     // Once per batch: kafkajs parses every resolved offset into a Long.
     if (lastAccepted !== undefined) resolveOffset(lastAccepted);
-    metrics.inFlight.set({ subscription }, counts.inFlight);
     checkBackPressure(work);
     try {
-      const quiet = work.queues.whenQuiet();
-      let done = false;
-      void quiet.then(() => {
-        done = true;
-      });
-      while (!done && !stopping) {
-        await withDeadline(quiet, config.heartbeatIntervalMs);
-        if (!done && !stopping) await heartbeat();
-      }
+      // Short handlers finish here; slow ones go on after the call returns.
+      await withDeadline(work.queues.whenQuiet(), batchDetachMs);
+      await heartbeat();
       await commit(work);
     } catch (error) {
       if (!isRebalancing(error)) {
         logger.warn({ err: error, partition }, "batch bookkeeping failed; kafkajs retries");
         throw error;
       }
-      // Commit before giving partitions up (kafkajs #28): let running handlers of this
-      // partition finish (bounded), then commit what is finished, then rejoin.
-      rebalancing = true;
-      await withDeadline(work.queues.whenNotRunning(), Math.max(1000, config.rebalanceTimeoutMs - 10_000));
-      await commitQuietly();
+      // Fence and commit before giving partitions up (kafkajs #28), then rejoin.
+      await startFence("rebalance").promise;
       throw error;
     }
   }
@@ -555,11 +656,11 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   function finishItem(item: Item): void {
     const { work } = item;
     work.tracker.finish(item.offset);
-    counts.inFlight--;
+    held.delete(item);
     if (work.backPressure) checkBackPressure(work);
   }
 
-  function context(item: Item, attempt: number): HandlerContext {
+  function context(item: Item, attempt: number, signal: AbortSignal): HandlerContext {
     const event = (item.decoded as { event: ChatEvent }).event;
     return new Context(
       logger,
@@ -568,12 +669,22 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       item.work.partition,
       item.message.offset,
       attempt,
-      abortHandlers.signal,
+      signal,
     );
   }
 
-  function later(ms: number): Step {
-    return { kind: "later", when: sleep(ms, stopSleeps.signal) };
+  /** Runs the item again after `ms`, or earlier on stop or when an operator skip wakes it. */
+  function later(ms: number, item?: Item): Step {
+    if (!item) return { kind: "later", when: sleep(ms, stopSleeps.signal) };
+    const woken = new Promise<void>((resolve) => {
+      item.wake = resolve;
+    });
+    return {
+      kind: "later",
+      when: Promise.race([sleep(ms, stopSleeps.signal), woken]).finally(() => {
+        item.wake = null;
+      }),
+    };
   }
 
   function deadLetterInput(
@@ -611,8 +722,9 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   async function writeDeadLetter(item: Item): Promise<Step> {
     const input = item.pendingDeadLetter!;
     let failure: DeadLetterWriteError | undefined;
+    let deadLetterId: string | null = null;
     try {
-      await recordDeadLetter(pool, input);
+      deadLetterId = (await recordDeadLetter(pool, input)).id;
     } catch (error) {
       failure = new DeadLetterWriteError(
         "PostgreSQL table dead_letters",
@@ -644,6 +756,14 @@ export function createRuntime(options: RuntimeOptions): Runtime {
         failure.message,
       );
       return later(systemRetryDelay(item.deadLetterWriteFailures, config.systemRetry));
+    }
+    if (item.skip) {
+      // The skip is applied: record which dead letter it became. A failure here only
+      // leaves the request pending; the record is already moving on.
+      const skip = item.skip;
+      await markSkipApplied(pool, skip.id, instanceId, deadLetterId).catch((error) =>
+        logger.warn({ err: error, skipId: skip.id }, "marking an operator skip applied failed"),
+      );
     }
     item.pendingDeadLetter = null;
     counts.deadLettered++;
@@ -700,10 +820,11 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       }
       metrics.retried.inc({ subscription, failure_class: "business" });
       logger.info({ ...fields, failures, delayMs: delay }, "business failure; retrying as registered");
-      return later(delay);
+      return later(delay, item);
     }
     metrics.failed.inc({ subscription, failure_class: "system" });
     item.systemFailures++;
+    item.systemSince ??= now;
     const max = config.systemRetry.maxAttempts;
     if (max > 0 && item.systemFailures >= max) {
       const e = error as { code?: unknown; message?: unknown; stack?: unknown };
@@ -725,13 +846,89 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       { ...fields, failures: item.systemFailures, delayMs: delay },
       `system failure; retrying in ${delay} ms (conversation held): ${describe(error)}`,
     );
-    return later(delay);
+    return later(delay, item);
+  }
+
+  /** An operator skip: the record becomes a dead letter of class `operator` and the key moves on. */
+  function applySkip(item: Item, skip: SkipRequest): Promise<Step> {
+    const when = skip.requestedAt instanceof Date ? skip.requestedAt.toISOString() : String(skip.requestedAt);
+    const last = item.lastError === undefined ? "" : ` (it kept failing with: ${describe(item.lastError)})`;
+    item.pendingDeadLetter = deadLetterInput(
+      item,
+      "operator",
+      "CHATBUS_OPERATOR_SKIP",
+      `skipped by ${skip.requestedBy} at ${when} (skip request ${skip.id})${last}`,
+      null,
+    );
+    logger.warn(
+      { partition: item.work.partition, offset: item.message.offset, skipId: skip.id, by: skip.requestedBy },
+      "operator skip: the record becomes a dead letter and its conversation moves on",
+    );
+    return writeDeadLetter(item);
+  }
+
+  /** Logs once that a given-up call finished after all (its result was ignored). */
+  function lateCall(item: Item, how: "resolved" | "rejected", reason: string): void {
+    logger.warn(
+      {
+        partition: item.work.partition,
+        offset: item.message.offset,
+        conversationId: item.key,
+        outcome: how,
+        reason,
+      },
+      `a handler call given up (${reason}) ${how} late; its result was ignored`,
+    );
+  }
+
+  /** Runs one handler call through the breaker, with its deadline and its own signal. */
+  async function callOnce(item: Item, registration: Registration, attempt: number): Promise<CallOutcome> {
+    const event = (item.decoded as { event: ChatEvent }).event;
+    return breaker.fire(async () => {
+      const { outcome } = calls.start(
+        item.work.partition,
+        item.key,
+        registration.handlerTimeoutMs,
+        (signal) => callHandler(registration.handler, event, context(item, attempt, signal)),
+        (how, reason) => lateCall(item, how, reason),
+      );
+      const result = await outcome;
+      // Failures and timeouts reject, so that the breaker counts them.
+      if (result.kind === "failed" || result.kind === "timeout") throw result.error;
+      return result;
+    });
+  }
+
+  function onTimeout(item: Item, error: HandlerTimeoutError, timeoutMs: number): void {
+    metrics.handlerTimeouts.inc({ subscription });
+    logger.warn(
+      {
+        partition: item.work.partition,
+        offset: item.message.offset,
+        conversationId: item.key,
+        timeoutMs,
+        code: error.code,
+      },
+      `handler timed out after ${timeoutMs} ms; its signal was aborted and the event will be retried`,
+    );
   }
 
   async function runItem(item: Item): Promise<Step> {
     if (stopping || item.work.generation !== generation) return { kind: "abandon" };
     if (rebalancing) return { kind: "later", when: rebalanceSettled.promise };
     if (item.pendingDeadLetter) return writeDeadLetter(item);
+    if (!item.waitedForFenced) {
+      // A call of this conversation from before the last rebalance still runs (it
+      // ignored its aborted signal): wait for it, bounded, so the two never overlap.
+      const old = calls.fenced(item.key);
+      if (old) {
+        item.waitedForFenced = true;
+        return { kind: "later", when: Promise.race([old.settled, sleep(fenceBoundMs(), stopSleeps.signal)]) };
+      }
+    }
+    item.startedAt ??= Date.now();
+    held.add(item);
+    if (item.skip) return applySkip(item, item.skip);
     const { decoded } = item;
     if (!decoded.ok) {
       counts.failed++;
@@ -755,22 +952,27 @@ export function createRuntime(options: RuntimeOptions): Runtime {
         item.attempts ??= new Map();
         const attempt = (item.attempts.get(registration) ?? 0) + 1;
         item.attempts.set(registration, attempt);
-        const ctx = context(item, attempt);
         const duration = typeMetrics(event.type).duration;
         const startedAt = performance.now();
+        let outcome: CallOutcome;
         try {
-          await breaker.fire(() => callHandler(registration.handler, event, ctx));
+          outcome = await callOnce(item, registration, attempt);
         } catch (error) {
           duration.observe((performance.now() - startedAt) / 1000);
           if (error instanceof BreakerOpenError) {
             item.attempts.set(registration, attempt - 1);
             return breaker.state === "closed" ? later(50) : { kind: "later", when: breaker.nextTransition() };
           }
+          if (error instanceof HandlerTimeoutError) onTimeout(item, error, registration.handlerTimeoutMs);
+          if (item.skip) return applySkip(item, item.skip);
           return await onFailure(item, registration, error);
         }
         duration.observe((performance.now() - startedAt) / 1000);
+        // Aborted by a fence or a stop: whatever it did, it is not counted as handled.
+        if (outcome.kind === "aborted") return { kind: "abandon" };
         item.remaining.shift();
         item.systemFailures = 0;
+        item.systemSince = null;
       }
     } finally {
       if (probe) probeInFlight = false;
@@ -875,6 +1077,40 @@ export function createRuntime(options: RuntimeOptions): Runtime {
 
   // ---- status -----------------------------------------------------------------------
 
+  function stuckRecord(item: Item): StuckRecord {
+    const event = item.decoded.ok ? item.decoded.event : null;
+    let attempts = 0;
+    for (const n of item.attempts?.values() ?? []) attempts += n;
+    return {
+      partition: item.work.partition,
+      offset: item.message.offset,
+      eventType: event?.type ?? null,
+      conversationId: event?.conversationId ?? null,
+      error: item.lastError === undefined ? "" : describe(item.lastError),
+      attempts,
+      since: (item.systemSince ?? new Date()).toISOString(),
+    };
+  }
+
+  /**
+   * Applies pending operator skips of this subscription to records this instance
+   * holds in retry: the record is woken and, at its next run, becomes an `operator`
+   * dead letter (writeDeadLetter marks the request applied). Requests for partitions
+   * this instance does not own, or records it does not hold, are left for the owner.
+   */
+  async function applyOperatorSkips(): Promise<void> {
+    const requests = await pendingSkips(pool, subscription);
+    for (const request of requests) {
+      if (request.topic !== topic || !assigned.has(request.partition)) continue;
+      for (const item of held) {
+        if (item.work.partition !== request.partition || item.message.offset !== request.offset) continue;
+        if (item.skip || (item.systemSince === null && item.businessFailures === null)) continue;
+        item.skip = request;
+        item.wake?.();
+      }
+    }
+  }
+
   let statusBusy = false;
   async function publishStatus(): Promise<void> {
     if (statusBusy || stopped) return;
@@ -905,8 +1141,11 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       } catch (error) {
         logger.debug({ err: error }, "reading Kafka offsets for the status failed");
       }
-      metrics.inFlight.set({ subscription }, Math.max(0, counts.inFlight));
-      await publishSubscriptionStatus(pool, subscription, instanceId, state());
+      const current = state();
+      metrics.inFlight.set({ subscription }, current.inFlight);
+      metrics.oldestInFlight.set({ subscription }, (current.oldestInFlightMs ?? 0) / 1000);
+      await publishSubscriptionStatus(pool, subscription, instanceId, current);
+      await applyOperatorSkips();
       const waiting = await countWaitingDeadLetters(pool);
       metrics.deadLettersWaiting.set({ subscription }, waiting[subscription] ?? 0);
     } catch (error) {
@@ -931,11 +1170,22 @@ export function createRuntime(options: RuntimeOptions): Runtime {
             paused: kafkaPaused.has(partition),
           }) as PartitionStatus,
       );
+    const now = Date.now();
+    let oldest: number | null = null;
+    const stuck: StuckRecord[] = [];
+    for (const item of held) {
+      if (item.startedAt !== null && (oldest === null || item.startedAt < oldest)) oldest = item.startedAt;
+      if (item.systemSince && now - item.systemSince.getTime() >= config.stuckAfterMs)
+        stuck.push(stuckRecord(item));
+    }
+    stuck.sort((a, b) => a.partition - b.partition || Number(BigInt(a.offset) - BigInt(b.offset)));
     return {
       group: subscription,
       topic,
       breaker: breaker.state,
-      inFlight: Math.max(0, counts.inFlight),
+      inFlight: inFlightCount(),
+      oldestInFlightMs: oldest === null ? null : now - oldest,
+      stuck,
       processed: counts.processed,
       failed: counts.failed,
       deadLettered: counts.deadLettered,
@@ -965,11 +1215,16 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       onAssignment(payload.memberAssignment[topic] ?? []);
     });
     created.on(created.events.REBALANCING, () => {
-      if (consumer !== created) return;
-      rebalancing = true;
-      // Commit what finished outside a batch (after a retry) while the old generation
-      // is still valid (kafkajs #28); the group accepts it until the rejoin completes.
-      void commitQuietly();
+      if (consumer !== created || stopping) return;
+      // kafkajs emits this and rejoins at once; a synchronous throw from this listener
+      // makes it retry the rejoin after a short back-off instead (its retrier). So the
+      // rejoin waits until running calls are fenced and finished work is committed
+      // (kafkajs #28), for as long as kafkajs's retries last (`kafkaRetries`); a fetch
+      // in between is held in eachBatch until the fence is done.
+      const current = startFence("rebalance");
+      if (!current.done) {
+        throw new Error("chatbus: fencing in-flight handlers before rejoining the group");
+      }
     });
     created.on(created.events.CRASH, ({ payload }) => {
       if (consumer !== created || stopping) return;
@@ -1004,6 +1259,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       instanceId,
       message: `The Kafka consumer of subscription ${subscription} crashed and is being restarted.`,
     });
+    const fenced = startFence("restart");
     generation++;
     dropAllWork();
     assigned.clear();
@@ -1012,7 +1268,8 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     restartDelayMs = Math.min(restartDelayMs * 2, 30_000);
     void (async () => {
       await crashed.disconnect().catch(() => {});
-      await sleep(delay, stopSleeps.signal);
+      // The new consumer's queues must not overlap calls of the crashed one.
+      await Promise.all([fenced.promise, sleep(delay, stopSleeps.signal)]);
       if (stopping || consumer !== crashed) return;
       try {
         await startConsumer();
@@ -1116,10 +1373,12 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       if (typeof handler !== "function") {
         throw new ValidationError("handler", "type", "runtime.on: `handler` must be a function.");
       }
+      const resolved = resolveRegistration(registrationOptions);
       registrations.push({
         type,
         handler: handler as Handler<ChatEventType>,
-        businessRetry: resolveRegistration(registrationOptions),
+        businessRetry: resolved.businessRetry,
+        handlerTimeoutMs: resolved.handlerTimeoutMs ?? config.handlerTimeoutMs,
       });
       return runtime;
     },
@@ -1157,6 +1416,8 @@ export function createRuntime(options: RuntimeOptions): Runtime {
         logger.warn(
           `handlers still running after ${config.shutdownTimeoutMs} ms; aborting them (their events are redelivered)`,
         );
+        // An aborted call is never committed as handled, even if it resolves now (R5).
+        calls.abortAll("stop");
         abortHandlers.abort();
         await withDeadline(running(), 2000);
       }

@@ -66,6 +66,7 @@ import {
   type SubscriptionState,
 } from "../status/store.ts";
 import { createAlertSender } from "./alerts.ts";
+import { clearBusinessFailures, countBusinessFailure } from "./business-attempts.ts";
 import { BreakerOpenError, type BreakerState, createCircuitBreaker } from "./circuit-breaker.ts";
 import { type CallOutcome, HandlerTimeoutError, RunningCalls } from "./handler-call.ts";
 import { KeyQueues, Slots, type Step } from "./key-queues.ts";
@@ -766,6 +767,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       );
     }
     item.pendingDeadLetter = null;
+    forgetFailures(item);
     counts.deadLettered++;
     metrics.deadLettered.inc({ subscription, failure_class: input.failureClass });
     logger.warn(
@@ -802,29 +804,73 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       type: event.type,
       err: error,
     };
-    if (error instanceof BusinessError) {
-      metrics.failed.inc({ subscription, failure_class: "business" });
-      item.businessFailures ??= new Map();
-      const failures = (item.businessFailures.get(registration) ?? 0) + 1;
-      item.businessFailures.set(registration, failures);
-      const delay = businessRetryDelay(failures, registration.businessRetry);
-      if (delay === null) {
-        item.pendingDeadLetter = deadLetterInput(
-          item,
-          "business",
-          error.code,
-          error.message,
-          error.stack ?? null,
-        );
-        return writeDeadLetter(item);
-      }
-      metrics.retried.inc({ subscription, failure_class: "business" });
-      logger.info({ ...fields, failures, delayMs: delay }, "business failure; retrying as registered");
-      return later(delay, item);
+    if (error instanceof BusinessError) return onBusinessFailure(item, registration, error, fields);
+    return onSystemFailure(item, error, fields);
+  }
+
+  /** Business failures are counted in PostgreSQL, so that redelivery does not reset them (R3). */
+  async function persistedFailures(
+    item: Item,
+    registration: Registration,
+    inMemory: number,
+  ): Promise<number> {
+    try {
+      const stored = await countBusinessFailure(pool, {
+        subscription,
+        topic,
+        partition: item.work.partition,
+        offset: item.message.offset,
+        handler: registrations.indexOf(registration),
+      });
+      return Math.max(stored, inMemory);
+    } catch (error) {
+      logger.warn(
+        { err: error },
+        "counting a business failure in PostgreSQL failed; using this instance's count",
+      );
+      return inMemory;
     }
+  }
+
+  function forgetFailures(item: Item): void {
+    if (item.businessFailures === null) return;
+    const record = { subscription, topic, partition: item.work.partition, offset: item.message.offset };
+    void clearBusinessFailures(pool, record).catch((error) =>
+      logger.debug({ err: error }, "clearing business-failure counts failed; they are only read on failure"),
+    );
+  }
+
+  async function onBusinessFailure(
+    item: Item,
+    registration: Registration,
+    error: BusinessError,
+    fields: Record<string, unknown>,
+  ): Promise<Step> {
+    metrics.failed.inc({ subscription, failure_class: "business" });
+    item.businessFailures ??= new Map();
+    const inMemory = (item.businessFailures.get(registration) ?? 0) + 1;
+    const failures = await persistedFailures(item, registration, inMemory);
+    item.businessFailures.set(registration, failures);
+    const delay = businessRetryDelay(failures, registration.businessRetry);
+    if (delay === null) {
+      const input = deadLetterInput(item, "business", error.code, error.message, error.stack ?? null);
+      input.attempts = Math.max(input.attempts, failures);
+      item.pendingDeadLetter = input;
+      return writeDeadLetter(item);
+    }
+    metrics.retried.inc({ subscription, failure_class: "business" });
+    logger.info({ ...fields, failures, delayMs: delay }, "business failure; retrying as registered");
+    return later(delay, item);
+  }
+
+  function onSystemFailure(
+    item: Item,
+    error: unknown,
+    fields: Record<string, unknown>,
+  ): Promise<Step> | Step {
     metrics.failed.inc({ subscription, failure_class: "system" });
     item.systemFailures++;
-    item.systemSince ??= now;
+    item.systemSince ??= new Date();
     const max = config.systemRetry.maxAttempts;
     if (max > 0 && item.systemFailures >= max) {
       const e = error as { code?: unknown; message?: unknown; stack?: unknown };
@@ -977,6 +1023,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     } finally {
       if (probe) probeInFlight = false;
     }
+    forgetFailures(item);
     counts.processed++;
     typeMetrics(event.type).handled.inc();
     endToEnd.observe(Math.max(0, Date.now() - event.time.getTime()) / 1000);
@@ -1419,7 +1466,8 @@ export function createRuntime(options: RuntimeOptions): Runtime {
         // An aborted call is never committed as handled, even if it resolves now (R5).
         calls.abortAll("stop");
         abortHandlers.abort();
-        await withDeadline(running(), 2000);
+        const aborted = calls.whenSettled((c) => c.abortedFor === "stop");
+        await withDeadline(Promise.all([running(), aborted]), 2000);
       }
       await commitQuietly();
       dropAllWork();

@@ -170,6 +170,25 @@ interface Item {
   skip: SkipRequest | null;
   /** Already waited once for a fenced call of its key from a previous generation. */
   waitedForFenced: boolean;
+  /** Set for a dead-letter replay run in the conversation's queue (not a tracked offset). */
+  replay: {
+    row: ReplayRow;
+    /** The outcome to write once the handlers ran (kept so that a failed write never re-runs them). */
+    mark: { status: "replayed" | "waiting"; error: string | null } | { step: Step } | null;
+  } | null;
+}
+
+/** A dead letter claimed for replay. */
+interface ReplayRow {
+  id: string;
+  record_key: string | null;
+  headers: Record<string, string>;
+  value: Buffer | null;
+  partition: number;
+  offset: string;
+  conversation_id: string | null;
+  handlers_succeeded: number[];
+  replay_all_handlers: boolean;
 }
 
 interface PartitionWork {
@@ -218,7 +237,6 @@ class Context implements HandlerContext {
   #child: Logger | undefined;
   #eventId: string;
   #type: string;
-  readonly replay = false;
   readonly conversationId: string;
 
   constructor(
@@ -229,6 +247,7 @@ class Context implements HandlerContext {
     readonly offset: string,
     readonly attempt: number,
     readonly signal: AbortSignal,
+    readonly replay: boolean,
   ) {
     this.#parent = parent;
     this.conversationId = event.conversationId;
@@ -457,6 +476,9 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   }
 
   function dropAllWork(): void {
+    // Replays that were queued here go back to the pool (the partition's owner claims them).
+    void releaseReplayClaims([...replaysHeld.keys()]);
+    replaysHeld.clear();
     for (const work of works.values()) work.queues.close();
     works.clear();
     held.clear();
@@ -610,26 +632,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       }
       runLength++;
       const key = decoded.ok ? decoded.event.conversationId : (message.key?.toString() ?? noKey);
-      work.queues.push(key, {
-        work,
-        key,
-        offset,
-        message,
-        decoded,
-        remaining: null,
-        attempts: null,
-        businessFailures: null,
-        systemFailures: 0,
-        firstFailedAt: null,
-        lastError: undefined,
-        pendingDeadLetter: null,
-        deadLetterWriteFailures: 0,
-        startedAt: null,
-        systemSince: null,
-        wake: null,
-        skip: null,
-        waitedForFenced: false,
-      });
+      work.queues.push(key, newItem(work, key, offset, message, decoded));
       lastAccepted = message.offset;
     }
     if (runLength > 0) typeMetrics(runType).consumed.inc(runLength);
@@ -654,9 +657,40 @@ export function createRuntime(options: RuntimeOptions): Runtime {
 
   // ---- running one event ------------------------------------------------------------
 
+  function newItem(
+    work: PartitionWork,
+    key: string,
+    offset: bigint,
+    message: KafkaMessage,
+    decoded: DecodeResult,
+  ): Item {
+    return {
+      work,
+      key,
+      offset,
+      message,
+      decoded,
+      remaining: null,
+      attempts: null,
+      businessFailures: null,
+      systemFailures: 0,
+      firstFailedAt: null,
+      lastError: undefined,
+      pendingDeadLetter: null,
+      deadLetterWriteFailures: 0,
+      startedAt: null,
+      systemSince: null,
+      wake: null,
+      skip: null,
+      waitedForFenced: false,
+      replay: null,
+    };
+  }
+
   function finishItem(item: Item): void {
     const { work } = item;
-    work.tracker.finish(item.offset);
+    if (item.replay) replaysHeld.delete(item.replay.row.id);
+    else work.tracker.finish(item.offset);
     held.delete(item);
     if (work.backPressure) checkBackPressure(work);
   }
@@ -671,6 +705,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       item.message.offset,
       attempt,
       signal,
+      item.replay !== null,
     );
   }
 
@@ -717,7 +752,17 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       attempts,
       firstFailedAt: item.firstFailedAt ?? now,
       lastFailedAt: now,
+      handlersSucceeded: succeededHandlers(item),
     };
+  }
+
+  /** Indexes of the registrations that already succeeded for the event (a replay skips them). */
+  function succeededHandlers(item: Item): number[] {
+    if (!item.decoded.ok || item.remaining === null) return [];
+    const remaining = new Set(item.remaining);
+    return handlersFor(item.decoded.event.type)
+      .filter((r) => !remaining.has(r))
+      .map((r) => registrations.indexOf(r));
   }
 
   async function writeDeadLetter(item: Item): Promise<Step> {
@@ -972,6 +1017,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
         return { kind: "later", when: Promise.race([old.settled, sleep(fenceBoundMs(), stopSleeps.signal)]) };
       }
     }
+    if (item.replay) return runReplay(item, item.replay);
     item.startedAt ??= Date.now();
     held.add(item);
     if (item.skip) return applySkip(item, item.skip);
@@ -1031,33 +1077,35 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   }
 
   // ---- replay of dead letters -----------------------------------------------------
+  //
+  // Only the instance that owns a dead letter's partition claims it, and runs it in
+  // its conversation's queue: never at the same time as a live event of that
+  // conversation (R2). Claims are renewed while held; the final mark is retried in
+  // the queue until written, without running the handlers again.
+
+  /** How long a claim lasts without renewal; renewed every third of it. */
+  const claimTtlMs = 5 * 60_000;
+  /** Dead letters this instance holds (claimed, queued or running), by id. */
+  const replaysHeld = new Map<string, Item>();
 
   let replayBusy = false;
   async function replayPoll(): Promise<void> {
-    if (replayBusy || stopping || rebalancing || breaker.state !== "closed") return;
+    if (replayBusy || stopping || rebalancing || breaker.state !== "closed" || assigned.size === 0) return;
     replayBusy = true;
     try {
-      const { rows } = await pool.query<{
-        id: string;
-        record_key: string | null;
-        headers: Record<string, string>;
-        value: Buffer | null;
-        partition: number;
-        offset: string;
-      }>(
+      const { rows } = await pool.query<ReplayRow>(
         `UPDATE dead_letters d SET claimed_by = $2, claimed_at = now()
          FROM (SELECT id FROM dead_letters
-               WHERE subscription = $1 AND status = 'replaying'
-                 AND (claimed_at IS NULL OR claimed_at < now() - interval '5 minutes')
+               WHERE subscription = $1 AND status = 'replaying' AND topic = $3 AND partition = ANY($4::int[])
+                 AND (claimed_at IS NULL OR claimed_at < now() - make_interval(secs => $5::double precision / 1000))
+                 AND NOT (id::text = ANY($6::text[]))
                ORDER BY id LIMIT 20 FOR UPDATE SKIP LOCKED) c
          WHERE d.id = c.id
-         RETURNING d.id::text AS id, d.record_key, d.headers, d.value, d.partition, d."offset"::text AS "offset"`,
-        [subscription, instanceId],
+         RETURNING d.id::text AS id, d.record_key, d.headers, d.value, d.partition, d."offset"::text AS "offset",
+           d.conversation_id, d.handlers_succeeded, d.replay_all_handlers`,
+        [subscription, instanceId, topic, [...assigned], claimTtlMs, [...replaysHeld.keys()]],
       );
-      for (const row of rows) {
-        if (stopping) break;
-        await replayOne(row);
-      }
+      for (const row of rows) enqueueReplay(row);
     } catch (error) {
       logger.warn({ err: error }, "polling dead letters to replay failed; trying again");
     } finally {
@@ -1065,61 +1113,127 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     }
   }
 
+  function enqueueReplay(row: ReplayRow): void {
+    if (!assigned.has(row.partition) || stopping) {
+      void releaseReplayClaims([row.id]);
+      return;
+    }
+    const work = workFor(row.partition);
+    const decoded = decodeRecord({ key: row.record_key, headers: row.headers, value: row.value });
+    const key = decoded.ok ? decoded.event.conversationId : (row.conversation_id ?? row.record_key ?? noKey);
+    const message = {
+      key: row.record_key === null ? null : Buffer.from(row.record_key),
+      value: row.value,
+      headers: row.headers,
+      offset: row.offset,
+      timestamp: "0",
+      attributes: 0,
+    } as KafkaMessage;
+    const item: Item = {
+      ...newItem(work, key, BigInt(row.offset), message, decoded),
+      replay: { row, mark: null },
+    };
+    replaysHeld.set(row.id, item);
+    work.queues.push(key, item);
+    checkBackPressure(work);
+  }
+
+  /** Renews this instance's claims, so that a long replay is never claimed twice. */
+  async function renewReplayClaims(): Promise<void> {
+    if (replaysHeld.size === 0) return;
+    await pool
+      .query(
+        "UPDATE dead_letters SET claimed_at = now() WHERE id::text = ANY($1::text[]) AND claimed_by = $2 AND status = 'replaying'",
+        [[...replaysHeld.keys()], instanceId],
+      )
+      .catch((error) => logger.warn({ err: error }, "renewing dead-letter claims failed; trying again"));
+  }
+
+  /** Gives claims back (their queue was dropped): the partition's owner claims them again. */
+  async function releaseReplayClaims(ids: string[]): Promise<void> {
+    if (ids.length === 0) return;
+    await pool
+      .query(
+        "UPDATE dead_letters SET claimed_by = NULL, claimed_at = NULL WHERE id::text = ANY($1::text[]) AND claimed_by = $2",
+        [ids, instanceId],
+      )
+      .catch((error) => logger.warn({ err: error }, "releasing dead-letter claims failed; they expire"));
+  }
+
+  /** Writes the replay's outcome; only while this instance still holds the claim. */
   async function markReplay(id: string, status: "replayed" | "waiting", error: string | null): Promise<void> {
     await pool.query(
       `UPDATE dead_letters SET status = $2, status_changed_at = now(), replay_count = replay_count + 1,
          last_replay_error = $3, claimed_by = NULL, claimed_at = NULL
-       WHERE id = $1 AND claimed_by = $4`,
+       WHERE id = $1 AND claimed_by = $4 AND status = 'replaying'`,
       [id, status, error, instanceId],
     );
   }
 
-  async function replayOne(row: {
-    id: string;
-    record_key: string | null;
-    headers: Record<string, string>;
-    value: Buffer | null;
-    partition: number;
-    offset: string;
-  }): Promise<void> {
-    const decoded = decodeRecord({ key: row.record_key, headers: row.headers, value: row.value });
+  /** Runs a claimed dead letter in its conversation's queue (see runItem). */
+  async function runReplay(item: Item, replay: NonNullable<Item["replay"]>): Promise<Step> {
+    const { row } = replay;
     const log = logger.child({ deadLetterId: row.id, partition: row.partition, offset: row.offset });
-    if (!decoded.ok) {
-      await markReplay(row.id, "waiting", `${decoded.code}: ${decoded.reason}`);
-      log.warn(`replayed dead letter is still poison: ${decoded.reason}`);
-      return;
+    if (!replay.mark) replay.mark = await replayHandlers(item, row, log);
+    if ("step" in replay.mark) {
+      const step = replay.mark.step;
+      replay.mark = null;
+      return step;
     }
-    const event = decoded.event;
-    for (const registration of handlersFor(event.type)) {
-      const ctx: HandlerContext = {
-        subscription,
-        conversationId: event.conversationId,
-        partition: row.partition,
-        offset: row.offset,
-        attempt: 1,
-        replay: true,
-        logger: log,
-        signal: abortHandlers.signal,
-      };
+    try {
+      await markReplay(row.id, replay.mark.status, replay.mark.error);
+    } catch (error) {
+      item.deadLetterWriteFailures++;
+      log.warn(
+        { err: error },
+        "writing the replay's outcome failed; retrying (the handlers are not run again)",
+      );
+      return later(systemRetryDelay(item.deadLetterWriteFailures, config.systemRetry), item);
+    }
+    if (replay.mark.status === "replayed") {
+      metrics.handled.inc({ subscription, type: item.decoded.ok ? item.decoded.event.type : "poison" });
+      log.info("dead letter replayed");
+    } else log.warn(`replayed dead letter failed again; it is waiting again: ${replay.mark.error}`);
+    return { kind: "done" };
+  }
+
+  /** Runs the handlers a replay still needs; resolves with the mark to write, or a step. */
+  async function replayHandlers(
+    item: Item,
+    row: ReplayRow,
+    log: Logger,
+  ): Promise<{ status: "replayed" | "waiting"; error: string | null } | { step: Step }> {
+    const { decoded } = item;
+    if (!decoded.ok) return { status: "waiting", error: `${decoded.code}: ${decoded.reason}` };
+    const done = new Set(row.replay_all_handlers ? [] : row.handlers_succeeded);
+    item.remaining ??= handlersFor(decoded.event.type).filter((r) => !done.has(registrations.indexOf(r)));
+    if (breaker.state === "open") return { step: { kind: "later", when: breaker.nextTransition() } };
+    while (item.remaining.length > 0) {
+      const registration = item.remaining[0]!;
+      item.attempts ??= new Map();
+      const attempt = (item.attempts.get(registration) ?? 0) + 1;
+      item.attempts.set(registration, attempt);
+      let outcome: CallOutcome;
       try {
-        await breaker.fire(async () => registration.handler(event, ctx));
+        outcome = await callOnce(item, registration, attempt);
       } catch (error) {
-        if (error instanceof BusinessError) {
-          await markReplay(row.id, "waiting", `${error.code}: ${error.message}`);
-          log.warn({ err: error }, "replayed dead letter failed again; it is waiting again");
-          return;
-        }
-        // A system failure (or open breaker): give the claim back and try again later.
-        await pool.query("UPDATE dead_letters SET claimed_by = NULL, claimed_at = NULL WHERE id = $1", [
-          row.id,
-        ]);
-        log.warn({ err: error }, "replay hit a system failure; it will be tried again");
-        return;
+        if (error instanceof BreakerOpenError) return { step: later(50) };
+        if (error instanceof BusinessError)
+          return { status: "waiting", error: `${error.code}: ${error.message}` };
+        if (error instanceof HandlerTimeoutError) onTimeout(item, error, registration.handlerTimeoutMs);
+        // A system failure: retried in the queue with back-off, holding the conversation.
+        item.systemFailures++;
+        item.systemSince ??= new Date();
+        item.lastError = error;
+        log.warn({ err: error }, "replay hit a system failure; retrying");
+        return { step: later(systemRetryDelay(item.systemFailures, config.systemRetry), item) };
       }
+      if (outcome.kind === "aborted") return { step: { kind: "abandon" } };
+      item.remaining.shift();
+      item.systemFailures = 0;
+      item.systemSince = null;
     }
-    await markReplay(row.id, "replayed", null);
-    metrics.handled.inc({ subscription, type: event.type });
-    log.info("dead letter replayed");
+    return { status: "replayed", error: null };
   }
 
   // ---- status -----------------------------------------------------------------------
@@ -1391,6 +1505,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     timers.push(setInterval(() => void commitQuietly(), config.commitIntervalMs));
     timers.push(setInterval(() => void publishStatus(), config.statusIntervalMs));
     timers.push(setInterval(() => void replayPoll(), config.replayPollMs));
+    timers.push(setInterval(() => void renewReplayClaims(), claimTtlMs / 3));
     void publishStatus();
     logger.info(
       { topic, instanceId, concurrency: config.concurrency, handlers: registrations.map((r) => r.type) },

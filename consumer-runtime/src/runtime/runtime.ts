@@ -86,7 +86,7 @@ import { type BusinessRetryOptions, businessRetryDelay, systemRetryDelay } from 
  * handlers finish inside the call; slow ones go on outside it while kafkajs fetches
  * the next batch for everyone else.
  */
-const batchDetachMs = 500;
+const batchDetachMs = 100;
 
 /** What a handler gets besides the event. */
 export interface HandlerContext {

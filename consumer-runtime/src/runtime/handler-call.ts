@@ -126,20 +126,24 @@ export class RunningCalls {
     return { call, outcome };
   }
 
-  /** Aborts every running call (or those `which` selects) with `reason`. */
-  abortAll(
-    reason: Exclude<AbortReason, "timeout">,
-    which: (call: RunningCall) => boolean = () => true,
-  ): void {
+  /**
+   * Aborts every running call not aborted yet with `reason`; returns the calls it
+   * aborted (a caller waits for these only: a call aborted earlier that ignores its
+   * signal must not delay every later fence).
+   */
+  abortAll(reason: Exclude<AbortReason, "timeout">): RunningCall[] {
+    const aborted: RunningCall[] = [];
     for (const call of this.#calls) {
-      if (call.abortedFor || !which(call)) continue;
+      if (call.abortedFor) continue;
       call.abortedFor = reason;
       call.controller.abort(new Error(`handler aborted: ${reason}`));
+      aborted.push(call);
     }
+    return aborted;
   }
 
-  /** Resolves when every call running now (or selected by `which`) has settled. */
-  whenSettled(which: (call: RunningCall) => boolean = () => true): Promise<void> {
-    return Promise.all([...this.#calls].filter(which).map((c) => c.settled)).then(() => {});
+  /** Resolves when every call of `list` has settled. */
+  static whenSettled(list: RunningCall[]): Promise<void> {
+    return Promise.all(list.map((c) => c.settled)).then(() => {});
   }
 }

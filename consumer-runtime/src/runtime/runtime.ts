@@ -500,17 +500,14 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     if (fence) return fence;
     rebalancing = true;
     const startedAt = Date.now();
-    const running = calls.size;
-    calls.abortAll("fence");
+    const aborted = calls.abortAll("fence");
+    const running = aborted.length;
     const bound = fenceBoundMs();
     const created: Fence = {
       done: false,
       startedAt,
       promise: (async () => {
-        const settledInTime = await withDeadline(
-          calls.whenSettled((c) => c.abortedFor === "fence"),
-          bound,
-        );
+        const settledInTime = await withDeadline(RunningCalls.whenSettled(aborted), bound);
         if (!settledInTime) {
           logger.warn(
             { running: calls.size, boundMs: bound },
@@ -1579,9 +1576,8 @@ export function createRuntime(options: RuntimeOptions): Runtime {
           `handlers still running after ${config.shutdownTimeoutMs} ms; aborting them (their events are redelivered)`,
         );
         // An aborted call is never committed as handled, even if it resolves now (R5).
-        calls.abortAll("stop");
+        const aborted = RunningCalls.whenSettled(calls.abortAll("stop"));
         abortHandlers.abort();
-        const aborted = calls.whenSettled((c) => c.abortedFor === "stop");
         await withDeadline(Promise.all([running(), aborted]), 2000);
       }
       await commitQuietly();

@@ -2,7 +2,7 @@
 import { describe, expect, it } from "vitest";
 import { type HandlerTimeoutError, RunningCalls } from "../src/runtime/handler-call.ts";
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 describe("handler call with a deadline", () => {
   it("ok and failed calls report their outcome; nothing is late", async () => {

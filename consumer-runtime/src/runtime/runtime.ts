@@ -353,7 +353,6 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   const kafkaPaused = new Set<number>();
   const works = new Map<number, PartitionWork>();
   const stopSleeps = new AbortController();
-  const abortHandlers = new AbortController();
   // Every conversation waiting on a back-off listens to it: more than Node's default
   // of 10 at once is normal, and sleep() removes its listener when it ends.
   setMaxListeners(0, stopSleeps.signal);
@@ -1577,10 +1576,13 @@ export function createRuntime(options: RuntimeOptions): Runtime {
         );
         // An aborted call is never committed as handled, even if it resolves now (R5).
         const aborted = RunningCalls.whenSettled(calls.abortAll("stop"));
-        abortHandlers.abort();
         await withDeadline(Promise.all([running(), aborted]), 2000);
       }
       await commitQuietly();
+      // Give replay claims back before the pool closes, so the next owner need not wait for them to expire.
+      const claims = [...replaysHeld.keys()];
+      replaysHeld.clear();
+      await releaseReplayClaims(claims);
       dropAllWork();
       await consumer?.disconnect().catch((error) => logger.warn({ err: error }, "leaving the group failed"));
       stopped = true;

@@ -58,6 +58,14 @@ describe("runtime options", () => {
     expect(() => resolveRuntimeOptions({ group: "g", breaker: { resetTimeoutMs: -1 } })).toThrow(
       /breaker\.resetTimeoutMs/,
     );
+    expect(() => resolveRuntimeOptions({ group: "g", handlerTimeoutMs: 0 })).toThrow(/handlerTimeoutMs/);
+    expect(() => resolveRuntimeOptions({ group: "g", stuckAfterMs: 1.5 })).toThrow(/stuckAfterMs/);
+    expect(() => resolveRegistration({ handlerTimeoutMs: -1 })).toThrow(/handlerTimeoutMs/);
+    expect(resolveRuntimeOptions({ group: "g" })).toMatchObject({
+      handlerTimeoutMs: 30_000,
+      stuckAfterMs: 60_000,
+    });
+    expect(resolveRegistration({ handlerTimeoutMs: 500 }).handlerTimeoutMs).toBe(500);
   });
 
   it("applies defaults", () => {

@@ -439,12 +439,21 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     if (!consumer || stopped) return;
     for (const partition of assigned) {
       const want = stopping || breaker.state === "open" || works.get(partition)?.backPressure === true;
-      if (want && !kafkaPaused.has(partition)) {
-        consumer.pause([{ topic, partitions: [partition] }]);
-        kafkaPaused.add(partition);
-      } else if (!want && kafkaPaused.has(partition)) {
-        consumer.resume([{ topic, partitions: [partition] }]);
-        kafkaPaused.delete(partition);
+      // kafkajs throws while its consumer group is torn down (crash window, R4): the
+      // restart re-applies pauses after the next assignment, so a throw here is harmless.
+      try {
+        if (want && !kafkaPaused.has(partition)) {
+          consumer.pause([{ topic, partitions: [partition] }]);
+          kafkaPaused.add(partition);
+        } else if (!want && kafkaPaused.has(partition)) {
+          consumer.resume([{ topic, partitions: [partition] }]);
+          kafkaPaused.delete(partition);
+        }
+      } catch (error) {
+        logger.debug(
+          { err: error, partition },
+          "pause/resume refused by kafkajs; re-applied at the next assignment",
+        );
       }
     }
   }

@@ -5,7 +5,7 @@
  * the breaker, which closes again after the dependency recovers.
  */
 import { Writable } from "node:stream";
-import type { ChatEvent } from "@chatbus/producer-sdk";
+import { type ChatEvent, encodeEvent } from "@chatbus/producer-sdk";
 import { type Logger, pino } from "pino";
 import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -61,8 +61,9 @@ describe("handler timeout", () => {
   it("a hung call times out and is retried; the other conversations finish; its conversation continues in order", async () => {
     const topic = await createTestTopic("rt_hung", 2);
     const producer = await connectProducer();
-    const ids = await produceNumbered(producer, topic, 8, 10, "hung");
-    await producer.disconnect();
+    // Events 0..2 now; 3..9 only once the call hangs, so that the others' later events
+    // must be fetched while it hangs (the previous runtime fetched nothing more).
+    const ids = await produceNumbered(producer, topic, 8, 3, "hung");
     const hungId = ids[3]!;
     const registry = new Registry();
     const seen = new Map<string, number[]>();
@@ -91,6 +92,24 @@ describe("handler timeout", () => {
     );
     runtimes.push(runtime);
     await runtime.start();
+    await waitFor(() => hungCalls === 1, 30_000, "the call to hang");
+    const later = [];
+    for (let n = 3; n < 10; n++) {
+      for (const id of ids) {
+        const text = `n:${n}`;
+        later.push(
+          encodeEvent(
+            id,
+            { type: "chat.message.sent", senderId: "tester", content: { type: "text", text } },
+            {
+              source: "/test",
+            },
+          ).record,
+        );
+      }
+    }
+    await producer.send({ topic, acks: -1, messages: later });
+    await producer.disconnect();
 
     // Every other conversation finishes while the hung call is still within its
     // deadline: none of them waits for it.

@@ -1,5 +1,6 @@
 /** @chatbus/consumer-runtime: handler runtime, dead letters, and the conversation materialiser. */
 
+export type { ReplayOptions } from "./dead-letters/store.ts";
 export {
   countWaitingDeadLetters,
   discardDeadLetter,
@@ -33,6 +34,8 @@ export { startRuntimeProcess } from "./process.ts";
 export type { Alert } from "./runtime/alerts.ts";
 export type { BreakerOptions, BreakerState } from "./runtime/circuit-breaker.ts";
 export { breakerDefaults } from "./runtime/circuit-breaker.ts";
+export type { AbortReason } from "./runtime/handler-call.ts";
+export { HandlerTimeoutError } from "./runtime/handler-call.ts";
 export type { RuntimeMetrics } from "./runtime/metrics.ts";
 export { latencyBuckets, runtimeMetrics } from "./runtime/metrics.ts";
 export type { RegistrationOptions, RuntimeOptions } from "./runtime/options.ts";

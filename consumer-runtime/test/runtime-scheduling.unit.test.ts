@@ -34,11 +34,13 @@ describe("system retry delay", () => {
 
 describe("business retry delay", () => {
   it("defaults to no retry", () => {
-    expect(businessRetryDelay(1, resolveRegistration(undefined))).toBeNull();
+    expect(businessRetryDelay(1, resolveRegistration(undefined).businessRetry)).toBeNull();
   });
 
   it("follows the schedule, repeats its last entry, and stops after `attempts`", () => {
-    const policy = resolveRegistration({ businessRetry: { attempts: 5, backoffMs: [10, 20, 30] } });
+    const policy = resolveRegistration({
+      businessRetry: { attempts: 5, backoffMs: [10, 20, 30] },
+    }).businessRetry;
     expect([1, 2, 3, 4, 5].map((n) => businessRetryDelay(n, policy))).toEqual([10, 20, 30, 30, null]);
   });
 
@@ -56,6 +58,14 @@ describe("runtime options", () => {
     expect(() => resolveRuntimeOptions({ group: "g", breaker: { resetTimeoutMs: -1 } })).toThrow(
       /breaker\.resetTimeoutMs/,
     );
+    expect(() => resolveRuntimeOptions({ group: "g", handlerTimeoutMs: 0 })).toThrow(/handlerTimeoutMs/);
+    expect(() => resolveRuntimeOptions({ group: "g", stuckAfterMs: 1.5 })).toThrow(/stuckAfterMs/);
+    expect(() => resolveRegistration({ handlerTimeoutMs: -1 })).toThrow(/handlerTimeoutMs/);
+    expect(resolveRuntimeOptions({ group: "g" })).toMatchObject({
+      handlerTimeoutMs: 30_000,
+      stuckAfterMs: 60_000,
+    });
+    expect(resolveRegistration({ handlerTimeoutMs: 500 }).handlerTimeoutMs).toBe(500);
   });
 
   it("applies defaults", () => {

@@ -97,9 +97,10 @@ export async function recordDeadLetter(
   const { rows } = await pool.query<{ id: string; created: boolean }>(
     `INSERT INTO dead_letters (subscription, topic, partition, "offset", record_key, headers, value, event_id,
        event_type, conversation_id, failure_class, error_code, error_message, error_stack, attempts,
-       first_failed_at, last_failed_at)
-     VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17)
+       first_failed_at, last_failed_at, handlers_succeeded)
+     VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18)
      ON CONFLICT (subscription, topic, partition, "offset") DO UPDATE SET
+       handlers_succeeded = EXCLUDED.handlers_succeeded,
        error_code = EXCLUDED.error_code, error_message = EXCLUDED.error_message,
        error_stack = EXCLUDED.error_stack, failure_class = EXCLUDED.failure_class,
        attempts = GREATEST(dead_letters.attempts, EXCLUDED.attempts),
@@ -123,6 +124,7 @@ export async function recordDeadLetter(
       input.attempts,
       input.firstFailedAt,
       input.lastFailedAt,
+      input.handlersSucceeded ?? [],
     ],
   );
   return rows[0]!;
@@ -207,6 +209,7 @@ async function transition(
   action: string,
   by: string,
   reason: string | null,
+  allHandlers = false,
 ): Promise<DeadLetter> {
   checkId(id);
   if (typeof by !== "string" || by.length === 0) {
@@ -214,10 +217,10 @@ async function transition(
   }
   const { rows } = await pool.query<Row>(
     `UPDATE dead_letters SET status = $2, status_changed_at = now(), status_changed_by = $3,
-       status_reason = $4, claimed_by = NULL, claimed_at = NULL
+       status_reason = $4, claimed_by = NULL, claimed_at = NULL, replay_all_handlers = $5
      WHERE id = $1 AND status = 'waiting'
      RETURNING ${columns}`,
-    [id, to, by, reason],
+    [id, to, by, reason, allHandlers],
   );
   if (rows[0]) return toDeadLetter(rows[0]);
   const existing = await getDeadLetter(pool, id);
@@ -225,14 +228,30 @@ async function transition(
   throw new DeadLetterStateError(id, existing.status, action);
 }
 
+/** Options of a replay. */
+export interface ReplayOptions {
+  /** Who asks (an operator or service). */
+  by: string;
+  /**
+   * Run every handler of the subscription again, also those that had already
+   * succeeded for the event (default false: only those that had not).
+   */
+  allHandlers?: boolean;
+}
+
 /**
  * Asks the dead letter's own subscription to handle it again: the row becomes
- * `replaying`; a running runtime of that subscription picks it up (within about a
- * second), runs its handlers once, and marks it `replayed` (or `waiting` again with
- * `lastReplayError`). Only `waiting` dead letters can be replayed.
+ * `replaying`; the runtime instance that owns the record's partition picks it up
+ * (within about a second), runs it in the conversation's queue (never at the same
+ * time as a live event of that conversation), runs once each handler that had not
+ * succeeded (every handler with `allHandlers`), and marks it `replayed` (or `waiting`
+ * again with `lastReplayError`). Only `waiting` dead letters can be replayed.
  */
-export function replayDeadLetter(pool: Queryable, id: string, options: { by: string }): Promise<DeadLetter> {
-  return transition(pool, id, "replaying", "replayed", options.by, null);
+export function replayDeadLetter(pool: Queryable, id: string, options: ReplayOptions): Promise<DeadLetter> {
+  if (options.allHandlers !== undefined && typeof options.allHandlers !== "boolean") {
+    throw new ValidationError("allHandlers", "type", "`allHandlers` must be true or false.");
+  }
+  return transition(pool, id, "replaying", "replayed", options.by, null, options.allHandlers === true);
 }
 
 /** Marks a waiting dead letter `discarded`, recording who did it and why. Never deletes. */
@@ -248,16 +267,16 @@ export function discardDeadLetter(
 export async function replayAllDeadLetters(
   pool: Queryable,
   subscription: string,
-  options: { by: string },
+  options: ReplayOptions,
 ): Promise<{ count: number }> {
   if (typeof options.by !== "string" || options.by.length === 0) {
     throw new ValidationError("by", "required", "`by` must name who does this (an operator or service).");
   }
   const result = await pool.query(
     `UPDATE dead_letters SET status = 'replaying', status_changed_at = now(), status_changed_by = $2,
-       status_reason = NULL, claimed_by = NULL, claimed_at = NULL
+       status_reason = NULL, claimed_by = NULL, claimed_at = NULL, replay_all_handlers = $3
      WHERE subscription = $1 AND status = 'waiting'`,
-    [subscription, options.by],
+    [subscription, options.by, options.allHandlers === true],
   );
   return { count: result.rowCount ?? 0 };
 }

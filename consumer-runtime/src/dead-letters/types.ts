@@ -37,6 +37,11 @@ export interface DeadLetterInput {
   attempts: number;
   firstFailedAt: Date;
   lastFailedAt: Date;
+  /**
+   * Indexes of the subscription's registrations that had already succeeded for the
+   * event; a replay skips them unless asked for all handlers. Empty when omitted.
+   */
+  handlersSucceeded?: number[];
 }
 
 /** A stored dead letter. */

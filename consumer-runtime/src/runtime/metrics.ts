@@ -23,6 +23,8 @@ export interface RuntimeMetrics {
   endToEndLatency: Histogram<"subscription">;
   restarts: Counter<"subscription">;
   inFlight: Gauge<"subscription">;
+  handlerTimeouts: Counter<"subscription">;
+  oldestInFlight: Gauge<"subscription">;
 }
 
 function counter<L extends string>(registry: Registry, name: string, help: string, labels: L[]): Counter<L> {
@@ -116,5 +118,18 @@ export function runtimeMetrics(registry: Registry): RuntimeMetrics {
     inFlight: gauge(registry, "chatbus_events_in_flight", "Events fetched and not yet finished.", [
       "subscription",
     ]),
+    handlerTimeouts: counter(
+      registry,
+      "chatbus_handler_timeouts_total",
+      "Handler calls that ran past handlerTimeoutMs (each is a system failure and is retried).",
+      ["subscription"],
+    ),
+    // The alert rule on this name is the operations engineer's (dashboards/): keep it.
+    oldestInFlight: gauge(
+      registry,
+      "chatbus_oldest_in_flight_seconds",
+      "Age of the oldest event this instance started and has not finished (0 when none).",
+      ["subscription"],
+    ),
   };
 }

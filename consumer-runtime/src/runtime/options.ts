@@ -75,6 +75,12 @@ const RuntimeOptionsSchema = Type.Object(
     deadLetterTopic: Type.Optional(Type.String({ minLength: 1, maxLength: 249 })),
     alertWebhook: Type.Optional(Type.String({ minLength: 1 })),
     alertMinIntervalMs: Type.Optional(nonNegativeInt("At most one alert of a kind per window (ms).")),
+    handlerTimeoutMs: Type.Optional(
+      positiveInt("Deadline of one handler call (ms); a registration may override it."),
+    ),
+    stuckAfterMs: Type.Optional(
+      positiveInt("A record retried for a system failure this long is published as stuck (ms)."),
+    ),
   },
   strict,
 );
@@ -118,6 +124,8 @@ export interface ResolvedRuntimeOptions {
   deadLetterTopic: string;
   alertWebhook: string | undefined;
   alertMinIntervalMs: number;
+  handlerTimeoutMs: number;
+  stuckAfterMs: number;
 }
 
 /** Defaults of everything but names and addresses (those come from env, see `resolveRuntimeOptions`). */
@@ -136,6 +144,8 @@ export const runtimeDefaults = {
   maxBytesPerPartition: 1_048_576, // 1 MiB per partition per fetch (kafkajs's default)
   kafkaRetries: 5, // kafkajs's default
   kafkaInitialRetryTimeMs: 300, // 0.3 s, kafkajs's default
+  handlerTimeoutMs: 30_000, // 30 s per handler call, then ctx.signal aborts and it is a system failure
+  stuckAfterMs: 60_000, // 1 min of system-failure retries before a record is published as stuck
 } as const;
 
 const compiled = TypeCompiler.Compile(RuntimeOptionsSchema);
@@ -191,6 +201,7 @@ const RegistrationSchema = Type.Object(
         strict,
       ),
     ),
+    handlerTimeoutMs: Type.Optional(positiveInt("Deadline of one call of this handler (ms).")),
   },
   strict,
 );
@@ -200,9 +211,20 @@ export type RegistrationOptions = Static<typeof RegistrationSchema>;
 
 const compiledRegistration = TypeCompiler.Compile(RegistrationSchema);
 
-/** Validates registration options; resolves the business retry policy. */
-export function resolveRegistration(options: RegistrationOptions | undefined): BusinessRetryOptions {
+/** A registration's resolved policy: business retry and the call deadline (null = the subscription's). */
+export interface ResolvedRegistration {
+  businessRetry: BusinessRetryOptions;
+  handlerTimeoutMs: number | null;
+}
+
+/** Validates registration options; resolves the business retry policy and the deadline. */
+export function resolveRegistration(options: RegistrationOptions | undefined): ResolvedRegistration {
   checkOptions(compiledRegistration, options ?? {}, "runtime.on");
   const retry = options?.businessRetry;
-  return retry ? { attempts: retry.attempts, backoffMs: retry.backoffMs ?? [] } : businessRetryDefaults;
+  return {
+    businessRetry: retry
+      ? { attempts: retry.attempts, backoffMs: retry.backoffMs ?? [] }
+      : businessRetryDefaults,
+    handlerTimeoutMs: options?.handlerTimeoutMs ?? null,
+  };
 }

@@ -5,12 +5,18 @@
  *
  * How the pieces fit (see docs/consumer-runtime.md):
  * - kafkajs `eachBatch` only feeds records into key-level queues (one queue per
- *   conversation, `KeyQueues`) and then waits, heartbeating, until nothing of its
- *   partition runs or waits for a slot. Events in a retry back-off or behind an open
- *   breaker are parked without holding a slot, so the batch returns and fetching goes
- *   on for the other conversations. Because kafkajs waits for running `eachBatch`
- *   calls before it rejoins a group, no handler of a revoked partition runs while its
- *   new owner starts.
+ *   conversation, `KeyQueues`) and waits a little (`batchDetachMs`) for them to run.
+ *   It never waits for a slow or hung call: kafkajs fetches again only when every
+ *   batch call of a fetch has returned, so one slow conversation would hold them all
+ *   (issue 17). Back-pressure is `maxQueuedPerPartition` (the partition is paused).
+ * - Every handler call has a deadline (`handlerTimeoutMs`) and its own `ctx.signal`
+ *   (handler-call.ts). A call past its deadline is a system failure and is retried.
+ * - Handlers run outside kafkajs's batch calls, so the runtime fences them itself
+ *   (issue 20): when the group rebalances (or the consumer restarts) no new call
+ *   starts, running calls are aborted and awaited (bounded by the rebalance timeout),
+ *   finished work is committed, and only then does kafkajs rejoin (the REBALANCING
+ *   listener refuses the rejoin until the fence is done; kafkajs retries it). A
+ *   result that arrives after the fence began is discarded, never committed.
  * - Offsets are committed per partition up to the lowest unfinished event
  *   (`OffsetTracker`), at the end of each batch and every `commitIntervalMs`, only for
  *   partitions of the current assignment.
@@ -51,6 +57,8 @@ import {
   describe,
   RuntimeStateError,
 } from "../errors.ts";
+import { markSkipApplied, pendingSkips, type SkipRequest } from "../status/skips.ts";
+import type { StuckRecord } from "../status/store.ts";
 import {
   type PartitionStatus,
   publishSubscriptionStatus,
@@ -58,7 +66,9 @@ import {
   type SubscriptionState,
 } from "../status/store.ts";
 import { createAlertSender } from "./alerts.ts";
+import { clearBusinessFailures, countBusinessFailure } from "./business-attempts.ts";
 import { BreakerOpenError, type BreakerState, createCircuitBreaker } from "./circuit-breaker.ts";
+import { type CallOutcome, HandlerTimeoutError, RunningCalls } from "./handler-call.ts";
 import { KeyQueues, Slots, type Step } from "./key-queues.ts";
 import { runtimeMetrics } from "./metrics.ts";
 import { OffsetTracker } from "./offset-tracker.ts";
@@ -70,6 +80,13 @@ import {
   resolveRuntimeOptions,
 } from "./options.ts";
 import { type BusinessRetryOptions, businessRetryDelay, systemRetryDelay } from "./retry.ts";
+
+/**
+ * How long a batch call waits for its records to run before it returns (ms). Short
+ * handlers finish inside the call; slow ones go on outside it while kafkajs fetches
+ * the next batch for everyone else.
+ */
+const batchDetachMs = 100;
 
 /** What a handler gets besides the event. */
 export interface HandlerContext {
@@ -85,7 +102,11 @@ export interface HandlerContext {
   replay: boolean;
   /** A child logger carrying subscription, conversation, partition, offset and event id. */
   logger: Logger;
-  /** Aborted when the runtime stops and the shutdown deadline passed. */
+  /**
+   * Aborted when this call is given up: at its deadline (`handlerTimeoutMs`), when
+   * the group rebalances or the consumer restarts, or when `stop()` passes the
+   * shutdown deadline. Pass it to your I/O; a result after the abort is ignored.
+   */
   signal: AbortSignal;
 }
 
@@ -117,10 +138,14 @@ interface Registration {
   type: ChatEventType | "*";
   handler: Handler<ChatEventType>;
   businessRetry: BusinessRetryOptions;
+  /** Deadline of one call (ms): the registration's, else the subscription's. */
+  handlerTimeoutMs: number;
 }
 
 interface Item {
   work: PartitionWork;
+  /** The conversation id (or the record key of a poison record). */
+  key: string;
   offset: bigint;
   message: KafkaMessage;
   decoded: DecodeResult;
@@ -135,6 +160,35 @@ interface Item {
   lastError: unknown;
   pendingDeadLetter: DeadLetterInput | null;
   deadLetterWriteFailures: number;
+  /** When the event first started running (ms since epoch), for the oldest in-flight age. */
+  startedAt: number | null;
+  /** First system failure of the current streak (null after a success): the stuck clock. */
+  systemSince: Date | null;
+  /** Wakes the item from a back-off early (an operator skip). */
+  wake: (() => void) | null;
+  /** An operator asked to skip this record (applied at its next run). */
+  skip: SkipRequest | null;
+  /** Already waited once for a fenced call of its key from a previous generation. */
+  waitedForFenced: boolean;
+  /** Set for a dead-letter replay run in the conversation's queue (not a tracked offset). */
+  replay: {
+    row: ReplayRow;
+    /** The outcome to write once the handlers ran (kept so that a failed write never re-runs them). */
+    mark: { status: "replayed" | "waiting"; error: string | null } | { step: Step } | null;
+  } | null;
+}
+
+/** A dead letter claimed for replay. */
+interface ReplayRow {
+  id: string;
+  record_key: string | null;
+  headers: Record<string, string>;
+  value: Buffer | null;
+  partition: number;
+  offset: string;
+  conversation_id: string | null;
+  handlers_succeeded: number[];
+  replay_all_handlers: boolean;
 }
 
 interface PartitionWork {
@@ -147,6 +201,13 @@ interface PartitionWork {
 }
 
 const noKey = "\u0000no-key";
+
+/** The fence of one rebalance or restart: done once running calls settled (bounded) and commits ran. */
+interface Fence {
+  promise: Promise<void>;
+  done: boolean;
+  startedAt: number;
+}
 
 function isRebalancing(error: unknown): boolean {
   const e = error as { type?: string; name?: string };
@@ -176,7 +237,6 @@ class Context implements HandlerContext {
   #child: Logger | undefined;
   #eventId: string;
   #type: string;
-  readonly replay = false;
   readonly conversationId: string;
 
   constructor(
@@ -187,6 +247,7 @@ class Context implements HandlerContext {
     readonly offset: string,
     readonly attempt: number,
     readonly signal: AbortSignal,
+    readonly replay: boolean,
   ) {
     this.#parent = parent;
     this.conversationId = event.conversationId;
@@ -277,17 +338,21 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   let stopped = false;
   let rebalancing = false;
   let rebalanceSettled: { promise: Promise<void>; resolve: () => void } = settled();
+  /** The fence of the current rebalance or restart (null while consuming normally). */
+  let fence: Fence | null = null;
+  const calls = new RunningCalls();
+  /** Events that started running and are not finished (oldest in-flight age, stuck, skips). */
+  const held = new Set<Item>();
   let generation = 0;
   let probeInFlight = false;
   let restartDelayMs = 1000;
   const restarted = new WeakSet<Consumer>();
   const startedAt = new Date().toISOString();
-  const counts = { processed: 0, failed: 0, deadLettered: 0, inFlight: 0 };
+  const counts = { processed: 0, failed: 0, deadLettered: 0 };
   const assigned = new Set<number>();
   const kafkaPaused = new Set<number>();
   const works = new Map<number, PartitionWork>();
   const stopSleeps = new AbortController();
-  const abortHandlers = new AbortController();
   // Every conversation waiting on a back-off listens to it: more than Node's default
   // of 10 at once is normal, and sleep() removes its listener when it ends.
   setMaxListeners(0, stopSleeps.signal);
@@ -374,12 +439,21 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     if (!consumer || stopped) return;
     for (const partition of assigned) {
       const want = stopping || breaker.state === "open" || works.get(partition)?.backPressure === true;
-      if (want && !kafkaPaused.has(partition)) {
-        consumer.pause([{ topic, partitions: [partition] }]);
-        kafkaPaused.add(partition);
-      } else if (!want && kafkaPaused.has(partition)) {
-        consumer.resume([{ topic, partitions: [partition] }]);
-        kafkaPaused.delete(partition);
+      // kafkajs throws while its consumer group is torn down (crash window, R4): the
+      // restart re-applies pauses after the next assignment, so a throw here is harmless.
+      try {
+        if (want && !kafkaPaused.has(partition)) {
+          consumer.pause([{ topic, partitions: [partition] }]);
+          kafkaPaused.add(partition);
+        } else if (!want && kafkaPaused.has(partition)) {
+          consumer.resume([{ topic, partitions: [partition] }]);
+          kafkaPaused.delete(partition);
+        }
+      } catch (error) {
+        logger.debug(
+          { err: error, partition },
+          "pause/resume refused by kafkajs; re-applied at the next assignment",
+        );
       }
     }
   }
@@ -402,16 +476,68 @@ export function createRuntime(options: RuntimeOptions): Runtime {
 
   // ---- assignment -------------------------------------------------------------------
 
+  /** Events fetched and not finished, over every partition of this generation. */
+  function inFlightCount(): number {
+    let n = 0;
+    for (const work of works.values()) n += work.queues.size;
+    return n;
+  }
+
   function dropAllWork(): void {
-    for (const work of works.values()) {
-      counts.inFlight -= work.queues.size;
-      work.queues.close();
-    }
+    // Replays that were queued here go back to the pool (the partition's owner claims them).
+    void releaseReplayClaims([...replaysHeld.keys()]);
+    replaysHeld.clear();
+    for (const work of works.values()) work.queues.close();
     works.clear();
-    metrics.inFlight.set({ subscription }, Math.max(0, counts.inFlight));
+    held.clear();
+    metrics.inFlight.set({ subscription }, 0);
+  }
+
+  /** How long a fence waits for aborted calls before it gives up on them (ms). */
+  function fenceBoundMs(): number {
+    return Math.max(1000, config.rebalanceTimeoutMs - 10_000);
+  }
+
+  /**
+   * Fences in-flight work before the group is rejoined (or the consumer restarted):
+   * no new call starts (`rebalancing`), running calls get their signal aborted and are
+   * awaited up to `fenceBoundMs`, and what finished before is committed. Results of
+   * the aborted calls are discarded (never committed). Idempotent per rebalance.
+   */
+  function startFence(why: string): Fence {
+    if (fence) return fence;
+    rebalancing = true;
+    const startedAt = Date.now();
+    const aborted = calls.abortAll("fence");
+    const running = aborted.length;
+    const bound = fenceBoundMs();
+    const created: Fence = {
+      done: false,
+      startedAt,
+      promise: (async () => {
+        const settledInTime = await withDeadline(RunningCalls.whenSettled(aborted), bound);
+        if (!settledInTime) {
+          logger.warn(
+            { running: calls.size, boundMs: bound },
+            `handlers ignored their aborted ctx.signal for ${bound} ms; going on (${why}) without them, their results are discarded`,
+          );
+        }
+        await commitQuietly();
+      })(),
+    };
+    void created.promise.then(() => {
+      created.done = true;
+      logger.info({ why, running, ms: Date.now() - startedAt }, "in-flight work fenced");
+    });
+    fence = created;
+    return created;
   }
 
   function onAssignment(partitions: number[]): void {
+    // Normally fenced already (REBALANCING); an eviction rejoins without that event:
+    // abort what still runs so that it cannot overlap the new owner for long.
+    if (!fence && calls.size > 0) startFence("assignment");
+    fence = null;
     generation++;
     // kafkajs restarts every assigned partition from its committed offset: the
     // queued work of the previous generation would be delivered again, so drop it.
@@ -481,6 +607,13 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   async function eachBatch(payload: EachBatchPayload): Promise<void> {
     const { batch, resolveOffset, heartbeat, isRunning, isStale } = payload;
     if (stopping) return;
+    if (rebalancing) {
+      // A fence is on: accept nothing, and hold kafkajs here (it cannot rejoin while
+      // a batch call is open) until the fence is done; its next heartbeat then fails
+      // with the rebalance and kafkajs rejoins.
+      await fence?.promise;
+      return;
+    }
     const partition = batch.partition;
     if (!assigned.has(partition)) assigned.add(partition);
     const work = workFor(partition);
@@ -503,63 +636,71 @@ export function createRuntime(options: RuntimeOptions): Runtime {
         runLength = 0;
       }
       runLength++;
-      counts.inFlight++;
-      work.queues.push(decoded.ok ? decoded.event.conversationId : (message.key?.toString() ?? noKey), {
-        work,
-        offset,
-        message,
-        decoded,
-        remaining: null,
-        attempts: null,
-        businessFailures: null,
-        systemFailures: 0,
-        firstFailedAt: null,
-        lastError: undefined,
-        pendingDeadLetter: null,
-        deadLetterWriteFailures: 0,
-      });
+      const key = decoded.ok ? decoded.event.conversationId : (message.key?.toString() ?? noKey);
+      work.queues.push(key, newItem(work, key, offset, message, decoded));
       lastAccepted = message.offset;
     }
     if (runLength > 0) typeMetrics(runType).consumed.inc(runLength);
     // Once per batch: kafkajs parses every resolved offset into a Long.
     if (lastAccepted !== undefined) resolveOffset(lastAccepted);
-    metrics.inFlight.set({ subscription }, counts.inFlight);
     checkBackPressure(work);
     try {
-      const quiet = work.queues.whenQuiet();
-      let done = false;
-      void quiet.then(() => {
-        done = true;
-      });
-      while (!done && !stopping) {
-        await withDeadline(quiet, config.heartbeatIntervalMs);
-        if (!done && !stopping) await heartbeat();
-      }
+      // Short handlers finish here; slow ones go on after the call returns.
+      await withDeadline(work.queues.whenQuiet(), batchDetachMs);
+      await heartbeat();
       await commit(work);
     } catch (error) {
       if (!isRebalancing(error)) {
         logger.warn({ err: error, partition }, "batch bookkeeping failed; kafkajs retries");
         throw error;
       }
-      // Commit before giving partitions up (kafkajs #28): let running handlers of this
-      // partition finish (bounded), then commit what is finished, then rejoin.
-      rebalancing = true;
-      await withDeadline(work.queues.whenNotRunning(), Math.max(1000, config.rebalanceTimeoutMs - 10_000));
-      await commitQuietly();
+      // Fence and commit before giving partitions up (kafkajs #28), then rejoin.
+      await startFence("rebalance").promise;
       throw error;
     }
   }
 
   // ---- running one event ------------------------------------------------------------
 
+  function newItem(
+    work: PartitionWork,
+    key: string,
+    offset: bigint,
+    message: KafkaMessage,
+    decoded: DecodeResult,
+  ): Item {
+    return {
+      work,
+      key,
+      offset,
+      message,
+      decoded,
+      remaining: null,
+      attempts: null,
+      businessFailures: null,
+      systemFailures: 0,
+      firstFailedAt: null,
+      lastError: undefined,
+      pendingDeadLetter: null,
+      deadLetterWriteFailures: 0,
+      startedAt: null,
+      systemSince: null,
+      wake: null,
+      skip: null,
+      waitedForFenced: false,
+      replay: null,
+    };
+  }
+
   function finishItem(item: Item): void {
     const { work } = item;
-    work.tracker.finish(item.offset);
-    counts.inFlight--;
+    if (item.replay) replaysHeld.delete(item.replay.row.id);
+    else work.tracker.finish(item.offset);
+    held.delete(item);
     if (work.backPressure) checkBackPressure(work);
   }
 
-  function context(item: Item, attempt: number): HandlerContext {
+  function context(item: Item, attempt: number, signal: AbortSignal): HandlerContext {
     const event = (item.decoded as { event: ChatEvent }).event;
     return new Context(
       logger,
@@ -568,12 +709,23 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       item.work.partition,
       item.message.offset,
       attempt,
-      abortHandlers.signal,
+      signal,
+      item.replay !== null,
     );
   }
 
-  function later(ms: number): Step {
-    return { kind: "later", when: sleep(ms, stopSleeps.signal) };
+  /** Runs the item again after `ms`, or earlier on stop or when an operator skip wakes it. */
+  function later(ms: number, item?: Item): Step {
+    if (!item) return { kind: "later", when: sleep(ms, stopSleeps.signal) };
+    const woken = new Promise<void>((resolve) => {
+      item.wake = resolve;
+    });
+    return {
+      kind: "later",
+      when: Promise.race([sleep(ms, stopSleeps.signal), woken]).finally(() => {
+        item.wake = null;
+      }),
+    };
   }
 
   function deadLetterInput(
@@ -605,14 +757,25 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       attempts,
       firstFailedAt: item.firstFailedAt ?? now,
       lastFailedAt: now,
+      handlersSucceeded: succeededHandlers(item),
     };
+  }
+
+  /** Indexes of the registrations that already succeeded for the event (a replay skips them). */
+  function succeededHandlers(item: Item): number[] {
+    if (!item.decoded.ok || item.remaining === null) return [];
+    const remaining = new Set(item.remaining);
+    return handlersFor(item.decoded.event.type)
+      .filter((r) => !remaining.has(r))
+      .map((r) => registrations.indexOf(r));
   }
 
   async function writeDeadLetter(item: Item): Promise<Step> {
     const input = item.pendingDeadLetter!;
     let failure: DeadLetterWriteError | undefined;
+    let deadLetterId: string | null = null;
     try {
-      await recordDeadLetter(pool, input);
+      deadLetterId = (await recordDeadLetter(pool, input)).id;
     } catch (error) {
       failure = new DeadLetterWriteError(
         "PostgreSQL table dead_letters",
@@ -645,7 +808,16 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       );
       return later(systemRetryDelay(item.deadLetterWriteFailures, config.systemRetry));
     }
+    if (item.skip) {
+      // The skip is applied: record which dead letter it became. A failure here only
+      // leaves the request pending; the record is already moving on.
+      const skip = item.skip;
+      await markSkipApplied(pool, skip.id, instanceId, deadLetterId).catch((error) =>
+        logger.warn({ err: error, skipId: skip.id }, "marking an operator skip applied failed"),
+      );
+    }
     item.pendingDeadLetter = null;
+    forgetFailures(item);
     counts.deadLettered++;
     metrics.deadLettered.inc({ subscription, failure_class: input.failureClass });
     logger.warn(
@@ -682,28 +854,73 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       type: event.type,
       err: error,
     };
-    if (error instanceof BusinessError) {
-      metrics.failed.inc({ subscription, failure_class: "business" });
-      item.businessFailures ??= new Map();
-      const failures = (item.businessFailures.get(registration) ?? 0) + 1;
-      item.businessFailures.set(registration, failures);
-      const delay = businessRetryDelay(failures, registration.businessRetry);
-      if (delay === null) {
-        item.pendingDeadLetter = deadLetterInput(
-          item,
-          "business",
-          error.code,
-          error.message,
-          error.stack ?? null,
-        );
-        return writeDeadLetter(item);
-      }
-      metrics.retried.inc({ subscription, failure_class: "business" });
-      logger.info({ ...fields, failures, delayMs: delay }, "business failure; retrying as registered");
-      return later(delay);
+    if (error instanceof BusinessError) return onBusinessFailure(item, registration, error, fields);
+    return onSystemFailure(item, error, fields);
+  }
+
+  /** Business failures are counted in PostgreSQL, so that redelivery does not reset them (R3). */
+  async function persistedFailures(
+    item: Item,
+    registration: Registration,
+    inMemory: number,
+  ): Promise<number> {
+    try {
+      const stored = await countBusinessFailure(pool, {
+        subscription,
+        topic,
+        partition: item.work.partition,
+        offset: item.message.offset,
+        handler: registrations.indexOf(registration),
+      });
+      return Math.max(stored, inMemory);
+    } catch (error) {
+      logger.warn(
+        { err: error },
+        "counting a business failure in PostgreSQL failed; using this instance's count",
+      );
+      return inMemory;
     }
+  }
+
+  function forgetFailures(item: Item): void {
+    if (item.businessFailures === null) return;
+    const record = { subscription, topic, partition: item.work.partition, offset: item.message.offset };
+    void clearBusinessFailures(pool, record).catch((error) =>
+      logger.debug({ err: error }, "clearing business-failure counts failed; they are only read on failure"),
+    );
+  }
+
+  async function onBusinessFailure(
+    item: Item,
+    registration: Registration,
+    error: BusinessError,
+    fields: Record<string, unknown>,
+  ): Promise<Step> {
+    metrics.failed.inc({ subscription, failure_class: "business" });
+    item.businessFailures ??= new Map();
+    const inMemory = (item.businessFailures.get(registration) ?? 0) + 1;
+    const failures = await persistedFailures(item, registration, inMemory);
+    item.businessFailures.set(registration, failures);
+    const delay = businessRetryDelay(failures, registration.businessRetry);
+    if (delay === null) {
+      const input = deadLetterInput(item, "business", error.code, error.message, error.stack ?? null);
+      input.attempts = Math.max(input.attempts, failures);
+      item.pendingDeadLetter = input;
+      return writeDeadLetter(item);
+    }
+    metrics.retried.inc({ subscription, failure_class: "business" });
+    logger.info({ ...fields, failures, delayMs: delay }, "business failure; retrying as registered");
+    return later(delay, item);
+  }
+
+  function onSystemFailure(
+    item: Item,
+    error: unknown,
+    fields: Record<string, unknown>,
+  ): Promise<Step> | Step {
     metrics.failed.inc({ subscription, failure_class: "system" });
     item.systemFailures++;
+    item.systemSince ??= new Date();
     const max = config.systemRetry.maxAttempts;
     if (max > 0 && item.systemFailures >= max) {
       const e = error as { code?: unknown; message?: unknown; stack?: unknown };
@@ -725,13 +942,90 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       { ...fields, failures: item.systemFailures, delayMs: delay },
       `system failure; retrying in ${delay} ms (conversation held): ${describe(error)}`,
     );
-    return later(delay);
+    return later(delay, item);
+  }
+
+  /** An operator skip: the record becomes a dead letter of class `operator` and the key moves on. */
+  function applySkip(item: Item, skip: SkipRequest): Promise<Step> {
+    const when = skip.requestedAt instanceof Date ? skip.requestedAt.toISOString() : String(skip.requestedAt);
+    const last = item.lastError === undefined ? "" : ` (it kept failing with: ${describe(item.lastError)})`;
+    item.pendingDeadLetter = deadLetterInput(
+      item,
+      "operator",
+      "CHATBUS_OPERATOR_SKIP",
+      `skipped by ${skip.requestedBy} at ${when} (skip request ${skip.id})${last}`,
+      null,
+    );
+    logger.warn(
+      { partition: item.work.partition, offset: item.message.offset, skipId: skip.id, by: skip.requestedBy },
+      "operator skip: the record becomes a dead letter and its conversation moves on",
+    );
+    return writeDeadLetter(item);
+  }
+
+  /** Logs once that a given-up call finished after all (its result was ignored). */
+  function lateCall(item: Item, how: "resolved" | "rejected", reason: string): void {
+    logger.warn(
+      {
+        partition: item.work.partition,
+        offset: item.message.offset,
+        conversationId: item.key,
+        outcome: how,
+        reason,
+      },
+      `a handler call given up (${reason}) ${how} late; its result was ignored`,
+    );
+  }
+
+  /** Runs one handler call through the breaker, with its deadline and its own signal. */
+  async function callOnce(item: Item, registration: Registration, attempt: number): Promise<CallOutcome> {
+    const event = (item.decoded as { event: ChatEvent }).event;
+    return breaker.fire(async () => {
+      const { outcome } = calls.start(
+        item.work.partition,
+        item.key,
+        registration.handlerTimeoutMs,
+        (signal) => callHandler(registration.handler, event, context(item, attempt, signal)),
+        (how, reason) => lateCall(item, how, reason),
+      );
+      const result = await outcome;
+      // Failures and timeouts reject, so that the breaker counts them.
+      if (result.kind === "failed" || result.kind === "timeout") throw result.error;
+      return result;
+    });
+  }
+
+  function onTimeout(item: Item, error: HandlerTimeoutError, timeoutMs: number): void {
+    metrics.handlerTimeouts.inc({ subscription });
+    logger.warn(
+      {
+        partition: item.work.partition,
+        offset: item.message.offset,
+        conversationId: item.key,
+        timeoutMs,
+        code: error.code,
+      },
+      `handler timed out after ${timeoutMs} ms; its signal was aborted and the event will be retried`,
+    );
   }
 
   async function runItem(item: Item): Promise<Step> {
     if (stopping || item.work.generation !== generation) return { kind: "abandon" };
     if (rebalancing) return { kind: "later", when: rebalanceSettled.promise };
     if (item.pendingDeadLetter) return writeDeadLetter(item);
+    if (!item.waitedForFenced) {
+      // A call of this conversation from before the last rebalance still runs (it
+      // ignored its aborted signal): wait for it, bounded, so the two never overlap.
+      const old = calls.fenced(item.key);
+      if (old) {
+        item.waitedForFenced = true;
+        return { kind: "later", when: Promise.race([old.settled, sleep(fenceBoundMs(), stopSleeps.signal)]) };
+      }
+    }
+    if (item.replay) return runReplay(item, item.replay);
+    item.startedAt ??= Date.now();
+    held.add(item);
+    if (item.skip) return applySkip(item, item.skip);
     const { decoded } = item;
     if (!decoded.ok) {
       counts.failed++;
@@ -755,26 +1049,32 @@ export function createRuntime(options: RuntimeOptions): Runtime {
         item.attempts ??= new Map();
         const attempt = (item.attempts.get(registration) ?? 0) + 1;
         item.attempts.set(registration, attempt);
-        const ctx = context(item, attempt);
         const duration = typeMetrics(event.type).duration;
         const startedAt = performance.now();
+        let outcome: CallOutcome;
         try {
-          await breaker.fire(() => callHandler(registration.handler, event, ctx));
+          outcome = await callOnce(item, registration, attempt);
         } catch (error) {
           duration.observe((performance.now() - startedAt) / 1000);
           if (error instanceof BreakerOpenError) {
             item.attempts.set(registration, attempt - 1);
             return breaker.state === "closed" ? later(50) : { kind: "later", when: breaker.nextTransition() };
           }
+          if (error instanceof HandlerTimeoutError) onTimeout(item, error, registration.handlerTimeoutMs);
+          if (item.skip) return applySkip(item, item.skip);
           return await onFailure(item, registration, error);
         }
         duration.observe((performance.now() - startedAt) / 1000);
+        // Aborted by a fence or a stop: whatever it did, it is not counted as handled.
+        if (outcome.kind === "aborted") return { kind: "abandon" };
         item.remaining.shift();
         item.systemFailures = 0;
+        item.systemSince = null;
       }
     } finally {
       if (probe) probeInFlight = false;
     }
+    forgetFailures(item);
     counts.processed++;
     typeMetrics(event.type).handled.inc();
     endToEnd.observe(Math.max(0, Date.now() - event.time.getTime()) / 1000);
@@ -782,33 +1082,35 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   }
 
   // ---- replay of dead letters -----------------------------------------------------
+  //
+  // Only the instance that owns a dead letter's partition claims it, and runs it in
+  // its conversation's queue: never at the same time as a live event of that
+  // conversation (R2). Claims are renewed while held; the final mark is retried in
+  // the queue until written, without running the handlers again.
+
+  /** How long a claim lasts without renewal; renewed every third of it. */
+  const claimTtlMs = 5 * 60_000;
+  /** Dead letters this instance holds (claimed, queued or running), by id. */
+  const replaysHeld = new Map<string, Item>();
 
   let replayBusy = false;
   async function replayPoll(): Promise<void> {
-    if (replayBusy || stopping || rebalancing || breaker.state !== "closed") return;
+    if (replayBusy || stopping || rebalancing || breaker.state !== "closed" || assigned.size === 0) return;
     replayBusy = true;
     try {
-      const { rows } = await pool.query<{
-        id: string;
-        record_key: string | null;
-        headers: Record<string, string>;
-        value: Buffer | null;
-        partition: number;
-        offset: string;
-      }>(
+      const { rows } = await pool.query<ReplayRow>(
         `UPDATE dead_letters d SET claimed_by = $2, claimed_at = now()
          FROM (SELECT id FROM dead_letters
-               WHERE subscription = $1 AND status = 'replaying'
-                 AND (claimed_at IS NULL OR claimed_at < now() - interval '5 minutes')
+               WHERE subscription = $1 AND status = 'replaying' AND topic = $3 AND partition = ANY($4::int[])
+                 AND (claimed_at IS NULL OR claimed_at < now() - make_interval(secs => $5::double precision / 1000))
+                 AND NOT (id::text = ANY($6::text[]))
                ORDER BY id LIMIT 20 FOR UPDATE SKIP LOCKED) c
          WHERE d.id = c.id
-         RETURNING d.id::text AS id, d.record_key, d.headers, d.value, d.partition, d."offset"::text AS "offset"`,
-        [subscription, instanceId],
+         RETURNING d.id::text AS id, d.record_key, d.headers, d.value, d.partition, d."offset"::text AS "offset",
+           d.conversation_id, d.handlers_succeeded, d.replay_all_handlers`,
+        [subscription, instanceId, topic, [...assigned], claimTtlMs, [...replaysHeld.keys()]],
       );
-      for (const row of rows) {
-        if (stopping) break;
-        await replayOne(row);
-      }
+      for (const row of rows) enqueueReplay(row);
     } catch (error) {
       logger.warn({ err: error }, "polling dead letters to replay failed; trying again");
     } finally {
@@ -816,64 +1118,164 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     }
   }
 
+  function enqueueReplay(row: ReplayRow): void {
+    if (!assigned.has(row.partition) || stopping) {
+      void releaseReplayClaims([row.id]);
+      return;
+    }
+    const work = workFor(row.partition);
+    const decoded = decodeRecord({ key: row.record_key, headers: row.headers, value: row.value });
+    const key = decoded.ok ? decoded.event.conversationId : (row.conversation_id ?? row.record_key ?? noKey);
+    const message = {
+      key: row.record_key === null ? null : Buffer.from(row.record_key),
+      value: row.value,
+      headers: row.headers,
+      offset: row.offset,
+      timestamp: "0",
+      attributes: 0,
+    } as KafkaMessage;
+    const item: Item = {
+      ...newItem(work, key, BigInt(row.offset), message, decoded),
+      replay: { row, mark: null },
+    };
+    replaysHeld.set(row.id, item);
+    work.queues.push(key, item);
+    checkBackPressure(work);
+  }
+
+  /** Renews this instance's claims, so that a long replay is never claimed twice. */
+  async function renewReplayClaims(): Promise<void> {
+    if (replaysHeld.size === 0) return;
+    await pool
+      .query(
+        "UPDATE dead_letters SET claimed_at = now() WHERE id::text = ANY($1::text[]) AND claimed_by = $2 AND status = 'replaying'",
+        [[...replaysHeld.keys()], instanceId],
+      )
+      .catch((error) => logger.warn({ err: error }, "renewing dead-letter claims failed; trying again"));
+  }
+
+  /** Gives claims back (their queue was dropped): the partition's owner claims them again. */
+  async function releaseReplayClaims(ids: string[]): Promise<void> {
+    if (ids.length === 0) return;
+    await pool
+      .query(
+        "UPDATE dead_letters SET claimed_by = NULL, claimed_at = NULL WHERE id::text = ANY($1::text[]) AND claimed_by = $2",
+        [ids, instanceId],
+      )
+      .catch((error) => logger.warn({ err: error }, "releasing dead-letter claims failed; they expire"));
+  }
+
+  /** Writes the replay's outcome; only while this instance still holds the claim. */
   async function markReplay(id: string, status: "replayed" | "waiting", error: string | null): Promise<void> {
     await pool.query(
       `UPDATE dead_letters SET status = $2, status_changed_at = now(), replay_count = replay_count + 1,
          last_replay_error = $3, claimed_by = NULL, claimed_at = NULL
-       WHERE id = $1 AND claimed_by = $4`,
+       WHERE id = $1 AND claimed_by = $4 AND status = 'replaying'`,
       [id, status, error, instanceId],
     );
   }
 
-  async function replayOne(row: {
-    id: string;
-    record_key: string | null;
-    headers: Record<string, string>;
-    value: Buffer | null;
-    partition: number;
-    offset: string;
-  }): Promise<void> {
-    const decoded = decodeRecord({ key: row.record_key, headers: row.headers, value: row.value });
+  /** Runs a claimed dead letter in its conversation's queue (see runItem). */
+  async function runReplay(item: Item, replay: NonNullable<Item["replay"]>): Promise<Step> {
+    const { row } = replay;
     const log = logger.child({ deadLetterId: row.id, partition: row.partition, offset: row.offset });
-    if (!decoded.ok) {
-      await markReplay(row.id, "waiting", `${decoded.code}: ${decoded.reason}`);
-      log.warn(`replayed dead letter is still poison: ${decoded.reason}`);
-      return;
+    if (!replay.mark) replay.mark = await replayHandlers(item, row, log);
+    if ("step" in replay.mark) {
+      const step = replay.mark.step;
+      replay.mark = null;
+      return step;
     }
-    const event = decoded.event;
-    for (const registration of handlersFor(event.type)) {
-      const ctx: HandlerContext = {
-        subscription,
-        conversationId: event.conversationId,
-        partition: row.partition,
-        offset: row.offset,
-        attempt: 1,
-        replay: true,
-        logger: log,
-        signal: abortHandlers.signal,
-      };
+    try {
+      await markReplay(row.id, replay.mark.status, replay.mark.error);
+    } catch (error) {
+      item.deadLetterWriteFailures++;
+      log.warn(
+        { err: error },
+        "writing the replay's outcome failed; retrying (the handlers are not run again)",
+      );
+      return later(systemRetryDelay(item.deadLetterWriteFailures, config.systemRetry), item);
+    }
+    if (replay.mark.status === "replayed") {
+      metrics.handled.inc({ subscription, type: item.decoded.ok ? item.decoded.event.type : "poison" });
+      log.info("dead letter replayed");
+    } else log.warn(`replayed dead letter failed again; it is waiting again: ${replay.mark.error}`);
+    return { kind: "done" };
+  }
+
+  /** Runs the handlers a replay still needs; resolves with the mark to write, or a step. */
+  async function replayHandlers(
+    item: Item,
+    row: ReplayRow,
+    log: Logger,
+  ): Promise<{ status: "replayed" | "waiting"; error: string | null } | { step: Step }> {
+    const { decoded } = item;
+    if (!decoded.ok) return { status: "waiting", error: `${decoded.code}: ${decoded.reason}` };
+    const done = new Set(row.replay_all_handlers ? [] : row.handlers_succeeded);
+    item.remaining ??= handlersFor(decoded.event.type).filter((r) => !done.has(registrations.indexOf(r)));
+    if (breaker.state === "open") return { step: { kind: "later", when: breaker.nextTransition() } };
+    while (item.remaining.length > 0) {
+      const registration = item.remaining[0]!;
+      item.attempts ??= new Map();
+      const attempt = (item.attempts.get(registration) ?? 0) + 1;
+      item.attempts.set(registration, attempt);
+      let outcome: CallOutcome;
       try {
-        await breaker.fire(async () => registration.handler(event, ctx));
+        outcome = await callOnce(item, registration, attempt);
       } catch (error) {
-        if (error instanceof BusinessError) {
-          await markReplay(row.id, "waiting", `${error.code}: ${error.message}`);
-          log.warn({ err: error }, "replayed dead letter failed again; it is waiting again");
-          return;
-        }
-        // A system failure (or open breaker): give the claim back and try again later.
-        await pool.query("UPDATE dead_letters SET claimed_by = NULL, claimed_at = NULL WHERE id = $1", [
-          row.id,
-        ]);
-        log.warn({ err: error }, "replay hit a system failure; it will be tried again");
-        return;
+        if (error instanceof BreakerOpenError) return { step: later(50) };
+        if (error instanceof BusinessError)
+          return { status: "waiting", error: `${error.code}: ${error.message}` };
+        if (error instanceof HandlerTimeoutError) onTimeout(item, error, registration.handlerTimeoutMs);
+        // A system failure: retried in the queue with back-off, holding the conversation.
+        item.systemFailures++;
+        item.systemSince ??= new Date();
+        item.lastError = error;
+        log.warn({ err: error }, "replay hit a system failure; retrying");
+        return { step: later(systemRetryDelay(item.systemFailures, config.systemRetry), item) };
       }
+      if (outcome.kind === "aborted") return { step: { kind: "abandon" } };
+      item.remaining.shift();
+      item.systemFailures = 0;
+      item.systemSince = null;
     }
-    await markReplay(row.id, "replayed", null);
-    metrics.handled.inc({ subscription, type: event.type });
-    log.info("dead letter replayed");
+    return { status: "replayed", error: null };
   }
 
   // ---- status -----------------------------------------------------------------------
+
+  function stuckRecord(item: Item): StuckRecord {
+    const event = item.decoded.ok ? item.decoded.event : null;
+    let attempts = 0;
+    for (const n of item.attempts?.values() ?? []) attempts += n;
+    return {
+      partition: item.work.partition,
+      offset: item.message.offset,
+      eventType: event?.type ?? null,
+      conversationId: event?.conversationId ?? null,
+      error: item.lastError === undefined ? "" : describe(item.lastError),
+      attempts,
+      since: (item.systemSince ?? new Date()).toISOString(),
+    };
+  }
+
+  /**
+   * Applies pending operator skips of this subscription to records this instance
+   * holds in retry: the record is woken and, at its next run, becomes an `operator`
+   * dead letter (writeDeadLetter marks the request applied). Requests for partitions
+   * this instance does not own, or records it does not hold, are left for the owner.
+   */
+  async function applyOperatorSkips(): Promise<void> {
+    const requests = await pendingSkips(pool, subscription);
+    for (const request of requests) {
+      if (request.topic !== topic || !assigned.has(request.partition)) continue;
+      for (const item of held) {
+        if (item.work.partition !== request.partition || item.message.offset !== request.offset) continue;
+        if (item.skip || (item.systemSince === null && item.businessFailures === null)) continue;
+        item.skip = request;
+        item.wake?.();
+      }
+    }
+  }
 
   let statusBusy = false;
   async function publishStatus(): Promise<void> {
@@ -905,8 +1307,11 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       } catch (error) {
         logger.debug({ err: error }, "reading Kafka offsets for the status failed");
       }
-      metrics.inFlight.set({ subscription }, Math.max(0, counts.inFlight));
-      await publishSubscriptionStatus(pool, subscription, instanceId, state());
+      const current = state();
+      metrics.inFlight.set({ subscription }, current.inFlight);
+      metrics.oldestInFlight.set({ subscription }, (current.oldestInFlightMs ?? 0) / 1000);
+      await publishSubscriptionStatus(pool, subscription, instanceId, current);
+      await applyOperatorSkips();
       const waiting = await countWaitingDeadLetters(pool);
       metrics.deadLettersWaiting.set({ subscription }, waiting[subscription] ?? 0);
     } catch (error) {
@@ -931,11 +1336,22 @@ export function createRuntime(options: RuntimeOptions): Runtime {
             paused: kafkaPaused.has(partition),
           }) as PartitionStatus,
       );
+    const now = Date.now();
+    let oldest: number | null = null;
+    const stuck: StuckRecord[] = [];
+    for (const item of held) {
+      if (item.startedAt !== null && (oldest === null || item.startedAt < oldest)) oldest = item.startedAt;
+      if (item.systemSince && now - item.systemSince.getTime() >= config.stuckAfterMs)
+        stuck.push(stuckRecord(item));
+    }
+    stuck.sort((a, b) => a.partition - b.partition || Number(BigInt(a.offset) - BigInt(b.offset)));
     return {
       group: subscription,
       topic,
       breaker: breaker.state,
-      inFlight: Math.max(0, counts.inFlight),
+      inFlight: inFlightCount(),
+      oldestInFlightMs: oldest === null ? null : now - oldest,
+      stuck,
       processed: counts.processed,
       failed: counts.failed,
       deadLettered: counts.deadLettered,
@@ -965,11 +1381,16 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       onAssignment(payload.memberAssignment[topic] ?? []);
     });
     created.on(created.events.REBALANCING, () => {
-      if (consumer !== created) return;
-      rebalancing = true;
-      // Commit what finished outside a batch (after a retry) while the old generation
-      // is still valid (kafkajs #28); the group accepts it until the rejoin completes.
-      void commitQuietly();
+      if (consumer !== created || stopping) return;
+      // kafkajs emits this and rejoins at once; a synchronous throw from this listener
+      // makes it retry the rejoin after a short back-off instead (its retrier). So the
+      // rejoin waits until running calls are fenced and finished work is committed
+      // (kafkajs #28), for as long as kafkajs's retries last (`kafkaRetries`); a fetch
+      // in between is held in eachBatch until the fence is done.
+      const current = startFence("rebalance");
+      if (!current.done) {
+        throw new Error("chatbus: fencing in-flight handlers before rejoining the group");
+      }
     });
     created.on(created.events.CRASH, ({ payload }) => {
       if (consumer !== created || stopping) return;
@@ -1004,6 +1425,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       instanceId,
       message: `The Kafka consumer of subscription ${subscription} crashed and is being restarted.`,
     });
+    const fenced = startFence("restart");
     generation++;
     dropAllWork();
     assigned.clear();
@@ -1012,7 +1434,8 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     restartDelayMs = Math.min(restartDelayMs * 2, 30_000);
     void (async () => {
       await crashed.disconnect().catch(() => {});
-      await sleep(delay, stopSleeps.signal);
+      // The new consumer's queues must not overlap calls of the crashed one.
+      await Promise.all([fenced.promise, sleep(delay, stopSleeps.signal)]);
       if (stopping || consumer !== crashed) return;
       try {
         await startConsumer();
@@ -1087,6 +1510,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     timers.push(setInterval(() => void commitQuietly(), config.commitIntervalMs));
     timers.push(setInterval(() => void publishStatus(), config.statusIntervalMs));
     timers.push(setInterval(() => void replayPoll(), config.replayPollMs));
+    timers.push(setInterval(() => void renewReplayClaims(), claimTtlMs / 3));
     void publishStatus();
     logger.info(
       { topic, instanceId, concurrency: config.concurrency, handlers: registrations.map((r) => r.type) },
@@ -1116,10 +1540,12 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       if (typeof handler !== "function") {
         throw new ValidationError("handler", "type", "runtime.on: `handler` must be a function.");
       }
+      const resolved = resolveRegistration(registrationOptions);
       registrations.push({
         type,
         handler: handler as Handler<ChatEventType>,
-        businessRetry: resolveRegistration(registrationOptions),
+        businessRetry: resolved.businessRetry,
+        handlerTimeoutMs: resolved.handlerTimeoutMs ?? config.handlerTimeoutMs,
       });
       return runtime;
     },
@@ -1157,10 +1583,15 @@ export function createRuntime(options: RuntimeOptions): Runtime {
         logger.warn(
           `handlers still running after ${config.shutdownTimeoutMs} ms; aborting them (their events are redelivered)`,
         );
-        abortHandlers.abort();
-        await withDeadline(running(), 2000);
+        // An aborted call is never committed as handled, even if it resolves now (R5).
+        const aborted = RunningCalls.whenSettled(calls.abortAll("stop"));
+        await withDeadline(Promise.all([running(), aborted]), 2000);
       }
       await commitQuietly();
+      // Give replay claims back before the pool closes, so the next owner need not wait for them to expire.
+      const claims = [...replaysHeld.keys()];
+      replaysHeld.clear();
+      await releaseReplayClaims(claims);
       dropAllWork();
       await consumer?.disconnect().catch((error) => logger.warn({ err: error }, "leaving the group failed"));
       stopped = true;

@@ -37,12 +37,23 @@ export interface BatchResult {
   /** Applied events by type. */
   applied: Record<string, number>;
   duplicates: number;
-  deadLettered: { poison: number; business: number };
+  deadLettered: Record<DeadLetterClass, number>;
   /** `ce_time` of every applied event (end-to-end latency is measured after commit). */
   eventTimes: Date[];
   /** First and last offset handled (inclusive), or null when everything was skipped. */
   range: { from: string; to: string } | null;
 }
+
+/** The failure classes the materialiser writes dead letters of. */
+export type DeadLetterClass = "poison" | "business" | "data" | "operator";
+
+/** An empty `deadLettered` count. */
+export const noDeadLetters = (): Record<DeadLetterClass, number> => ({
+  poison: 0,
+  business: 0,
+  data: 0,
+  operator: 0,
+});
 
 /** Who applies: the subscription name that dead letters carry. */
 export interface ApplyContext {
@@ -51,6 +62,22 @@ export interface ApplyContext {
   /** Schema of the projection (for the NOTIFY channel). */
   schema: string;
   subscription: string;
+  /**
+   * Decides whether a batch may start above the stored offset (records in between were
+   * never applied). Absent: gaps are accepted (a rebuild reads the whole log itself).
+   * The live materialiser refuses a gap unless it has just sought back to the stored
+   * offset and Kafka still delivers nothing in between (transaction markers,
+   * retention, a projection created after the log start).
+   */
+  acceptGap?: (first: string, stored: string | null) => boolean;
+}
+
+/** Turns every record of the batch into a dead letter of this class (bisect, operator skip). */
+export interface DeadLetterAll {
+  failureClass: "data" | "operator";
+  code: string;
+  message: string;
+  attempts: number;
 }
 
 interface ConversationState {
@@ -65,6 +92,8 @@ interface ConversationState {
   loadedLastSeq: number;
   lastMessageAt: Date | null;
   lastActivityAt: Date;
+  /** The Kafka partition that holds the conversation (one conversation, one partition). */
+  partition: number;
   isNew: boolean;
   dirty: boolean;
 }
@@ -117,9 +146,10 @@ interface DeadLetterRow {
   eventId: string | null;
   eventType: string | null;
   conversationId: string | null;
-  failureClass: "poison" | "business";
+  failureClass: DeadLetterClass;
   code: string;
   message: string;
+  attempts: number;
 }
 
 /** A business rule the event broke; it is dead-lettered with this code and message. */
@@ -152,26 +182,63 @@ function statementName(text: string): string {
   return `chatbus_materialiser_${createHash("sha1").update(text).digest("hex").slice(0, 16)}`;
 }
 
+/**
+ * PostgreSQL text and jsonb cannot hold U+0000 (in JSON, the escape `\\u0000`): a dead
+ * letter's descriptive columns replace it with U+FFFD so that the dead letter itself can
+ * always be stored; the record's value is kept byte for byte (bytea).
+ */
+const storable = (text: string) => text.replaceAll("\u0000", "\ufffd").replaceAll("\\u0000", "\\ufffd");
+
 const iso = (d: Date | null) => (d === null ? null : d.toISOString());
 
-/** Applies `records` (one partition, ascending offsets) atomically with the stored offset, on `client`. */
+/** A result that applied nothing. */
+export const emptyResult = (): BatchResult => ({
+  handled: 0,
+  skipped: 0,
+  applied: {},
+  duplicates: 0,
+  deadLettered: noDeadLetters(),
+  eventTimes: [],
+  range: null,
+});
+
+/**
+ * Applies `records` (one partition, ascending offsets) atomically with the stored
+ * offset, on `client`. With `deadLetterAll`, the records are not folded but written as
+ * dead letters of that class (with the offset): how a bisect isolates a record the
+ * database refuses and how an operator skip moves a partition on.
+ */
 export async function applyBatch(
   client: pg.PoolClient,
   context: ApplyContext,
   records: BatchRecord[],
+  deadLetterAll?: DeadLetterAll,
 ): Promise<BatchResult> {
-  const result: BatchResult = {
-    handled: 0,
-    skipped: 0,
-    applied: {},
-    duplicates: 0,
-    deadLettered: { poison: 0, business: 0 },
-    eventTimes: [],
-    range: null,
-  };
+  const result = emptyResult();
   if (records.length === 0) return result;
-  await fold(client, context, records, result);
+  await fold(client, context, records, result, deadLetterAll);
   return result;
+}
+
+/**
+ * The batch starts above the stored offset: the records in between were never applied
+ * (a restore that lost commits, a projection re-created under the same group). Nothing
+ * was written; the consumer seeks back to `stored`.
+ */
+export class OffsetGapError extends Error {
+  readonly code = "CHATBUS_OFFSET_GAP";
+  constructor(
+    readonly topic: string,
+    readonly partition: number,
+    /** The stored next offset ("0" when the partition has no row yet). */
+    readonly stored: string,
+    readonly first: string,
+  ) {
+    super(
+      `batch of ${topic}/${partition} starts at offset ${first} but the projection's stored offset is ${stored}: records ${stored}..${BigInt(first) - 1n} were never applied; seeking back to ${stored}.`,
+    );
+    this.name = "OffsetGapError";
+  }
 }
 
 /** Another writer moved the partition's offset since the load: retry the batch (nothing was written). */
@@ -191,12 +258,25 @@ async function fold(
   context: ApplyContext,
   records: BatchRecord[],
   result: BatchResult,
+  deadLetterAll?: DeadLetterAll,
 ): Promise<void> {
   let deadLetters: DeadLetterRow[] = [];
   let decoded: { record: BatchRecord; event: ChatEvent }[] = [];
   for (const record of records) {
     const outcome = decodeRecord(record);
-    if (outcome.ok) {
+    if (outcome.ok && deadLetterAll) {
+      deadLetters.push({
+        offset: record.offset,
+        record,
+        eventId: outcome.event.id,
+        eventType: outcome.event.type,
+        conversationId: outcome.event.conversationId,
+        failureClass: deadLetterAll.failureClass,
+        code: deadLetterAll.code,
+        message: deadLetterAll.message,
+        attempts: deadLetterAll.attempts,
+      });
+    } else if (outcome.ok) {
       decoded.push({ record, event: outcome.event });
     } else {
       const headers = headersAsJson(record.headers);
@@ -209,6 +289,7 @@ async function fold(
         failureClass: "poison",
         code: outcome.code,
         message: outcome.reason,
+        attempts: 1,
       });
     }
   }
@@ -238,6 +319,7 @@ async function fold(
   // Event ids applied before (the same record produced twice lands at another offset).
   const seen = new Set<string>();
   let nextOffset = 0n;
+  let stored: string | null = null;
   {
     // One round trip for everything the fold needs to know (JSON keeps it one row).
     const { rows } = await client.query<{
@@ -251,7 +333,7 @@ async function fold(
       text: `SELECT
          (SELECT coalesce(json_agg(c), '[]') FROM (
             SELECT conversation_id, kind, title, created_by, created_at, created_event_id, last_seq,
-                   last_message_at, last_activity_at
+                   last_message_at, last_activity_at, partition
               FROM conversations WHERE conversation_id = ANY($1::text[])) c) AS conversations,
          (SELECT coalesce(json_agg(m), '[]') FROM (
             SELECT conversation_id, user_id, role, joined_at, joined_offset, joined_seq, left_at, left_offset,
@@ -294,6 +376,7 @@ async function fold(
         loadedLastSeq: Number(r.last_seq),
         lastMessageAt: date(r.last_message_at),
         lastActivityAt: date(r.last_activity_at)!,
+        partition: Number(r.partition),
         isNew: false,
         dirty: false,
       });
@@ -345,6 +428,7 @@ async function fold(
     }
     for (const id of loaded.seen) seen.add(id);
     nextOffset = BigInt(loaded.next_offset ?? 0);
+    stored = loaded.next_offset === null ? null : String(loaded.next_offset);
   }
   // Records below the stored offset were applied before (a crash, rebalance or redelivery).
   const expected = nextOffset.toString();
@@ -353,6 +437,10 @@ async function fold(
   const todo = records.filter((r) => BigInt(r.offset) >= nextOffset);
   result.skipped = records.length - todo.length;
   if (todo.length === 0) return;
+  // Never apply across a gap: what lies between was never applied (see OffsetGapError).
+  const first = todo[0]!.offset;
+  if (BigInt(first) > nextOffset && context.acceptGap && !context.acceptGap(first, stored))
+    throw new OffsetGapError(context.topic, context.partition, nextOffset.toString(), first);
   const last = todo[todo.length - 1]!.offset;
   result.range = { from: todo[0]!.offset, to: last };
   result.handled = todo.length;
@@ -385,8 +473,15 @@ async function fold(
         "CHATBUS_CONVERSATION_NOT_FOUND",
         `${event.type} for conversation "${event.conversationId}", which does not exist (no chat.conversation.created before it in the log).`,
       );
+    if (c.partition !== context.partition) throw wrongPartition(event, c);
     return c;
   };
+  // Two partition writers of one conversation would overwrite each other's rows.
+  const wrongPartition = (event: ChatEvent, c: ConversationState) =>
+    new RuleBroken(
+      "CHATBUS_WRONG_PARTITION",
+      `${event.type} for conversation "${c.id}" arrived in partition ${context.partition}, but the conversation lives in partition ${c.partition} (its first event was stored there): a conversation's events must all be in one partition (a changed partition count or a producer with a stale one?).`,
+    );
   const needMember = (event: ChatEvent, userId: string, action: string) => {
     const m = activeMember(event.conversationId, userId);
     if (!m)
@@ -458,7 +553,9 @@ async function fold(
       };
       switch (event.type) {
         case "chat.conversation.created": {
-          if (conversations.has(event.conversationId))
+          const existing = conversations.get(event.conversationId);
+          if (existing && existing.partition !== context.partition) throw wrongPartition(event, existing);
+          if (existing)
             throw new RuleBroken(
               "CHATBUS_CONVERSATION_EXISTS",
               `conversation "${event.conversationId}" already exists; a second chat.conversation.created is ignored.`,
@@ -475,6 +572,7 @@ async function fold(
             loadedLastSeq: 0,
             lastMessageAt: null,
             lastActivityAt: event.time,
+            partition: context.partition,
             isNew: true,
             dirty: true,
           };
@@ -625,6 +723,7 @@ async function fold(
         failureClass: "business",
         code: error.code,
         message: error.message,
+        attempts: 1,
       });
     }
   }
@@ -878,30 +977,33 @@ async function write(
                                  event_type, conversation_id, failure_class, error_code, error_message, attempts,
                                  first_failed_at, last_failed_at)
        SELECT $1, $2, $3, "offset", record_key, headers::jsonb, decode(value, 'base64'), event_id, event_type,
-              conversation_id, failure_class, error_code, error_message, 1, now(), now()
+              conversation_id, failure_class, error_code, error_message, attempts, now(), now()
          FROM unnest($4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
-                     $11::text[], $12::text[], $13::text[])
+                     $11::text[], $12::text[], $13::text[], $14::int[])
            AS x("offset", record_key, headers, value, event_id, event_type, conversation_id, failure_class,
-                error_code, error_message)
+                error_code, error_message, attempts)
        ON CONFLICT (subscription, topic, partition, "offset") DO NOTHING`,
       [
         context.subscription,
         context.topic,
         p,
         dl.map((d) => d.offset),
-        dl.map((d) => (d.record.key === null || d.record.key === undefined ? null : d.record.key.toString())),
-        dl.map((d) => JSON.stringify(headersAsJson(d.record.headers))),
+        dl.map((d) =>
+          d.record.key === null || d.record.key === undefined ? null : storable(d.record.key.toString()),
+        ),
+        dl.map((d) => storable(JSON.stringify(headersAsJson(d.record.headers)))),
         dl.map((d) =>
           d.record.value === null || d.record.value === undefined
             ? null
             : Buffer.from(d.record.value).toString("base64"),
         ),
-        dl.map((d) => d.eventId),
-        dl.map((d) => d.eventType),
-        dl.map((d) => d.conversationId),
+        dl.map((d) => d.eventId && storable(d.eventId)),
+        dl.map((d) => d.eventType && storable(d.eventType)),
+        dl.map((d) => d.conversationId && storable(d.conversationId)),
         dl.map((d) => d.failureClass),
-        dl.map((d) => d.code),
-        dl.map((d) => d.message),
+        dl.map((d) => storable(d.code)),
+        dl.map((d) => storable(d.message)),
+        dl.map((d) => d.attempts),
       ],
     );
   }

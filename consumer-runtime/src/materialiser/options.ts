@@ -20,6 +20,8 @@ export const MaterialiserSettings = Type.Object(
     sessionTimeoutMs: Type.Optional(Type.Integer({ minimum: 6000 })),
     measureLatency: Type.Optional(Type.Boolean()),
     notify: Type.Optional(Type.Boolean()),
+    stuckAfterMs: Type.Optional(Type.Integer({ minimum: 100 })),
+    statementTimeoutMs: Type.Optional(Type.Integer({ minimum: 100 })),
   },
   { additionalProperties: false },
 );
@@ -40,6 +42,8 @@ export const materialiserDefaults = {
   maxBytesPerPartition: 4 * 1024 * 1024, // 4 MiB per partition fetch
   sessionTimeoutMs: 30_000, // 30 s
   measureLatency: true, // observe chatbus_end_to_end_latency_seconds (off for rebuilds)
+  stuckAfterMs: 60_000, // a record retried (system failures) this long is published as stuck
+  statementTimeoutMs: 30_000, // every statement of the materialiser's connections
 } as const;
 
 const check = TypeCompiler.Compile(MaterialiserSettings);

@@ -25,6 +25,7 @@ import { markSkipApplied, pendingSkips, type SkipRequest } from "../status/skips
 import type { StuckRecord } from "../status/store.ts";
 import { type ApplyContext, type BatchResult, OffsetGapError } from "./apply-batch.ts";
 import { type ApplyHooks, applyIsolated, backoffMs } from "./apply-isolated.ts";
+import { configureConnections } from "./connections.ts";
 import { replayMaterialiserDeadLetters } from "./dead-letter-replay.ts";
 import { type MaterialiserSettings, materialiserDefaults, validateMaterialiserSettings } from "./options.ts";
 
@@ -141,31 +142,6 @@ async function deadLetterId(
   return rows[0]?.id ?? null;
 }
 
-/**
- * Every connection of the materialiser's pool gets a statement timeout and TCP
- * keep-alive, so that a hung connection or a silently dropped peer cannot stall a batch
- * for ever (the batch fails as a system failure and is retried). New connections get
- * them from the pool's options; connections the pool already holds are set on their
- * first use after start (a SET per connection, once).
- */
-function configureConnections(pool: pg.Pool, statementTimeoutMs: number): void {
-  const options = (pool as unknown as { options: Record<string, unknown> }).options;
-  options.keepAlive = true;
-  options.keepAliveInitialDelayMillis ??= 10_000;
-  if (options.statement_timeout === undefined) options.statement_timeout = statementTimeoutMs;
-  pool.on("acquire", (client) => {
-    const c = client as unknown as { chatbusConfigured?: boolean; connection?: { stream?: unknown } };
-    if (c.chatbusConfigured) return;
-    c.chatbusConfigured = true;
-    const stream = c.connection?.stream as
-      | { setKeepAlive?: (on: boolean, delay: number) => void }
-      | undefined;
-    stream?.setKeepAlive?.(true, 10_000);
-    // Queued before the caller's first query on this connection.
-    client.query(`SET statement_timeout = ${Math.floor(statementTimeoutMs)}`).catch(() => {});
-  });
-}
-
 /** Starts the materialiser; resolves once the consumer runs. */
 export async function startMaterialiser(options: MaterialiserOptions): Promise<Materialiser> {
   const { pool, logger, registry, faults, ...settings } = options;
@@ -173,7 +149,7 @@ export async function startMaterialiser(options: MaterialiserOptions): Promise<M
   const d = materialiserDefaults;
   const topic = settings.topic ?? d.topic();
   const brokers = settings.brokers ?? d.brokers();
-  const groupId = settings.groupId ?? d.groupId;
+  const groupId = settings.groupId ?? d.groupId();
   const subscription = settings.subscription ?? d.subscription;
   const instanceId = settings.instanceId ?? `${process.pid}-${randomUUID().slice(0, 8)}`;
   const retryInitialMs = settings.retryInitialMs ?? d.retryInitialMs;
@@ -189,6 +165,8 @@ export async function startMaterialiser(options: MaterialiserOptions): Promise<M
   const onPoolError = (error: Error) => log?.warn({ err: error }, "PostgreSQL connection lost");
   pool.on("error", onPoolError);
   configureConnections(pool, settings.statementTimeoutMs ?? d.statementTimeoutMs);
+  // The breaker is closed from the start (so that /metrics shows it before the first batch).
+  metrics?.breakerState.set(labels, 0);
   const { rows } = await pool.query<{ schema: string }>("SELECT current_schema() AS schema");
   const schema = rows[0]!.schema;
 

@@ -31,7 +31,7 @@ export type MaterialiserSettings = Static<typeof MaterialiserSettings>;
 export const materialiserDefaults = {
   brokers: () => (process.env.KAFKA_BROKERS ?? "127.0.0.1:9092").split(","),
   topic: () => process.env.CHATBUS_TOPIC ?? "chat.events",
-  groupId: "chatbus-materialiser",
+  groupId: () => process.env.CHATBUS_MATERIALISER_GROUP ?? "chatbus-materialiser",
   subscription: "materialiser",
   clientId: "chatbus-materialiser",
   retryInitialMs: 100, // 100 ms, doubled per failed attempt, with full jitter

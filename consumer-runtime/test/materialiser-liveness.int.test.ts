@@ -17,9 +17,9 @@ import {
   type TestSchema,
   uniqueName,
 } from "../../test/support/isolation.ts";
+import { startMaterialiser } from "../src/materialiser/index.ts";
 import { getSkip, requestSkip } from "../src/status/skips.ts";
 import type { SubscriptionState } from "../src/status/store.ts";
-import { startMaterialiser } from "../src/materialiser/index.ts";
 import { produceWorkload, type WorkloadEvent, waitUntilApplied } from "./materialiser-support.ts";
 
 let db: TestSchema;

@@ -187,6 +187,19 @@ describe("a record that keeps failing for a system reason", () => {
         const s = rows[0]?.state;
         return s && s.stuck?.length === 0 && s.breaker === "closed" ? s : undefined;
       });
+      // A request for a record already applied is answered: applied, no dead letter.
+      const late = await requestSkip(db.pool, {
+        subscription: "materialiser",
+        topic,
+        partition: 0,
+        offset: "1",
+        requestedBy: "test-operator",
+      });
+      const answered = await waitFor("the late skip answered", async () => {
+        const s = await getSkip(db.pool, late.id);
+        return s?.appliedAt ? s : undefined;
+      });
+      expect(answered.deadLetterId).toBeNull();
       // Every connection the materialiser creates has TCP keep-alive.
       expect((db.pool as unknown as { options: { keepAlive: boolean } }).options.keepAlive).toBe(true);
     } finally {

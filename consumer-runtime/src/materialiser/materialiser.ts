@@ -256,6 +256,15 @@ export async function startMaterialiser(options: MaterialiserOptions): Promise<M
       (all) => all.filter((s) => s.topic === topic),
       () => skips,
     );
+    // Requests for records this instance has already passed (applied, or skipped just
+    // before a crash) are answered: applied, with the dead letter if there is one.
+    for (const request of skips) {
+      const owned = partitions.get(request.partition);
+      if (!owned || BigInt(request.offset) >= BigInt(owned.committedOffset)) continue;
+      const id = await deadLetterId(pool, subscription, topic, request.partition, request.offset);
+      await markSkipApplied(pool, request.id, instanceId, id);
+      skips = skips.filter((s) => s.id !== request.id);
+    }
     await pool.query(
       `INSERT INTO subscription_status (subscription, instance_id, state, last_seen_at) VALUES ($1, $2, $3, now())
        ON CONFLICT (subscription, instance_id) DO UPDATE SET state = excluded.state, last_seen_at = now()`,

@@ -171,17 +171,91 @@ describe("members and roles", () => {
     expect(world.state.member("c", "bob")!.role).toBe("member");
   });
 
-  it("when a member joins twice, then the second is refused; after leaving they may rejoin", () => {
+  it("when a member is added twice, then the second is a benign no-op; after leaving they may rejoin", () => {
     const world = given(created("c", ["ana", "bob"]));
-    const join = () => event("c", { type: "chat.member.joined", userId: "dan", role: "admin" });
+    const join = () =>
+      event("c", { type: "chat.member.joined", userId: "dan", addedBy: "ana", role: "admin" });
     const changes = world.when(
       join(),
       join(),
       event("c", { type: "chat.member.left", userId: "dan" }),
       join(),
     );
-    expect(codes(changes)).toEqual(["CHATBUS_ALREADY_A_MEMBER"]);
+    expect(codes(changes)).toEqual([]);
+    expect(changes.noops).toEqual({ already_a_member: 1 });
+    expect(changes.eventLog.map((l) => l.event.type)).toEqual([
+      "chat.member.joined",
+      "chat.member.left",
+      "chat.member.joined",
+    ]);
     expect(world.state.member("c", "dan")).toMatchObject({ role: "admin", leftAt: null });
+  });
+
+  it("when a direct conversation is created again with the same two people, then it is a benign no-op", () => {
+    const direct = (members: string[]) =>
+      event("d", { type: "chat.conversation.created", kind: "direct", createdBy: members[0]!, members });
+    const world = given(direct(["ana", "bob"]));
+    const changes = world.when(direct(["bob", "ana"]), direct(["ana", "eve"]));
+    expect(changes.noops).toEqual({ direct_exists: 1 });
+    expect(codes(changes)).toEqual(["CHATBUS_CONVERSATION_EXISTS"]);
+  });
+
+  const joined = (userId: string, addedBy: string | undefined, role?: "owner" | "admin" | "member") =>
+    event("c", {
+      type: "chat.member.joined",
+      userId,
+      ...(addedBy ? { addedBy } : {}),
+      ...(role ? { role } : {}),
+    });
+  const left = (userId: string, removedBy?: string) =>
+    event("c", { type: "chat.member.left", userId, ...(removedBy ? { removedBy } : {}) });
+
+  it("when a non-owner grants a role or someone joins as admin on their own, then it is refused", () => {
+    const world = given(created("c", ["ana", "bob"]), joined("adm", "ana", "admin"));
+    const changes = world.when(
+      joined("x", "bob", "admin"),
+      joined("y", "adm", "owner"),
+      joined("z", undefined, "admin"),
+      joined("w", "eve"),
+    );
+    expect(codes(changes)).toEqual([
+      "CHATBUS_ROLE_FORBIDDEN",
+      "CHATBUS_ROLE_FORBIDDEN",
+      "CHATBUS_ROLE_FORBIDDEN",
+      "CHATBUS_ROLE_FORBIDDEN",
+    ]);
+    expect(changes.refusals[0]!.message).toContain('only an owner grants the role admin: "bob" is member');
+  });
+
+  it("when an owner grants roles and members or admins add plain members, then they are applied", () => {
+    const world = given(created("c", ["ana", "bob"]));
+    const changes = world.when(joined("adm", "ana", "admin"), joined("p1", "adm"), joined("p2", "bob"));
+    expect(codes(changes)).toEqual([]);
+    expect(world.state.member("c", "adm")!.role).toBe("admin");
+  });
+
+  it("when members remove others, then only owners and admins may, admins only plain members, nobody the owner", () => {
+    const world = given(
+      created("c", ["ana", "bob", "cy"]),
+      joined("adm", "ana", "admin"),
+      joined("adm2", "ana", "admin"),
+    );
+    const changes = world.when(left("cy", "bob"), left("adm2", "adm"), left("ana", "adm"), left("cy", "adm"));
+    expect(codes(changes)).toEqual([
+      "CHATBUS_ROLE_FORBIDDEN",
+      "CHATBUS_ROLE_FORBIDDEN",
+      "CHATBUS_ROLE_FORBIDDEN",
+    ]);
+    expect(changes.refusals[2]!.message).toContain("nobody but the owner removes the owner");
+    expect(world.state.member("c", "cy")!.leftAt).not.toBeNull();
+  });
+
+  it("when the last owner leaves, then it is refused; with a second owner they may", () => {
+    const world = given(created("c", ["ana", "bob"]));
+    expect(codes(world.when(left("ana")))).toEqual(["CHATBUS_LAST_OWNER"]);
+    const changes = world.when(joined("co", "ana", "owner"), left("ana"));
+    expect(codes(changes)).toEqual([]);
+    expect(world.state.member("c", "ana")!.leftAt).not.toBeNull();
   });
 
   it("when a non-member leaves, sends or sends receipts, then it is refused", () => {
@@ -207,6 +281,42 @@ describe("members and roles", () => {
     const changes = world.whenIn(1, sent("c", "ana"), created("c"));
     expect(codes(changes)).toEqual(["CHATBUS_WRONG_PARTITION", "CHATBUS_WRONG_PARTITION"]);
     expect(changes.refusals[0]!.message).toContain("lives in partition 0");
+  });
+});
+
+describe("recalls scrub the texts", () => {
+  it("when a message is recalled, then its content is gone and edits earlier in the batch keep no text", () => {
+    const message = sent("c", "ana", "secret");
+    const world = given(created("c"), message);
+    const changes = world.when(
+      event("c", {
+        type: "chat.message.edited",
+        messageId: message.id,
+        editorId: "ana",
+        content: { type: "text", text: "secret edited" },
+      }),
+      event("c", { type: "chat.message.recalled", messageId: message.id, recalledBy: "ana" }),
+    );
+    expect(world.state.messages.get(message.id)!.content).toBeNull();
+    expect(changes.eventLog.map((l) => [l.event.type, l.scrub])).toEqual([
+      ["chat.message.edited", true],
+      ["chat.message.recalled", false],
+    ]);
+    expect(changes.recalled.map((g) => g.eventId)).toEqual([message.id]);
+  });
+
+  it("when an edit is not followed by a recall, then its text is kept", () => {
+    const message = sent("c", "ana");
+    const world = given(created("c"), message);
+    const changes = world.when(
+      event("c", {
+        type: "chat.message.edited",
+        messageId: message.id,
+        editorId: "ana",
+        content: { type: "text", text: "ok" },
+      }),
+    );
+    expect(changes.eventLog[0]!.scrub).toBe(false);
   });
 });
 

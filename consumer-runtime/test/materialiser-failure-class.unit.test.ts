@@ -67,6 +67,7 @@ describe("mergeResults", () => {
       skipped: 0,
       applied: { "chat.message.sent": 1 },
       duplicates: 0,
+      noops: {},
       deadLettered: { poison: 0, business: 0, data, operator: 0 },
       eventTimes: [new Date(0)],
       range: { from, to },

@@ -40,6 +40,8 @@ export interface BatchResult {
   /** Applied events by type. */
   applied: Record<string, number>;
   duplicates: number;
+  /** Benign repeats applied as no-ops, by reason. */
+  noops: Record<string, number>;
   deadLettered: Record<DeadLetterClass, number>;
   /** `ce_time` of every applied event (end-to-end latency is measured after commit). */
   eventTimes: Date[];
@@ -89,6 +91,7 @@ export const emptyResult = (): BatchResult => ({
   skipped: 0,
   applied: {},
   duplicates: 0,
+  noops: {},
   deadLettered: noDeadLetters(),
   eventTimes: [],
   range: null,
@@ -213,6 +216,7 @@ async function fold(
   result.applied = changes.applied;
   result.eventTimes = changes.eventTimes;
   result.duplicates = changes.duplicateCount;
+  result.noops = changes.noops;
   for (const d of deadLetters) result.deadLettered[d.failureClass]++;
   await writeBatch(client, context, changes, deadLetters, { first, last, expected: nextOffset.toString() });
 }

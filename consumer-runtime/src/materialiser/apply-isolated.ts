@@ -56,11 +56,14 @@ export function backoffMs(attempt: number, initialMs: number, maxMs: number): nu
 export function mergeResults(a: BatchResult, b: BatchResult): BatchResult {
   const applied = { ...a.applied };
   for (const [type, n] of Object.entries(b.applied)) applied[type] = (applied[type] ?? 0) + n;
+  const noops = { ...a.noops };
+  for (const [reason, n] of Object.entries(b.noops)) noops[reason] = (noops[reason] ?? 0) + n;
   return {
     handled: a.handled + b.handled,
     skipped: a.skipped + b.skipped,
     applied,
     duplicates: a.duplicates + b.duplicates,
+    noops,
     deadLettered: {
       poison: a.deadLettered.poison + b.deadLettered.poison,
       business: a.deadLettered.business + b.deadLettered.business,

@@ -97,6 +97,8 @@ export interface LoggedRow {
   offset: string;
   event: ChatEvent;
   seq: number | null;
+  /** An edit of a message recalled by the end of the batch: its text is not stored. */
+  scrub: boolean;
 }
 
 /** An event a business rule refused. */
@@ -167,6 +169,10 @@ export interface Changes {
   refusals: Refusal[];
   /** Events skipped as duplicates (same event id, or same clientMsgId). */
   duplicateCount: number;
+  /** Benign repeats applied as no-ops, by reason (`direct_exists`, `already_a_member`). */
+  noops: Record<string, number>;
+  /** Messages recalled by this batch: the texts of their earlier edits are scrubbed. */
+  recalled: MessageState[];
   /** Applied events by type. */
   applied: Record<string, number>;
   /** `ce_time` of every applied event. */
@@ -179,6 +185,11 @@ class RuleBroken {
     readonly code: string,
     readonly message: string,
   ) {}
+}
+
+/** A benign repeat (a direct conversation that exists, adding a member): a no-op, counted. */
+class Benign {
+  constructor(readonly reason: string) {}
 }
 
 /** What a handler sees: the state, the batch's partition and the event's position. */
@@ -319,12 +330,83 @@ function receipt(step: Step<"chat.receipt.delivered" | "chat.receipt.read">, kin
   return event.data.upToSeq;
 }
 
+/** A second creation of a direct conversation with the same two people is a benign repeat. */
+function isSameDirect(
+  state: ProjectionState,
+  c: ConversationState,
+  event: ChatEvent<"chat.conversation.created">,
+) {
+  if (c.kind !== "direct" || event.data.kind !== "direct") return false;
+  const current = (state.membersOf.get(c.id) ?? []).map((m) => m.userId).sort();
+  const asked = [...event.data.members].sort();
+  return current.length === asked.length && current.every((u, i) => u === asked[i]);
+}
+
+const forbidden = (message: string) => new RuleBroken("CHATBUS_ROLE_FORBIDDEN", message);
+
+/**
+ * Only owners grant roles (admin, owner); members add plain members. Without `addedBy`
+ * the event is a join on the user's own behalf (a service decided), as before.
+ */
+function checkAdd(
+  step: Step<ChatEventType>,
+  c: ConversationState,
+  userId: string,
+  role: string,
+  addedBy?: string,
+) {
+  if (addedBy === undefined || addedBy === userId) {
+    if (role !== "member")
+      throw forbidden(
+        `"${userId}" cannot join conversation "${c.id}" as ${role} on their own; only an owner grants roles.`,
+      );
+    return;
+  }
+  const adder = activeMember(step.state, c.id, addedBy);
+  if (!adder)
+    throw forbidden(`"${addedBy}" is not a member of conversation "${c.id}" and cannot add "${userId}".`);
+  if (role !== "member" && adder.role !== "owner")
+    throw forbidden(
+      `only an owner grants the role ${role}: "${addedBy}" is ${adder.role} in conversation "${c.id}".`,
+    );
+}
+
+/**
+ * Owners and admins remove others; admins only plain members; nobody but the owner
+ * removes the owner; a conversation always keeps an owner.
+ */
+function checkRemove(step: Step<ChatEventType>, c: ConversationState, m: MemberState, removedBy?: string) {
+  const self = removedBy === undefined || removedBy === m.userId;
+  if (!self) {
+    const remover = activeMember(step.state, c.id, removedBy);
+    if (!remover || (remover.role !== "owner" && remover.role !== "admin"))
+      throw forbidden(
+        `only an owner or admin removes another member: "${removedBy}" is ${remover ? remover.role : "not a member"} in conversation "${c.id}".`,
+      );
+    if (m.role === "owner")
+      throw forbidden(`nobody but the owner removes the owner: "${removedBy}" cannot remove "${m.userId}".`);
+    if (remover.role === "admin" && m.role !== "member")
+      throw forbidden(`an admin removes plain members only: "${m.userId}" is ${m.role}.`);
+  }
+  if (m.role === "owner") {
+    const owners = (step.state.membersOf.get(c.id) ?? []).filter(
+      (x) => x.leftAt === null && x.role === "owner",
+    );
+    if (owners.length <= 1)
+      throw new RuleBroken(
+        "CHATBUS_LAST_OWNER",
+        `"${m.userId}" is the last owner of conversation "${c.id}"; a conversation always keeps an owner (make someone else owner first).`,
+      );
+  }
+}
+
 /** One function per event type: the compiler insists on every type. */
 const handlers: { [T in ChatEventType]: Handler<T> } = {
   "chat.conversation.created": (step) => {
     const { event, state } = step;
     const existing = state.conversations.get(event.conversationId);
     if (existing && existing.partition !== step.partition) throw wrongPartition(step, existing);
+    if (existing && isSameDirect(state, existing, event)) throw new Benign("direct_exists");
     if (existing)
       throw new RuleBroken(
         "CHATBUS_CONVERSATION_EXISTS",
@@ -352,12 +434,10 @@ const handlers: { [T in ChatEventType]: Handler<T> } = {
   },
   "chat.member.joined": (step) => {
     const c = needConversation(step);
-    const { userId, role } = step.event.data;
-    if (activeMember(step.state, c.id, userId))
-      throw new RuleBroken(
-        "CHATBUS_ALREADY_A_MEMBER",
-        `"${userId}" is already a member of conversation "${c.id}"; a member joins once.`,
-      );
+    const { userId, role, addedBy } = step.event.data;
+    // Adding someone who is a member already changes nothing (a retry, a double click).
+    if (activeMember(step.state, c.id, userId)) throw new Benign("already_a_member");
+    checkAdd(step, c, userId, role ?? "member", addedBy);
     join(step, c, userId, role ?? "member");
     touch(c, step.event.time);
     return null;
@@ -365,6 +445,7 @@ const handlers: { [T in ChatEventType]: Handler<T> } = {
   "chat.member.left": (step) => {
     const c = needConversation(step);
     const m = needMember(step, step.event.data.userId, "leave");
+    checkRemove(step, c, m, step.event.data.removedBy);
     m.leftAt = step.event.time;
     m.leftOffset = step.offset;
     m.dirty = true;
@@ -420,6 +501,8 @@ const handlers: { [T in ChatEventType]: Handler<T> } = {
     const g = changeMessage(step, step.event.data.recalledBy, "recalls");
     g.recalledAt = step.event.time;
     g.recalledBy = step.event.data.recalledBy;
+    // After a recall the text never reaches anyone again: not even in the projection.
+    g.content = null;
     return g.seq;
   },
   "chat.receipt.delivered": (step) => receipt(step, "delivered"),
@@ -438,6 +521,8 @@ export function evolve(state: ProjectionState, partition: number, events: Positi
   const applied: Record<string, number> = {};
   const eventTimes: Date[] = [];
   let duplicateCount = 0;
+  const noops: Record<string, number> = {};
+  const recalled: MessageState[] = [];
   for (const { offset, event } of events) {
     if (state.seen.has(event.id)) {
       duplicateCount++;
@@ -454,15 +539,24 @@ export function evolve(state: ProjectionState, partition: number, events: Positi
         duplicateCount++;
         continue;
       }
-      eventLog.push({ offset, event, seq });
+      eventLog.push({ offset, event, seq, scrub: false });
+      if (event.type === "chat.message.recalled") recalled.push(state.messages.get(event.data.messageId)!);
       state.seen.add(event.id);
       applied[event.type] = (applied[event.type] ?? 0) + 1;
       eventTimes.push(event.time);
     } catch (error) {
+      if (error instanceof Benign) {
+        noops[error.reason] = (noops[error.reason] ?? 0) + 1;
+        continue;
+      }
       if (!(error instanceof RuleBroken)) throw error;
       refusals.push({ offset, event, code: error.code, message: error.message });
     }
   }
+  // Edits of a message recalled later in the same batch do not store their text.
+  for (const row of eventLog)
+    if (row.event.type === "chat.message.edited")
+      row.scrub = state.messages.get(row.event.data.messageId)?.recalledAt != null;
   return {
     conversations: [...state.conversations.values()].filter((c) => c.dirty),
     members: [...state.members.values()].filter((m) => m.dirty),
@@ -472,6 +566,8 @@ export function evolve(state: ProjectionState, partition: number, events: Positi
     eventLog,
     refusals,
     duplicateCount,
+    noops,
+    recalled,
     applied,
     eventTimes,
   };

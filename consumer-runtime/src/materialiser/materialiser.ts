@@ -19,7 +19,7 @@ import { randomUUID } from "node:crypto";
 import { Kafka, type KafkaMessage, logLevel } from "kafkajs";
 import type pg from "pg";
 import type { Logger } from "pino";
-import type { Registry } from "prom-client";
+import { Counter, type Registry } from "prom-client";
 import { type RuntimeMetrics, runtimeMetrics } from "../runtime/metrics.ts";
 import { markSkipApplied, pendingSkips, type SkipRequest } from "../status/skips.ts";
 import type { StuckRecord } from "../status/store.ts";
@@ -127,6 +127,19 @@ export async function restartUntilRunning(
   return false;
 }
 
+/** `chatbus_materialiser_noops_total{subscription, reason}`: benign repeats applied as no-ops. */
+function noopCounter(registry: Registry): Counter<"subscription" | "reason"> {
+  const name = "chatbus_materialiser_noops_total";
+  const existing = registry.getSingleMetric(name);
+  if (existing) return existing as Counter<"subscription" | "reason">;
+  return new Counter({
+    name,
+    help: "Events the materialiser applied as no-ops because they repeat what is already true (reason: direct_exists, already_a_member).",
+    labelNames: ["subscription", "reason"],
+    registers: [registry],
+  });
+}
+
 /** The id of the dead letter stored for a record (null when none). */
 async function deadLetterId(
   pool: pg.Pool,
@@ -157,6 +170,7 @@ export async function startMaterialiser(options: MaterialiserOptions): Promise<M
   const measureLatency = settings.measureLatency ?? d.measureLatency;
   const stuckAfterMs = settings.stuckAfterMs ?? d.stuckAfterMs;
   const metrics: RuntimeMetrics | undefined = registry ? runtimeMetrics(registry) : undefined;
+  const noops = registry ? noopCounter(registry) : undefined;
   const labels = { subscription };
   const log = logger?.child({ subscription, component: "materialiser" });
 
@@ -405,6 +419,7 @@ export async function startMaterialiser(options: MaterialiserOptions): Promise<M
           if (n > 0) metrics?.deadLettered.inc({ ...labels, failure_class: cls }, n);
           state.deadLettered += n;
         }
+        for (const [reason, n] of Object.entries(result.noops)) noops?.inc({ ...labels, reason }, n);
         state.processed += result.handled;
         const last = batch.lastOffset();
         const next = (BigInt(last) + 1n).toString();

@@ -153,7 +153,8 @@ function tableWrites(
            [
              log.map((e) =>
                JSON.stringify(
-                 e.event.type === "chat.message.sent"
+                 // An edit of a message recalled in this batch keeps no text.
+                 e.event.type === "chat.message.sent" || e.scrub
                    ? { ...e.event.data, content: undefined }
                    : e.event.data,
                ),
@@ -163,6 +164,17 @@ function tableWrites(
            [log.map((e) => e.event.time.toISOString()), "timestamptz"],
          ])} AS x("offset", conversation_id, event_id, type, seq, payload, event_time)
         WHERE ${guarded}`);
+  const recalled = changes.recalled.filter((g) => !g.isNew);
+  if (recalled.length > 0)
+    // After a recall, the texts of the message's earlier edits leave the event log too
+    // (SSE resume reads it). Edits of this batch are written without text (scrub above).
+    ctes.push(`UPDATE event_log e SET payload = e.payload - 'content'
+        FROM ${p.unnest([
+          [recalled.map((g) => g.conversationId), "text"],
+          [recalled.map((g) => g.eventId), "text"],
+        ])} AS x(conversation_id, message_id)
+       WHERE e.conversation_id = x.conversation_id AND e.type = 'chat.message.edited'
+         AND e.payload->>'messageId' = x.message_id AND e.payload ? 'content' AND ${guarded}`);
   if (deadLetters.length > 0) ctes.push(deadLetterWrite(p, context, deadLetters, partition));
   return ctes;
 }

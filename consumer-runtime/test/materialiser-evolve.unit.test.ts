@@ -133,16 +133,14 @@ describe("edits and recalls", () => {
     expect(codes(changes)).toEqual(["CHATBUS_NOT_THE_SENDER", "CHATBUS_NOT_THE_SENDER"]);
   });
 
-  it("when a recalled message is edited or recalled again, then it is refused", () => {
+  it("when a recalled message is edited, then it is refused; recalled again, then a benign no-op", () => {
     const message = sent("c", "ana");
-    const world = given(
-      created("c"),
-      message,
-      event("c", { type: "chat.message.recalled", messageId: message.id, recalledBy: "ana" }),
-    );
+    const recall = () =>
+      event("c", { type: "chat.message.recalled", messageId: message.id, recalledBy: "ana" });
+    const world = given(created("c"), message, recall());
     expect(world.state.messages.get(message.id)!.recalledBy).toBe("ana");
     const changes = world.when(
-      event("c", { type: "chat.message.recalled", messageId: message.id, recalledBy: "ana" }),
+      recall(),
       event("c", {
         type: "chat.message.edited",
         messageId: message.id,
@@ -150,7 +148,8 @@ describe("edits and recalls", () => {
         content: { type: "text", text: "x" },
       }),
     );
-    expect(codes(changes)).toEqual(["CHATBUS_MESSAGE_RECALLED", "CHATBUS_MESSAGE_RECALLED"]);
+    expect(codes(changes)).toEqual(["CHATBUS_MESSAGE_RECALLED"]);
+    expect(changes.noops).toEqual({ already_recalled: 1 });
   });
 
   it("when an edit names a message of another conversation or none, then it is refused", () => {

@@ -169,7 +169,7 @@ export interface Changes {
   refusals: Refusal[];
   /** Events skipped as duplicates (same event id, or same clientMsgId). */
   duplicateCount: number;
-  /** Benign repeats applied as no-ops, by reason (`direct_exists`, `already_a_member`). */
+  /** Benign repeats applied as no-ops, by reason (`direct_exists`, `already_a_member`, `already_recalled`). */
   noops: Record<string, number>;
   /** Messages recalled by this batch: the texts of their earlier edits are scrubbed. */
   recalled: MessageState[];
@@ -288,6 +288,9 @@ function changeMessage(
       "CHATBUS_NOT_THE_SENDER",
       `only the sender ${verb} a message: "${actor}" is not the sender ("${g.senderId}") of message ${g.eventId}.`,
     );
+  // Recalling a recalled message again changes nothing (a retry, a double click).
+  if (g.recalledAt !== null && step.event.type === "chat.message.recalled")
+    throw new Benign("already_recalled");
   if (g.recalledAt !== null)
     throw new RuleBroken(
       "CHATBUS_MESSAGE_RECALLED",

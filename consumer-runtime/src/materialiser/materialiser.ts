@@ -134,7 +134,7 @@ function noopCounter(registry: Registry): Counter<"subscription" | "reason"> {
   if (existing) return existing as Counter<"subscription" | "reason">;
   return new Counter({
     name,
-    help: "Events the materialiser applied as no-ops because they repeat what is already true (reason: direct_exists, already_a_member).",
+    help: "Events the materialiser applied as no-ops because they repeat what is already true (reason: direct_exists, already_a_member, already_recalled).",
     labelNames: ["subscription", "reason"],
     registers: [registry],
   });

@@ -397,6 +397,9 @@ export async function startMaterialiser(options: MaterialiserOptions): Promise<M
           consumer.seek({ topic, partition: p, offset: error.stored });
           return;
         } finally {
+          // A stuck record is only shown while its batch is being retried here (not after
+          // the partition was revoked or the materialiser stopped).
+          stuck.delete(p);
           batchesStarted.delete(startedAt);
           if (failing) failingBatches--;
           setBreaker();

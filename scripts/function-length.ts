@@ -34,8 +34,6 @@ export const allowList: Record<string, string> = {
   // start/restart (the runtime engineer may pull pieces out now).
   "consumer-runtime/src/runtime/runtime.ts#createRuntime": "issue 15.1, runtime split",
   // The materialiser engineer's structure item: load / pure evolve / set-based write.
-  "consumer-runtime/src/materialiser/apply-batch.ts#fold": "materialiser split",
-  "consumer-runtime/src/materialiser/apply-batch.ts#write": "materialiser split",
   // Issue 15 (function lengths): the materialiser's loop and its rebuild, not yet split.
   "consumer-runtime/src/materialiser/materialiser.ts#startMaterialiser": "issue 15, materialiser",
   "consumer-runtime/src/materialiser/rebuild.ts#rebuildProjection": "issue 15, materialiser",

@@ -83,8 +83,10 @@ describe("materialiser business rules", () => {
       }),
       // only the sender recalls
       ev("r1", { type: "chat.message.recalled", messageId: sent, recalledBy: "bob" }),
-      // a member joins once
-      ev("r1", { type: "chat.member.joined", userId: "bob" }),
+      // adding a member who is one already is a benign no-op (not a dead letter)
+      ev("r1", { type: "chat.member.joined", userId: "bob", addedBy: "ana" }),
+      // only owners grant roles (bob is a plain member)
+      ev("r1", { type: "chat.member.joined", userId: "dan", addedBy: "bob", role: "admin" }),
       // the conversation must exist
       ev("ghost", { type: "chat.message.sent", senderId: "ana", content: { type: "text", text: "boo" } }),
       // and it goes on
@@ -115,7 +117,7 @@ describe("materialiser business rules", () => {
     const codes = rows.map((r) => `${r.failure_class}:${r.error_code}`).sort();
     expect(codes).toEqual(
       [
-        "business:CHATBUS_ALREADY_A_MEMBER",
+        "business:CHATBUS_ROLE_FORBIDDEN",
         "business:CHATBUS_CONVERSATION_NOT_FOUND",
         "business:CHATBUS_NOT_A_MEMBER",
         "business:CHATBUS_NOT_THE_SENDER",
@@ -127,7 +129,7 @@ describe("materialiser business rules", () => {
     expect(messages).toContain('only members send: "eve" is not a member');
     expect(messages).toContain("only the sender edits");
     expect(messages).toContain("only the sender recalls");
-    expect(messages).toContain('"bob" is already a member');
+    expect(messages).toContain('only an owner grants the role admin: "bob" is member');
     expect(messages).toContain('conversation "ghost", which does not exist');
 
     const reader = createProjectionReader(db.pool);

@@ -19,9 +19,13 @@ import { randomUUID } from "node:crypto";
 import { Kafka, type KafkaMessage, logLevel } from "kafkajs";
 import type pg from "pg";
 import type { Logger } from "pino";
-import type { Registry } from "prom-client";
+import { Counter, type Registry } from "prom-client";
 import { type RuntimeMetrics, runtimeMetrics } from "../runtime/metrics.ts";
-import { type ApplyContext, applyBatch, type BatchResult } from "./apply-batch.ts";
+import { markSkipApplied, pendingSkips, type SkipRequest } from "../status/skips.ts";
+import type { StuckRecord } from "../status/store.ts";
+import { type ApplyContext, type BatchResult, OffsetGapError } from "./apply-batch.ts";
+import { type ApplyHooks, applyIsolated, backoffMs } from "./apply-isolated.ts";
+import { configureConnections } from "./connections.ts";
 import { replayMaterialiserDeadLetters } from "./dead-letter-replay.ts";
 import { type MaterialiserSettings, materialiserDefaults, validateMaterialiserSettings } from "./options.ts";
 
@@ -32,6 +36,16 @@ export interface MaterialiserOptions extends MaterialiserSettings {
   logger?: Logger;
   /** Metrics go here (subscription="materialiser"); none when omitted. */
   registry?: Registry;
+  /** Fault injection for tests (a crash, a failing restart); never set in production. */
+  faults?: MaterialiserFaults;
+}
+
+/** Fault injection points (tests only). */
+export interface MaterialiserFaults {
+  /** Called before each start of the consumer (1 = the first start); throw to make it fail. */
+  beforeStart?: (attempt: number) => void | Promise<void>;
+  /** Called at the start of each batch; throw to crash the consumer. */
+  beforeBatch?: (partition: number) => void;
 }
 
 interface PartitionState {
@@ -53,6 +67,10 @@ export interface MaterialiserState {
   deadLettered: number;
   startedAt: string;
   partitions: PartitionState[];
+  /** Age in ms of the oldest batch being applied (null when none). */
+  oldestInFlightMs: number | null;
+  /** Records retried for system failures for longer than `stuckAfterMs`. */
+  stuck: StuckRecord[];
 }
 
 /** A running materialiser. */
@@ -65,65 +83,94 @@ export interface Materialiser {
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-/** Back-off for attempt n (1-based): full jitter over min(max, initial·2^(n-1)). */
-export function backoffMs(attempt: number, initialMs: number, maxMs: number): number {
-  const ceiling = Math.min(maxMs, initialMs * 2 ** Math.min(attempt - 1, 30));
-  return Math.max(1, Math.round(Math.random() * ceiling));
-}
+export { backoffMs } from "./apply-isolated.ts";
 
 /**
- * Applies a partition batch, retrying system failures until it succeeds or `running()`
- * turns false (then returns null: nothing was applied by this call that is not stored
- * with its offset, so the next owner of the partition continues correctly).
+ * Applies a partition batch with per-event isolation (see apply-isolated.ts), retrying
+ * system failures until it succeeds or `running()` turns false (then returns null:
+ * nothing was applied by this call that is not stored with its offset, so the next
+ * owner of the partition continues correctly).
  */
 export async function applyWithRetry(
   pool: pg.Pool,
   context: ApplyContext,
   records: KafkaMessage[],
-  hooks: {
-    running: () => boolean;
-    heartbeat: () => Promise<void>;
-    onFailure: (error: unknown, attempt: number, delayMs: number) => void;
-    retryInitialMs: number;
-    retryMaxMs: number;
-  },
+  hooks: ApplyHooks,
 ): Promise<BatchResult | null> {
-  for (let attempt = 1; ; attempt++) {
-    if (!hooks.running()) return null;
-    let client: pg.PoolClient | undefined;
+  return applyIsolated(pool, context, records, hooks);
+}
+
+/**
+ * Runs `start` until it succeeds, with back-off between attempts (a failed restart of
+ * the consumer must not leave the process up with no consumer). Resolves true once it
+ * ran, false when `running()` turned false first.
+ */
+export async function restartUntilRunning(
+  start: () => Promise<void>,
+  options: {
+    running: () => boolean;
+    initialMs: number;
+    maxMs: number;
+    onFailure?: (error: unknown, attempt: number, delayMs: number) => void;
+  },
+): Promise<boolean> {
+  for (let attempt = 1; options.running(); attempt++) {
     try {
-      client = await pool.connect();
-      const result = await applyBatch(client, context, records);
-      client.release();
-      return result;
+      await start();
+      return true;
     } catch (error) {
-      // A connection that failed mid-transaction is not reused.
-      client?.release(true);
-      const delay = backoffMs(attempt, hooks.retryInitialMs, hooks.retryMaxMs);
-      hooks.onFailure(error, attempt, delay);
-      const until = Date.now() + delay;
-      while (Date.now() < until && hooks.running()) {
-        await hooks.heartbeat().catch(() => {});
-        await sleep(Math.min(1000, until - Date.now()));
-      }
+      const delay = backoffMs(attempt, options.initialMs, options.maxMs);
+      options.onFailure?.(error, attempt, delay);
+      await sleep(delay);
     }
   }
+  return false;
+}
+
+/** `chatbus_materialiser_noops_total{subscription, reason}`: benign repeats applied as no-ops. */
+function noopCounter(registry: Registry): Counter<"subscription" | "reason"> {
+  const name = "chatbus_materialiser_noops_total";
+  const existing = registry.getSingleMetric(name);
+  if (existing) return existing as Counter<"subscription" | "reason">;
+  return new Counter({
+    name,
+    help: "Events the materialiser applied as no-ops because they repeat what is already true (reason: direct_exists, already_a_member, already_recalled).",
+    labelNames: ["subscription", "reason"],
+    registers: [registry],
+  });
+}
+
+/** The id of the dead letter stored for a record (null when none). */
+async function deadLetterId(
+  pool: pg.Pool,
+  subscription: string,
+  topic: string,
+  partition: number,
+  offset: string,
+): Promise<string | null> {
+  const { rows } = await pool.query<{ id: string }>(
+    `SELECT id::text AS id FROM dead_letters WHERE subscription = $1 AND topic = $2 AND partition = $3 AND "offset" = $4`,
+    [subscription, topic, partition, offset],
+  );
+  return rows[0]?.id ?? null;
 }
 
 /** Starts the materialiser; resolves once the consumer runs. */
 export async function startMaterialiser(options: MaterialiserOptions): Promise<Materialiser> {
-  const { pool, logger, registry, ...settings } = options;
+  const { pool, logger, registry, faults, ...settings } = options;
   validateMaterialiserSettings(settings);
   const d = materialiserDefaults;
   const topic = settings.topic ?? d.topic();
   const brokers = settings.brokers ?? d.brokers();
-  const groupId = settings.groupId ?? d.groupId;
+  const groupId = settings.groupId ?? d.groupId();
   const subscription = settings.subscription ?? d.subscription;
   const instanceId = settings.instanceId ?? `${process.pid}-${randomUUID().slice(0, 8)}`;
   const retryInitialMs = settings.retryInitialMs ?? d.retryInitialMs;
   const retryMaxMs = settings.retryMaxMs ?? d.retryMaxMs;
   const measureLatency = settings.measureLatency ?? d.measureLatency;
+  const stuckAfterMs = settings.stuckAfterMs ?? d.stuckAfterMs;
   const metrics: RuntimeMetrics | undefined = registry ? runtimeMetrics(registry) : undefined;
+  const noops = registry ? noopCounter(registry) : undefined;
   const labels = { subscription };
   const log = logger?.child({ subscription, component: "materialiser" });
 
@@ -131,6 +178,9 @@ export async function startMaterialiser(options: MaterialiserOptions): Promise<M
   // the batch that needs a connection next sees the failure and retries.
   const onPoolError = (error: Error) => log?.warn({ err: error }, "PostgreSQL connection lost");
   pool.on("error", onPoolError);
+  configureConnections(pool, settings.statementTimeoutMs ?? d.statementTimeoutMs);
+  // The breaker is closed from the start (so that /metrics shows it before the first batch).
+  metrics?.breakerState.set(labels, 0);
   const { rows } = await pool.query<{ schema: string }>("SELECT current_schema() AS schema");
   const schema = rows[0]!.schema;
 
@@ -144,8 +194,16 @@ export async function startMaterialiser(options: MaterialiserOptions): Promise<M
     deadLettered: 0,
     startedAt: new Date().toISOString(),
     partitions: [],
+    oldestInFlightMs: null,
+    stuck: [],
   };
   const partitions = new Map<number, PartitionState>();
+  const stuck = new Map<number, StuckRecord>();
+  const batchesStarted = new Set<number>();
+  // Pending operator skips of this subscription, refreshed with each status publish.
+  let skips: SkipRequest[] = [];
+  // Partitions just sought back to their stored offset after a gap (see acceptGap).
+  const soughtTo = new Map<number, string>();
   let failingBatches = 0;
   let running = true;
 
@@ -165,11 +223,32 @@ export async function startMaterialiser(options: MaterialiserOptions): Promise<M
     if (event.payload.restart) metrics?.restarts.inc(labels);
     else if (running) void restart();
   });
+  let starts = 0;
+  const start = async () => {
+    starts++;
+    await faults?.beforeStart?.(starts);
+    await run();
+  };
   const restart = async () => {
-    // kafkajs gave up (non-retriable crash): start the consumer again after a pause.
+    // kafkajs gave up (non-retriable crash): start the consumer again, with back-off,
+    // until it runs (one failed restart must not leave the process without a consumer).
     metrics?.restarts.inc(labels);
-    await sleep(1000);
-    if (running) await run().catch((error) => log?.error({ err: error }, "materialiser restart failed"));
+    const ran = await restartUntilRunning(
+      async () => {
+        await consumer.disconnect().catch(() => {});
+        await start();
+      },
+      {
+        running: () => running,
+        initialMs: 1000,
+        maxMs: 30_000,
+        onFailure: (error, attempt, delayMs) => {
+          metrics?.restarts.inc(labels);
+          log?.error({ err: error, attempt, delayMs }, "materialiser restart failed; trying again");
+        },
+      },
+    );
+    if (ran) log?.warn({ restarts: starts - 1 }, "materialiser consumer restarted");
   };
 
   // "open" while any partition batch is failing with system failures (the partition is held).
@@ -184,6 +263,22 @@ export async function startMaterialiser(options: MaterialiserOptions): Promise<M
   };
   const publish = async () => {
     state.partitions = [...partitions.values()].sort((a, b) => a.partition - b.partition);
+    state.stuck = [...stuck.values()].sort((a, b) => a.partition - b.partition);
+    const oldest = Math.min(...batchesStarted);
+    state.oldestInFlightMs = batchesStarted.size > 0 ? Date.now() - oldest : null;
+    skips = await pendingSkips(pool, subscription).then(
+      (all) => all.filter((s) => s.topic === topic),
+      () => skips,
+    );
+    // Requests for records this instance has already passed (applied, or skipped just
+    // before a crash) are answered: applied, with the dead letter if there is one.
+    for (const request of skips) {
+      const owned = partitions.get(request.partition);
+      if (!owned || BigInt(request.offset) >= BigInt(owned.committedOffset)) continue;
+      const id = await deadLetterId(pool, subscription, topic, request.partition, request.offset);
+      await markSkipApplied(pool, request.id, instanceId, id);
+      skips = skips.filter((s) => s.id !== request.id);
+    }
     await pool.query(
       `INSERT INTO subscription_status (subscription, instance_id, state, last_seen_at) VALUES ($1, $2, $3, now())
        ON CONFLICT (subscription, instance_id) DO UPDATE SET state = excluded.state, last_seen_at = now()`,
@@ -235,15 +330,22 @@ export async function startMaterialiser(options: MaterialiserOptions): Promise<M
         isStale,
       }) => {
         if (batch.messages.length === 0) return;
+        faults?.beforeBatch?.(batch.partition);
+        const p = batch.partition;
         const context: ApplyContext = {
           topic: batch.topic,
-          partition: batch.partition,
+          partition: p,
           schema,
           subscription,
+          // A gap is accepted only right after seeking back to the stored offset: Kafka
+          // then has nothing to deliver in between (transaction markers, retention).
+          acceptGap: (_first, stored) => soughtTo.get(p) === (stored ?? "0"),
         };
         state.inFlight += batch.messages.length;
         metrics?.inFlight.inc(labels, batch.messages.length);
         const started = process.hrtime.bigint();
+        const startedAt = Date.now();
+        batchesStarted.add(startedAt);
         let failing = false;
         let result: BatchResult | null;
         try {
@@ -252,6 +354,7 @@ export async function startMaterialiser(options: MaterialiserOptions): Promise<M
             heartbeat,
             retryInitialMs,
             retryMaxMs,
+            stuckAfterMs,
             onFailure: (error, attempt, delayMs) => {
               if (!failing) failingBatches++;
               failing = true;
@@ -260,18 +363,51 @@ export async function startMaterialiser(options: MaterialiserOptions): Promise<M
               metrics?.failed.inc({ ...labels, failure_class: "system" }, batch.messages.length);
               metrics?.retried.inc({ ...labels, failure_class: "system" }, batch.messages.length);
               log?.warn(
-                { err: error, partition: batch.partition, attempt, delayMs },
+                { err: error, partition: p, attempt, delayMs },
                 "materialiser batch failed; retrying with the partition held",
               );
             },
+            onStuck: (record) => {
+              if (record === null) stuck.delete(p);
+              else {
+                if (!stuck.has(p))
+                  log?.error({ stuck: record }, "materialiser record stuck; an operator can skip it");
+                stuck.set(p, record);
+              }
+            },
+            skipRequest: (offset) => skips.find((s) => s.partition === p && s.offset === offset),
+            onSkipped: async (request) => {
+              skips = skips.filter((s) => s.id !== request.id);
+              const id = await deadLetterId(pool, subscription, topic, p, request.offset);
+              await markSkipApplied(pool, request.id, instanceId, id);
+              log?.warn({ request, deadLetterId: id }, "operator skip applied: the record is a dead letter");
+            },
+            onDataDeadLetter: (offset, failure) =>
+              log?.warn(
+                { partition: p, offset, sqlState: failure.sqlState, error: failure.message },
+                "the database refused an event's data: dead-lettered (class data)",
+              ),
           });
+        } catch (error) {
+          if (!(error instanceof OffsetGapError)) throw error;
+          // Never apply across a gap: seek back to the stored offset; the records in
+          // between come again (or Kafka has none, and the next batch is accepted).
+          log?.warn({ partition: p, stored: error.stored, first: error.first }, error.message);
+          soughtTo.set(p, error.stored);
+          consumer.seek({ topic, partition: p, offset: error.stored });
+          return;
         } finally {
+          // A stuck record is only shown while its batch is being retried here (not after
+          // the partition was revoked or the materialiser stopped).
+          stuck.delete(p);
+          batchesStarted.delete(startedAt);
           if (failing) failingBatches--;
           setBreaker();
           state.inFlight -= batch.messages.length;
           metrics?.inFlight.dec(labels, batch.messages.length);
         }
         if (result === null) return;
+        soughtTo.delete(p);
         const now = Date.now();
         const seconds = Number(process.hrtime.bigint() - started) / 1e9;
         metrics?.handlerDuration.observe({ ...labels, type: "batch" }, seconds);
@@ -282,12 +418,12 @@ export async function startMaterialiser(options: MaterialiserOptions): Promise<M
         if (measureLatency && metrics)
           for (const t of result.eventTimes)
             metrics.endToEndLatency.observe(labels, (now - t.getTime()) / 1000);
-        for (const cls of ["poison", "business"] as const) {
-          const n = result.deadLettered[cls];
+        for (const [cls, n] of Object.entries(result.deadLettered)) {
           if (n > 0) metrics?.deadLettered.inc({ ...labels, failure_class: cls }, n);
+          state.deadLettered += n;
         }
+        for (const [reason, n] of Object.entries(result.noops)) noops?.inc({ ...labels, reason }, n);
         state.processed += result.handled;
-        state.deadLettered += result.deadLettered.poison + result.deadLettered.business;
         const last = batch.lastOffset();
         const next = (BigInt(last) + 1n).toString();
         const lag = Math.max(0, Number(BigInt(batch.highWatermark) - BigInt(next)));
@@ -307,7 +443,7 @@ export async function startMaterialiser(options: MaterialiserOptions): Promise<M
       },
     });
   };
-  await run();
+  await start();
   log?.info({ topic, groupId, schema, instanceId }, "materialiser started");
   await publish().catch(() => {});
 

@@ -20,6 +20,8 @@ export const MaterialiserSettings = Type.Object(
     sessionTimeoutMs: Type.Optional(Type.Integer({ minimum: 6000 })),
     measureLatency: Type.Optional(Type.Boolean()),
     notify: Type.Optional(Type.Boolean()),
+    stuckAfterMs: Type.Optional(Type.Integer({ minimum: 100 })),
+    statementTimeoutMs: Type.Optional(Type.Integer({ minimum: 100 })),
   },
   { additionalProperties: false },
 );
@@ -29,7 +31,7 @@ export type MaterialiserSettings = Static<typeof MaterialiserSettings>;
 export const materialiserDefaults = {
   brokers: () => (process.env.KAFKA_BROKERS ?? "127.0.0.1:9092").split(","),
   topic: () => process.env.CHATBUS_TOPIC ?? "chat.events",
-  groupId: "chatbus-materialiser",
+  groupId: () => process.env.CHATBUS_MATERIALISER_GROUP ?? "chatbus-materialiser",
   subscription: "materialiser",
   clientId: "chatbus-materialiser",
   retryInitialMs: 100, // 100 ms, doubled per failed attempt, with full jitter
@@ -40,6 +42,8 @@ export const materialiserDefaults = {
   maxBytesPerPartition: 4 * 1024 * 1024, // 4 MiB per partition fetch
   sessionTimeoutMs: 30_000, // 30 s
   measureLatency: true, // observe chatbus_end_to_end_latency_seconds (off for rebuilds)
+  stuckAfterMs: 60_000, // a record retried (system failures) this long is published as stuck
+  statementTimeoutMs: 30_000, // every statement of the materialiser's connections
 } as const;
 
 const check = TypeCompiler.Compile(MaterialiserSettings);

@@ -41,6 +41,12 @@ export interface RebuildOptions {
   switchTimeoutMs?: number;
   /** Only build and verify; leave readers on the old projection. */
   noSwitch?: boolean;
+  /**
+   * How long the switch waits for each lock (ms, default 10 s). When a lock is not granted
+   * in time (a long reader holds a projection table), the switch is rolled back and tried
+   * again until `switchTimeoutMs`; readers are never blocked for longer than this.
+   */
+  lockTimeoutMs?: number;
 }
 
 /** What `rebuildProjection` did. */
@@ -222,7 +228,9 @@ export async function rebuildProjection(options: RebuildOptions): Promise<Rebuil
       const client = await livePool.connect();
       try {
         await client.query("BEGIN");
-        await client.query("SET LOCAL lock_timeout = '10s'");
+        await client.query(
+          `SET LOCAL lock_timeout = ${Math.max(1, Math.floor(options.lockTimeoutMs ?? 10_000))}`,
+        );
         // Stops the live materialiser at its next transaction (each starts on this table).
         await client.query("LOCK TABLE projection_offsets IN EXCLUSIVE MODE");
         const locked = await storedOffsets(client, topic);
@@ -282,6 +290,14 @@ export async function rebuildProjection(options: RebuildOptions): Promise<Rebuil
         };
       } catch (error) {
         await client.query("ROLLBACK").catch(() => {});
+        // A lock not granted in time (55P03: a long reader holds a table the switch must
+        // move): nothing changed; try the switch again until the deadline.
+        if ((error as { code?: string }).code === "55P03") {
+          options.logger?.warn({ err: error }, "projection switch waited too long for a lock; trying again");
+          phase = "catch-up";
+          await sleep(200);
+          continue;
+        }
         throw error;
       } finally {
         client.release();

@@ -1,0 +1,33 @@
+/**
+ * Every connection the materialiser applies batches on has a statement timeout and TCP
+ * keep-alive, so that a hung connection or a silently dropped peer cannot stall a batch
+ * for ever: the statement fails (SQLSTATE 57014, a system failure) and the batch is
+ * retried. New connections get both from the pool's options (set here on the caller's
+ * pool); connections the pool already held get them on their first use for a batch.
+ */
+import type pg from "pg";
+
+const timeouts = new WeakMap<pg.Pool, number>();
+const prepared = new WeakSet<pg.PoolClient>();
+
+/** Sets keep-alive and the statement timeout for the pool's future connections. */
+export function configureConnections(pool: pg.Pool, statementTimeoutMs: number): void {
+  // pg-pool creates each client with `new Client(pool.options)`.
+  const options = (pool as unknown as { options: Record<string, unknown> }).options;
+  options.keepAlive = true;
+  options.keepAliveInitialDelayMillis ??= 10_000;
+  options.statement_timeout ??= statementTimeoutMs;
+  timeouts.set(pool, Number(options.statement_timeout));
+}
+
+/** Once per connection: keep-alive on its socket and the statement timeout (one SET). */
+export async function prepareConnection(pool: pg.Pool, client: pg.PoolClient): Promise<void> {
+  const timeout = timeouts.get(pool);
+  if (timeout === undefined || prepared.has(client)) return;
+  const socket = (
+    client as unknown as { connection?: { stream?: { setKeepAlive?: (on: boolean, ms: number) => void } } }
+  ).connection?.stream;
+  socket?.setKeepAlive?.(true, 10_000);
+  await client.query(`SET statement_timeout = ${Math.floor(timeout)}`);
+  prepared.add(client);
+}

@@ -1,0 +1,139 @@
+/**
+ * Loads, in one statement (JSON keeps it one row), the partition's stored offset and
+ * everything `evolve` needs for a batch: its conversations, their members, the messages
+ * its edits and recalls target, the messages its clientMsgIds may repeat, and which of
+ * its event ids were applied before.
+ */
+import type { ChatEvent } from "@chatbus/producer-sdk";
+import type pg from "pg";
+import type { ApplyContext } from "./apply-batch.ts";
+import { ProjectionState } from "./evolve.ts";
+
+/** The loaded state and the partition's stored next offset (null: no row yet). */
+export interface Loaded {
+  state: ProjectionState;
+  storedOffset: string | null;
+}
+
+type Row = Record<string, unknown>;
+const date = (v: unknown) => (v === null || v === undefined ? null : new Date(v as string));
+
+/** Loads what `events` touch. */
+export async function loadBatchState(
+  client: pg.PoolClient,
+  context: ApplyContext,
+  events: ChatEvent[],
+): Promise<Loaded> {
+  const targetIds: string[] = [];
+  const clientConv: string[] = [];
+  const clientSender: string[] = [];
+  const clientIds: string[] = [];
+  for (const event of events) {
+    if (event.type === "chat.message.edited" || event.type === "chat.message.recalled")
+      targetIds.push(event.data.messageId);
+    else if (event.type === "chat.message.sent") {
+      targetIds.push(event.id);
+      if (event.data.clientMsgId) {
+        clientConv.push(event.conversationId);
+        clientSender.push(event.data.senderId);
+        clientIds.push(event.data.clientMsgId);
+      }
+    }
+  }
+  const { rows } = await client.query<{
+    conversations: Row[];
+    members: Row[];
+    messages: Row[];
+    seen: string[];
+    next_offset: string | null;
+  }>({
+    name: "chatbus_materialiser_load",
+    text: `SELECT
+       (SELECT coalesce(json_agg(c), '[]') FROM (
+          SELECT conversation_id, kind, title, created_by, created_at, created_event_id, last_seq,
+                 last_message_at, last_activity_at, partition
+            FROM conversations WHERE conversation_id = ANY($1::text[])) c) AS conversations,
+       (SELECT coalesce(json_agg(m), '[]') FROM (
+          SELECT conversation_id, user_id, role, joined_at, joined_offset, joined_seq, left_at, left_offset,
+                 last_delivered_seq, last_read_seq, unread_count
+            FROM members WHERE conversation_id = ANY($1::text[])) m) AS members,
+       (SELECT coalesce(json_agg(g), '[]') FROM (
+          SELECT conversation_id, seq, event_id, sender_id, client_msg_id, content, priority, sent_at,
+                 edited_at, edit_count, recalled_at, recalled_by, "offset"
+            FROM messages WHERE event_id = ANY($2::text[])
+          UNION
+          SELECT g.conversation_id, g.seq, g.event_id, g.sender_id, g.client_msg_id, g.content, g.priority,
+                 g.sent_at, g.edited_at, g.edit_count, g.recalled_at, g.recalled_by, g."offset"
+            FROM unnest($3::text[], $4::text[], $5::text[]) AS k(conversation_id, sender_id, client_msg_id)
+            JOIN messages g ON g.conversation_id = k.conversation_id AND g.sender_id = k.sender_id
+                           AND g.client_msg_id = k.client_msg_id) g) AS messages,
+       (SELECT coalesce(json_agg(event_id), '[]') FROM event_log WHERE event_id = ANY($6::text[])) AS seen,
+       (SELECT next_offset FROM projection_offsets WHERE topic = $7 AND partition = $8) AS next_offset`,
+    values: [
+      [...new Set(events.map((e) => e.conversationId))],
+      targetIds,
+      clientConv,
+      clientSender,
+      clientIds,
+      events.map((e) => e.id),
+      context.topic,
+      context.partition,
+    ],
+  });
+  const loaded = rows[0]!;
+  const state = new ProjectionState();
+  for (const r of loaded.conversations)
+    state.addConversation({
+      id: r.conversation_id as string,
+      kind: r.kind as string,
+      title: r.title as string | null,
+      createdBy: r.created_by as string,
+      createdAt: date(r.created_at)!,
+      createdEventId: r.created_event_id as string,
+      lastSeq: Number(r.last_seq),
+      loadedLastSeq: Number(r.last_seq),
+      lastMessageAt: date(r.last_message_at),
+      lastActivityAt: date(r.last_activity_at)!,
+      partition: Number(r.partition),
+      isNew: false,
+      dirty: false,
+    });
+  for (const r of loaded.members)
+    state.addMember({
+      conversationId: r.conversation_id as string,
+      userId: r.user_id as string,
+      role: r.role as string,
+      joinedAt: date(r.joined_at)!,
+      joinedOffset: String(r.joined_offset),
+      joinedSeq: Number(r.joined_seq),
+      leftAt: date(r.left_at),
+      leftOffset: r.left_offset === null ? null : String(r.left_offset),
+      lastDeliveredSeq: Number(r.last_delivered_seq),
+      lastReadSeq: Number(r.last_read_seq),
+      unreadCount: Number(r.unread_count),
+      isNew: false,
+      dirty: false,
+      readFrom: 0,
+      dbUpTo: 0,
+    });
+  for (const r of loaded.messages)
+    state.addMessage({
+      conversationId: r.conversation_id as string,
+      seq: Number(r.seq),
+      eventId: r.event_id as string,
+      senderId: r.sender_id as string,
+      clientMsgId: r.client_msg_id as string | null,
+      content: r.content,
+      priority: r.priority as string,
+      sentAt: date(r.sent_at)!,
+      editedAt: date(r.edited_at),
+      editCount: Number(r.edit_count),
+      recalledAt: date(r.recalled_at),
+      recalledBy: r.recalled_by as string | null,
+      offset: String(r.offset),
+      isNew: false,
+      dirty: false,
+    });
+  for (const id of loaded.seen) state.seen.add(id);
+  return { state, storedOffset: loaded.next_offset === null ? null : String(loaded.next_offset) };
+}

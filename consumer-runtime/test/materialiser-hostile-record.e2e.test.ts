@@ -1,8 +1,10 @@
 /**
  * Issue 12.2 with the stack running: the runtime process (`npm start`'s entry) runs the
- * materialiser; a record PostgreSQL refuses (text with U+0000), produced with kcat
- * straight to the topic past every validation, becomes a `data` dead letter within
- * seconds; a message after it in another conversation of the same partition and one in
+ * materialiser; hostile records produced with kcat straight to the topic past the
+ * SDK: text with U+0000 (refused by the decoder: a `poison` dead letter) and a record
+ * the contract accepts but PostgreSQL refuses (a CHECK constraint the test adds, the
+ * stand-in for any data the database will not store: a `data` dead letter, SQLSTATE
+ * 23514); each is a dead letter within seconds; a message after it in another conversation of the same partition and one in
  * another partition are both materialised; the process's /metrics shows
  * `chatbus_breaker_state{subscription="materialiser"} 0` throughout.
  */
@@ -110,7 +112,7 @@ afterAll(async () => {
 }, 60_000);
 
 describe("a record PostgreSQL refuses, with the stack running", () => {
-  it("is a data dead letter within seconds; later messages of both partitions arrive; the breaker stays closed", async () => {
+  it("are poison and data dead letters within seconds; later messages of both partitions arrive; the breaker stays closed", async () => {
     const group = (members: string[]): ChatEventInput => ({
       type: "chat.conversation.created",
       kind: "group",
@@ -126,7 +128,11 @@ describe("a record PostgreSQL refuses, with the stack running", () => {
     kcat(0, "hostile-b", group(["cy", "dan"]));
     kcat(1, "hostile-c", group(["eve", "fay"]));
     const producedAt = Date.now();
+    await db.pool.query(
+      "ALTER TABLE messages ADD CONSTRAINT test_refuse_marker CHECK (content->>'text' NOT LIKE '%refused-by-postgres%')",
+    );
     kcat(0, "hostile-a", text("ana", "XNULX"), (v) => v.replace("XNULX", "nul \\u0000 here"));
+    kcat(0, "hostile-a", text("ana", "refused-by-postgres"));
     kcat(0, "hostile-b", text("cy", "after the bad one, same partition"));
     kcat(1, "hostile-c", text("eve", "another partition"));
 
@@ -138,7 +144,8 @@ describe("a record PostgreSQL refuses, with the stack running", () => {
       breakerSeen.add(await breakerState());
       deadLetters = (
         await db.pool.query(
-          "SELECT failure_class, error_code, conversation_id FROM dead_letters WHERE topic = $1",
+          `SELECT failure_class, error_code, conversation_id FROM dead_letters
+            WHERE topic = $1 AND subscription = 'materialiser' ORDER BY "offset"`,
           [topic],
         )
       ).rows;
@@ -147,13 +154,14 @@ describe("a record PostgreSQL refuses, with the stack running", () => {
           "SELECT conversation_id, content->>'text' AS t FROM messages ORDER BY conversation_id, seq",
         )
       ).rows;
-      if (deadLetters.length > 0 && texts.length >= 2) break;
+      if (deadLetters.length >= 2 && texts.length >= 2) break;
       if (Date.now() > deadline) break;
       await sleep(250);
     }
     const seconds = (Date.now() - producedAt) / 1000;
     expect(deadLetters).toEqual([
-      { failure_class: "data", error_code: "22P05", conversation_id: "hostile-a" },
+      { failure_class: "poison", error_code: expect.any(String), conversation_id: "hostile-a" },
+      { failure_class: "data", error_code: "23514", conversation_id: "hostile-a" },
     ]);
     expect(seconds).toBeLessThan(30);
     expect(texts).toEqual([

@@ -3,7 +3,11 @@
  * by, and keeps its records forever (`retention.ms=-1`): it is the source of truth
  * that the projection and every new subscription are rebuilt from.
  */
-import { type Admin, ConfigResourceTypes } from "kafkajs";
+import kafkajs, { type Admin } from "kafkajs";
+
+// kafkajs is CommonJS and Node's ESM loader does not see `ConfigResourceTypes` as a
+// named export (vitest's transform does, which hid this): read it off the default.
+const { ConfigResourceTypes } = kafkajs;
 import type { Logger } from "pino";
 import { TopicMismatchError } from "./errors.ts";
 

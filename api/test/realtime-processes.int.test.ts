@@ -3,50 +3,17 @@
  * presence view, as two processes have): a stream position issued by one resumes
  * exactly on the other.
  */
-import { createProjectionReader, decodeEventCursor, eventsChannel } from "@chatbus/consumer-runtime";
-import pino from "pino";
-import { Registry } from "prom-client";
+import { decodeEventCursor } from "@chatbus/consumer-runtime";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { ApiApp } from "../src/app.ts";
-import { buildApp } from "../src/build-app.ts";
-import { configDefaults, validateConfig } from "../src/config.ts";
 import { eventually, type Harness, openSse, type SseMessage, startHarness } from "./harness.ts";
+import { type ApiOn, startApiOn } from "./realtime-apps.ts";
 
 let h: Harness;
-let b: { app: ApiApp; url: string };
+let b: ApiOn;
 let ana: string;
 let ben: string;
 const tails = new Set<number>();
 const groups: string[] = [];
-
-async function startSecond(harness: Harness): Promise<{ app: ApiApp; url: string }> {
-  const config = validateConfig({
-    ...configDefaults,
-    nodeEnv: "test",
-    jwtSecret: "int-test-secret-0123456789abcdef",
-    operatorKey: "int-operator-key-0123456789",
-    serviceKeys: ["int-service-key-0123456789"],
-    topic: harness.topic,
-    databaseUrl: harness.schema.url,
-    sse: { ...configDefaults.sse, deliveredFlushMs: 200, presenceGraceMs: 500 },
-  });
-  const app = await buildApp({
-    config,
-    logger: pino({ level: process.env.TEST_LOG_LEVEL ?? "silent" }),
-    registry: new Registry(),
-    bus: harness.bus,
-    projection: createProjectionReader(harness.schema.pool),
-    pool: harness.schema.pool,
-    readiness: {},
-    realtime: {
-      pool: harness.schema.pool,
-      databaseUrl: harness.schema.url,
-      channel: eventsChannel(harness.schema.schema),
-    },
-  });
-  const url = await app.listen({ port: 0, host: "127.0.0.1" });
-  return { app, url };
-}
 
 beforeAll(async () => {
   h = await startHarness("api_rtp", {}, 8);
@@ -90,7 +57,7 @@ beforeAll(async () => {
     const { rows } = await h.schema.pool.query("SELECT count(*)::int AS n FROM dead_letters");
     return rows[0].n >= tails.size;
   });
-  b = await startSecond(h);
+  b = await startApiOn(h);
 });
 
 afterAll(async () => {
@@ -153,5 +120,56 @@ describe("resume on another process", () => {
     await eventually("the reset", () => stream.events.some((e) => e.event === "reset"));
     stream.close();
     expect(stream.events.find((e) => e.event === "reset")?.data.reason).toMatch(/ahead/);
+  });
+});
+
+describe("one presence across processes", () => {
+  it("announces one online and one offline per transition, whichever process holds the streams", async () => {
+    const [carol, dave] = await Promise.all([h.login("carol"), h.login("dave")]);
+    const created = await h.app.inject({
+      method: "POST",
+      url: "/v1/conversations",
+      headers: { authorization: `Bearer ${carol}` },
+      payload: { kind: "group", title: "presence", members: ["dave"] },
+    });
+    expect(created.statusCode).toBe(202);
+    await eventually("the group", async () => {
+      const res = await h.app.inject({
+        method: "GET",
+        url: "/v1/me/conversations",
+        headers: { authorization: `Bearer ${dave}` },
+      });
+      return res.json().conversations.length === 1;
+    });
+    // Carol watches from both processes; each watcher must see each transition once.
+    const onA = await openSse(h.url, carol);
+    const onB = await openSse(b.url, carol);
+    const seen = (w: { events: SseMessage[] }) =>
+      w.events.filter((e) => e.event === "presence" && e.data.userId === "dave").map((e) => e.data.status);
+    try {
+      // Dave opens streams on both processes at once: one online.
+      const [d1, d2] = await Promise.all([openSse(h.url, dave), openSse(b.url, dave)]);
+      await eventually("dave online on both watchers", () => seen(onA).length > 0 && seen(onB).length > 0);
+      // Closing the stream on A leaves the one on B: no offline, past the 500 ms grace.
+      d1.close();
+      await new Promise((r) => setTimeout(r, 1500));
+      expect(seen(onA)).toEqual(["online"]);
+      expect(seen(onB)).toEqual(["online"]);
+      // The last stream closes (on B): one offline, after the grace.
+      const closedAt = Date.now();
+      d2.close();
+      await eventually("dave offline", () => seen(onA).includes("offline") && seen(onB).includes("offline"));
+      expect(Date.now() - closedAt).toBeGreaterThanOrEqual(450);
+      // Back on A after the grace: online once more.
+      const d3 = await openSse(h.url, dave);
+      await eventually("dave online again", () => seen(onA).length === 3 && seen(onB).length === 3);
+      await new Promise((r) => setTimeout(r, 500));
+      d3.close();
+      expect(seen(onA)).toEqual(["online", "offline", "online"]);
+      expect(seen(onB)).toEqual(["online", "offline", "online"]);
+    } finally {
+      onA.close();
+      onB.close();
+    }
   });
 });

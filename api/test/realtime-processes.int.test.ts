@@ -173,3 +173,47 @@ describe("one presence across processes", () => {
     }
   });
 });
+
+describe("presence of a process that died", () => {
+  it("announces offline the users whose only streams were on a process that stopped its heartbeat", async () => {
+    const quick = await startApiOn(h, { sse: { presenceProcessTimeoutMs: 600 } });
+    try {
+      const [ivy, jon] = [await h.login("ivy"), await h.login("jon")];
+      const created = await h.app.inject({
+        method: "POST",
+        url: "/v1/conversations",
+        headers: { authorization: `Bearer ${ivy}` },
+        payload: { kind: "group", title: "dead", members: ["jon"] },
+      });
+      expect(created.statusCode).toBe(202);
+      await eventually("the group", async () => {
+        const res = await h.app.inject({
+          method: "GET",
+          url: "/v1/me/conversations",
+          headers: { authorization: `Bearer ${jon}` },
+        });
+        return res.json().conversations.length === 1;
+      });
+      // jon's stream lives on a "process" that then stops writing its heartbeat (as
+      // SIGKILL leaves it); its last heartbeat counts for 2 s more.
+      await h.schema.pool.query(
+        "INSERT INTO api_processes (process_id, heartbeat_at) VALUES ('gone', now() + interval '2 seconds')",
+      );
+      await h.schema.pool.query(
+        `WITH s AS (INSERT INTO presence_streams (user_id, process_id) VALUES ('jon', 'gone'))
+         INSERT INTO presence (user_id, online, changed_at) VALUES ('jon', true, now())`,
+      );
+      const watcher = await openSse(quick.url, ivy);
+      const seen = () =>
+        watcher.events
+          .filter((e) => e.event === "presence" && e.data.userId === "jon")
+          .map((e) => e.data.status);
+      await eventually("the greeting: jon online", () => seen().includes("online"), 2000);
+      await eventually("jon offline", () => seen().includes("offline"), 10_000);
+      expect(seen()).toEqual(["online", "offline"]);
+      watcher.close();
+    } finally {
+      await quick.app.close();
+    }
+  });
+});

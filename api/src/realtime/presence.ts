@@ -133,11 +133,11 @@ export class Presence {
         `WITH t AS (
            UPDATE presence p SET online = false, changed_at = now()
             WHERE p.online
-              AND (p.last_closed_at IS NULL OR p.last_closed_at < now() - make_interval(secs => $2::double precision / 1000))
+              AND (p.last_closed_at IS NULL OR p.last_closed_at < now() - make_interval(secs => $1::double precision / 1000))
               AND NOT EXISTS (${liveStreams("p.user_id")})
             RETURNING p.user_id, p.changed_at)
          SELECT pg_notify($3, json_build_object('userId', user_id, 'status', 'offline', 'at', changed_at)::text) FROM t`,
-        [processTimeoutMs, graceMs, this.#channel],
+        [graceMs, processTimeoutMs, this.#channel],
       );
     } catch (error) {
       this.#options.logger.warn({ err: error }, "presence heartbeat failed");

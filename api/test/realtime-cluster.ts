@@ -10,7 +10,7 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { ensureSystemPackages } from "../../scripts/system-packages.ts";
+import { ensureSystemPackages, testPackages } from "../../scripts/system-packages.ts";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 
@@ -109,13 +109,7 @@ export interface Balancer {
  * tells internal addresses, which the example does not).
  */
 export async function startBalancer(backends: number[]): Promise<Balancer> {
-  const missing = ensureSystemPackages([
-    {
-      command: "nginx",
-      debian: "nginx-light",
-      purpose: "put a real load balancer in front of two API processes",
-    },
-  ]);
+  const missing = ensureSystemPackages(testPackages.filter((p) => p.command === "nginx"));
   if (missing.length > 0) throw new Error("nginx is missing; see the line above");
   const dir = mkdtempSync(join(tmpdir(), "chatbus-nginx-"));
   chmodSync(dir, 0o777); // nginx workers run as nobody and write their temp files here

@@ -40,7 +40,7 @@ export interface ApiProcess {
 }
 
 /** Starts `api/src/main.ts` on `port`; resolves once it listens. */
-export function startApiProcess(settings: {
+export async function startApiProcess(settings: {
   port: number;
   databaseUrl: string;
   topic: string;
@@ -70,30 +70,27 @@ export function startApiProcess(settings: {
   );
   const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
   let output = "";
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(
-      () =>
-        reject(new Error(`the API process on port ${settings.port} did not listen within 60 s:\n${output}`)),
-      60_000,
+  const keep = (chunk: Buffer) => {
+    output = (output + chunk.toString()).slice(-4000);
+  };
+  child.stdout!.on("data", keep);
+  child.stderr!.on("data", keep);
+  const url = `http://127.0.0.1:${settings.port}`;
+  // Ready when /healthz answers (whatever LOG_LEVEL says); a process that exits or
+  // takes a minute is killed and reported with its last output.
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    const status = await fetch(`${url}/healthz`).then(
+      (r) => r.status,
+      () => 0,
     );
-    const onData = (chunk: Buffer) => {
-      output = (output + chunk.toString()).slice(-4000);
-      if (output.includes("Server listening at")) {
-        clearTimeout(timer);
-        child.stdout!.off("data", onData);
-        child.stdout!.resume();
-        resolve({ port: settings.port, url: `http://127.0.0.1:${settings.port}`, child, exited });
-      }
-    };
-    child.stdout!.on("data", onData);
-    child.stderr!.on("data", (chunk: Buffer) => {
-      output = (output + chunk.toString()).slice(-4000);
-    });
-    child.once("exit", (code) => {
-      clearTimeout(timer);
-      reject(new Error(`the API process on port ${settings.port} exited with ${code}:\n${output}`));
-    });
-  });
+    if (status === 200) return { port: settings.port, url, child, exited };
+    if (child.exitCode !== null || Date.now() > deadline) {
+      child.kill("SIGKILL");
+      throw new Error(`the API process on port ${settings.port} did not start:\n${output}`);
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
 }
 
 /** nginx running `deploy/nginx/chatbus.conf` in front of the given ports. */
@@ -108,7 +105,11 @@ export interface Balancer {
  * replaced. `X-Upstream` names the process that served each response (test only: it
  * tells internal addresses, which the example does not).
  */
-export async function startBalancer(backends: number[]): Promise<Balancer> {
+export async function startBalancer(
+  backends: number[],
+  options: { workerConnections?: number } = {},
+): Promise<Balancer> {
+  const workerConnections = options.workerConnections ?? 1024;
   const missing = ensureSystemPackages(testPackages.filter((p) => p.command === "nginx"));
   if (missing.length > 0) throw new Error("nginx is missing; see the line above");
   const dir = mkdtempSync(join(tmpdir(), "chatbus-nginx-"));
@@ -128,9 +129,10 @@ export async function startBalancer(backends: number[]): Promise<Balancer> {
   writeFileSync(
     join(dir, "nginx.conf"),
     `worker_processes 1;
+worker_rlimit_nofile ${workerConnections * 2};
 pid ${dir}/nginx.pid;
 error_log ${dir}/error.log warn;
-events { worker_connections 1024; }
+events { worker_connections ${workerConnections}; }
 http {
   access_log off;
   client_body_temp_path ${dir}/body;

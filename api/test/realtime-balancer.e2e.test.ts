@@ -226,9 +226,26 @@ describe("two API processes behind nginx", () => {
       await pause(15);
     }
 
-    await eventually("every client to have every message", () => clients.every(complete), 120_000);
+    const all = await eventually(
+      "every client to have every message",
+      () => clients.every(complete),
+      120_000,
+    ).catch((error: Error) => error);
     stop = true;
     await Promise.all(running);
+    if (all instanceof Error) {
+      // Say who misses what before failing: the counts are the diagnosis.
+      const report = clients.map((c) => {
+        const have = new Set(
+          c.messages.map((m) => (m.data.data as { content: { text: string } }).content.text),
+        );
+        const missing = groups.flatMap((_, g) =>
+          Array.from({ length: perConversation }, (_, n) => `g${g}-${n}`).filter((t) => !have.has(t)),
+        );
+        return `${c.user}: ${have.size}/${total} after ${c.connections} connections, last id ${c.lastId}, missing ${missing.slice(0, 12).join(" ")}`;
+      });
+      throw new Error(`${all.message}\n${report.join("\n")}`);
+    }
 
     for (const c of clients) {
       expect(c.resets, c.user).toEqual([]);

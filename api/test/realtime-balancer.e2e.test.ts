@@ -8,7 +8,7 @@
  * once, in per-conversation order, and no reset. A user whose only stream was on the
  * killed process goes offline for the others.
  */
-import { type Materialiser, startMaterialiser } from "@chatbus/consumer-runtime";
+import { encodeEventCursor, type Materialiser, startMaterialiser } from "@chatbus/consumer-runtime";
 import { type ChatBus, createChatBus } from "@chatbus/producer-sdk";
 import pino from "pino";
 import { Registry } from "prom-client";
@@ -186,11 +186,17 @@ describe("two API processes behind nginx", () => {
         .map((e) => e.data.status);
     await eventually("eve to see dan online", () => danSeen().includes("online"));
 
+    // Every client starts from the position before the first message (a fresh stream
+    // starts "now", which on a loaded machine can be after the first send).
+    const { rows: applied } = await schema.pool.query<{ partition: number; offset: string }>(
+      `SELECT partition, (next_offset - 1)::text AS "offset" FROM projection_offsets WHERE next_offset > 0`,
+    );
+    const start = encodeEventCursor(Object.fromEntries(applied.map((r) => [r.partition, r.offset])));
     const clients: Client[] = users.map((user, i) => ({
       user,
       token: tokens[i]!,
       messages: [],
-      lastId: undefined,
+      lastId: start,
       resets: [],
       upstreams: [],
       connections: 0,

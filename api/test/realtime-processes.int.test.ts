@@ -211,6 +211,18 @@ describe("presence of a process that died", () => {
       await eventually("the greeting: jon online", () => seen().includes("online"), 2000);
       await eventually("jon offline", () => seen().includes("offline"), 10_000);
       expect(seen()).toEqual(["online", "offline"]);
+      // A live process swept by another (as after a long pause) puts its users back.
+      const kim = await openSse(quick.url, await h.login("kim"));
+      const kimRows = async () =>
+        (await h.schema.pool.query("SELECT process_id FROM presence_streams WHERE user_id = 'kim'")).rows
+          .length;
+      await eventually("kim's stream row", async () => (await kimRows()) === 1);
+      await h.schema.pool.query(
+        "DELETE FROM api_processes WHERE process_id IN (SELECT process_id FROM presence_streams WHERE user_id = 'kim')",
+      );
+      expect(await kimRows()).toBe(0);
+      await eventually("kim's stream row again", async () => (await kimRows()) === 1, 5000);
+      kim.close();
       watcher.close();
     } finally {
       await quick.app.close();

@@ -114,10 +114,20 @@ export class Presence {
 
   /** Inserts or refreshes this process's row (another process may have swept it after a long pause). */
   async #register(): Promise<void> {
-    await this.#options.pool.query(
-      "INSERT INTO api_processes (process_id) VALUES ($1) ON CONFLICT (process_id) DO UPDATE SET heartbeat_at = now()",
+    const { rows } = await this.#options.pool.query<{ inserted: boolean }>(
+      `INSERT INTO api_processes (process_id) VALUES ($1)
+       ON CONFLICT (process_id) DO UPDATE SET heartbeat_at = now() RETURNING (xmax = 0) AS inserted`,
       [this.processId],
     );
+    const users = this.#options.index.users();
+    if (rows[0]?.inserted && users.length > 0) {
+      // Swept while paused (its stream rows went with it): this process's users count again.
+      await this.#options.pool.query(
+        `INSERT INTO presence_streams (user_id, process_id)
+         SELECT u, $2 FROM unnest($1::text[]) AS u ON CONFLICT DO NOTHING`,
+        [users, this.processId],
+      );
+    }
   }
 
   /** Heartbeat, then sweep users whose streams were on a process that is gone. */

@@ -46,6 +46,11 @@ export class StreamIndex {
     return [...(this.#byUser.get(userId) ?? [])];
   }
 
+  /** Users with at least one open stream here. */
+  users(): string[] {
+    return [...this.#byUser.keys()];
+  }
+
   hasUser(userId: string): boolean {
     return this.#byUser.has(userId);
   }

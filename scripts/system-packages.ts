@@ -1,7 +1,7 @@
 /**
  * Debian packages that tests and tools run as real external clients: kcat (reads and
- * writes raw records), promtool and prometheus (alert rule tests), curl (SSE client) and
- * chromium (web page tests). Installed with
+ * writes raw records), promtool and prometheus (alert rule tests), curl (SSE client),
+ * chromium (web page tests) and nginx (the load balancer in front of two API processes). Installed with
  * apt-get when missing, so that `npm test` works on a fresh machine.
  */
 import { spawnSync } from "node:child_process";
@@ -20,6 +20,11 @@ export const testPackages: SystemPackage[] = [
   { command: "promtool", debian: "prometheus", purpose: "check and unit-test the Prometheus alert rules" },
   { command: "curl", debian: "curl", purpose: "follow the SSE stream as a client nobody here wrote" },
   { command: "chromium", debian: "chromium", purpose: "test the web pages in a real browser" },
+  {
+    command: "nginx",
+    debian: "nginx-light",
+    purpose: "put a real load balancer in front of two API processes",
+  },
 ];
 
 function present(command: string): boolean {

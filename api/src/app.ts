@@ -216,7 +216,8 @@ export async function buildBaseApp(deps: ApiDeps): Promise<ApiApp> {
 
   await app.register(fastifyJwt, {
     secret: config.jwtSecret,
-    sign: { algorithm: "HS256", expiresIn: config.tokenTtlSeconds * 1000 },
+    // @fastify/jwt reads a numeric expiresIn as seconds (×1000 made 1 h tokens last 41 days).
+    sign: { algorithm: "HS256", expiresIn: config.tokenTtlSeconds },
     verify: { algorithms: ["HS256"] },
   });
   installAuth(app, config);

@@ -38,6 +38,7 @@ export async function buildApp(deps: ApiDeps): Promise<ApiApp> {
   if (deps.realtime) {
     const hub = new EventHub({
       ...deps.realtime,
+      topic: deps.config.topic,
       projection: deps.projection,
       bus: deps.bus,
       logger: deps.logger,

@@ -27,6 +27,20 @@ export const SseConfigSchema = Type.Object(
       minimum: 1,
       description: "A Last-Event-ID further behind than this many events gets a reset event.",
     }),
+    streamsPerUser: Type.Integer({
+      minimum: 1,
+      description:
+        "Open streams per user on one process (CHATBUS_SSE_STREAMS_PER_USER); one more closes the oldest.",
+    }),
+    streamConversationsMax: Type.Integer({
+      minimum: 1,
+      description:
+        "Conversations (most recent first) a stream follows (CHATBUS_SSE_STREAM_CONVERSATIONS_MAX).",
+    }),
+    presenceProcessTimeoutMs: Type.Integer({
+      minimum: 100,
+      description: "An API process silent this long no longer keeps its users online, ms.",
+    }),
   },
   { additionalProperties: false },
 );
@@ -128,6 +142,9 @@ export const configDefaults = {
     roomBroadcastMaxStreams: 200, // streams: in bigger rooms presence and receipts would cost streams² writes
     deliveredFlushMs: 1_000, // 1 s batch window for chat.receipt.delivered
     resumeMaxEvents: 10_000, // further behind than this → reset event
+    streamsPerUser: 10, // streams per user per process; the 11th closes the oldest
+    streamConversationsMax: 1000, // conversations one stream follows, most recent first
+    presenceProcessTimeoutMs: 15_000, // 15 s without a heartbeat: a killed process's users go offline
   },
 } satisfies Omit<ApiConfig, "jwtSecret" | "operatorKey">;
 
@@ -242,6 +259,15 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): { config: ApiC
     tokenTtlSeconds: integer(env, "CHATBUS_TOKEN_TTL_SECONDS", configDefaults.tokenTtlSeconds),
     serviceKeys,
     operatorKey,
+    sse: {
+      ...configDefaults.sse,
+      streamsPerUser: integer(env, "CHATBUS_SSE_STREAMS_PER_USER", configDefaults.sse.streamsPerUser),
+      streamConversationsMax: integer(
+        env,
+        "CHATBUS_SSE_STREAM_CONVERSATIONS_MAX",
+        configDefaults.sse.streamConversationsMax,
+      ),
+    },
   };
   try {
     return { config: validateConfig(config), notes: { warnings } };

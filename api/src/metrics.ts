@@ -22,12 +22,13 @@ export function createApiMetrics(registry: Registry): ApiMetrics {
   const registers = [registry];
   const sseDisconnects = new Counter({
     name: "chatbus_sse_disconnects_total",
-    help: "SSE streams closed by the server, by reason (slow_client, shutdown).",
+    help: "SSE streams closed by the server, by reason (slow_client, shutdown, error, token_expired, replaced).",
     labelNames: ["reason"],
     registers,
   });
   // Every reason at 0 from the start, so that rate() and increase() see the first disconnect.
-  for (const reason of ["slow_client", "shutdown", "error"]) sseDisconnects.inc({ reason }, 0);
+  for (const reason of ["slow_client", "shutdown", "error", "token_expired", "replaced"])
+    sseDisconnects.inc({ reason }, 0);
   return {
     httpDuration: new Histogram({
       name: "chatbus_http_request_duration_seconds",

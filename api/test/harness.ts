@@ -185,6 +185,8 @@ export interface SseClient {
   lastId(): string | undefined;
   status: number;
   headers: Headers;
+  /** True once the server ended the stream (or it was closed). */
+  readonly ended: boolean;
   close(): void;
 }
 
@@ -195,6 +197,7 @@ export async function openSse(url: string, token: string, lastEventId?: string):
     signal: controller.signal,
   });
   const events: SseMessage[] = [];
+  let ended = false;
   if (res.body) {
     const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
     void (async () => {
@@ -202,14 +205,17 @@ export async function openSse(url: string, token: string, lastEventId?: string):
       try {
         for (;;) {
           const { value, done } = await reader.read();
-          if (done) return;
+          if (done) {
+            ended = true;
+            return;
+          }
           buffer += value;
           const parsed = parseSse(buffer);
           buffer = parsed.rest;
           events.push(...parsed.events);
         }
       } catch {
-        // aborted
+        ended = true; // aborted
       }
     })();
   }
@@ -217,6 +223,9 @@ export async function openSse(url: string, token: string, lastEventId?: string):
     events,
     status: res.status,
     headers: res.headers,
+    get ended() {
+      return ended;
+    },
     lastId: () => [...events].reverse().find((e) => e.id !== undefined)?.id,
     close: () => controller.abort(),
   };

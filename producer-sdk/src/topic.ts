@@ -5,11 +5,12 @@
  */
 import kafkajs, { type Admin } from "kafkajs";
 
+import type { Logger } from "pino";
+import { TopicMismatchError } from "./errors.ts";
+
 // kafkajs is CommonJS and Node's ESM loader does not see `ConfigResourceTypes` as a
 // named export (vitest's transform does, which hid this): read it off the default.
 const { ConfigResourceTypes } = kafkajs;
-import type { Logger } from "pino";
-import { TopicMismatchError } from "./errors.ts";
 
 /** What `ensureTopic` needs to know. */
 export interface EnsureTopicOptions {

@@ -9,8 +9,12 @@ import type { ServerResponse } from "node:http";
 import type { EventCursor, LoggedEvent } from "@chatbus/consumer-runtime";
 import { encodeEventCursor } from "@chatbus/consumer-runtime";
 
-/** Why the server ended a stream. */
-export type CloseReason = "client" | "slow_client" | "shutdown" | "error";
+/**
+ * Why a stream ended: the client left, read too slowly, the server shut down or
+ * failed, the token expired (`token_expired`), or the user opened more streams than
+ * allowed and this was the oldest (`replaced`).
+ */
+export type CloseReason = "client" | "slow_client" | "shutdown" | "error" | "token_expired" | "replaced";
 
 /** Options of one stream. */
 export interface StreamOptions {
@@ -18,6 +22,12 @@ export interface StreamOptions {
   response: ServerResponse;
   cursor: EventCursor;
   maxBufferedBytes: number;
+  /**
+   * When the token that opened the stream expires (ms since the epoch): the stream
+   * then gets `event: token-expired` and ends, so that a leaked URL token stops
+   * reading at its expiry (the client reconnects with a fresh token and its last id).
+   */
+  expiresAt?: number;
   /** Called once with each delivered event (metrics, delivered receipts). */
   onDelivered: (stream: SseStream, event: LoggedEvent) => void;
   onClose: (stream: SseStream, reason: CloseReason) => void;
@@ -59,6 +69,7 @@ export class SseStream {
   readonly #response: ServerResponse;
   readonly #maxBufferedBytes: number;
   readonly #options: StreamOptions;
+  #expiry: NodeJS.Timeout | undefined;
 
   constructor(options: StreamOptions) {
     this.userId = options.userId;
@@ -67,6 +78,26 @@ export class SseStream {
     this.#maxBufferedBytes = options.maxBufferedBytes;
     this.#options = options;
     options.response.on("close", () => this.close("client"));
+    if (options.expiresAt !== undefined) {
+      // setTimeout holds at most 2^31-1 ms (24.8 days); a longer token is re-armed then.
+      const arm = () => {
+        const left = options.expiresAt! - Date.now();
+        this.#expiry = setTimeout(
+          left > 2_000_000_000 ? arm : () => this.#expire(),
+          Math.min(left, 2_000_000_000),
+        );
+        this.#expiry.unref();
+      };
+      arm();
+    }
+  }
+
+  #expire(): void {
+    this.send("token-expired", {
+      reason: "the token of this stream has expired; reconnect with a fresh token and your last event id.",
+      expiredAt: new Date(this.#options.expiresAt!).toISOString(),
+    });
+    this.close("token_expired");
   }
 
   /** Bytes written but not yet taken by the client's TCP window. */
@@ -135,7 +166,11 @@ export class SseStream {
     if (this.closed) return;
     this.closed = true;
     this.pending = null;
-    if (reason !== "client") this.#response.destroy();
+    clearTimeout(this.#expiry);
+    // Ends that tell the client something (token-expired, closed) end the response
+    // cleanly so that the last event is flushed; others drop the socket at once.
+    if (reason === "token_expired" || reason === "replaced") this.#response.end();
+    else if (reason !== "client") this.#response.destroy();
     this.#options.onClose(this, reason);
   }
 }

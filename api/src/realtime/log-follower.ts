@@ -1,0 +1,167 @@
+/**
+ * The log follower: one LISTEN connection per API process on the materialiser's
+ * channel; for each committed range `{partition, from, to}` it reads the events once
+ * (`eventsInRange`) and hands them to `onEvents`, each partition strictly in offset
+ * order.
+ *
+ * Its position is the materialiser's *applied* position (`projection_offsets`), not
+ * the highest offset in `event_log`: a committed batch can end in records that never
+ * reach the log (dead letters, duplicates), and a notification's `to` counts them.
+ * Every process, whenever it started, therefore agrees on the same position for the
+ * same committed state, so a stream id issued by one process resumes on any other
+ * (issue 18.1: a process that learnt its start from `max(event_log.offset)` called an
+ * id from a longer-running process "ahead of this event log").
+ *
+ * Start-up: LISTEN first, then read the applied position; notifications that arrive
+ * in between wait until the position is known (they used to read the partition from
+ * offset 0 and could move the cursor backwards). The LISTEN socket has TCP keep-alive
+ * so a silently dropped path ends in an error and a reconnect, not a stalled hub.
+ */
+import type {
+  EventCursor,
+  EventsNotification,
+  LoggedEvent,
+  ProjectionReader,
+} from "@chatbus/consumer-runtime";
+import pg from "pg";
+import type { Logger } from "pino";
+
+/** What the follower needs. */
+export interface LogFollowerOptions {
+  /** Connection string of the projection database (a dedicated client LISTENs). */
+  databaseUrl: string;
+  /** The materialiser's channel: `eventsChannel(schema)`. */
+  channel: string;
+  /** The topic whose applied offsets `projection_offsets` holds. */
+  topic: string;
+  pool: pg.Pool;
+  projection: ProjectionReader;
+  logger: Logger;
+  /** Called with each range's events, in offset order per partition. */
+  onEvents: (events: LoggedEvent[]) => void;
+}
+
+/** The applied position of the projection: last applied offset per partition (inclusive). */
+export async function appliedPosition(db: pg.Pool | pg.PoolClient, topic: string): Promise<EventCursor> {
+  const { rows } = await db.query<{ partition: number; offset: string }>(
+    `SELECT partition, (next_offset - 1)::text AS "offset" FROM projection_offsets
+      WHERE topic = $1 AND next_offset > 0`,
+    [topic],
+  );
+  return Object.fromEntries(rows.map((r) => [r.partition, r.offset]));
+}
+
+/** True when `cursor` names an offset beyond `head` in some partition. */
+export function cursorAhead(cursor: EventCursor, head: EventCursor): boolean {
+  return Object.entries(cursor).some(([p, o]) => BigInt(o) > BigInt(head[Number(p)] ?? "-1"));
+}
+
+/** Follows the materialiser's commits and reads each committed range once. */
+export class LogFollower {
+  /** Highest offset handed to `onEvents` per partition (inclusive). */
+  readonly cursor: EventCursor = {};
+  readonly #chains = new Map<number, Promise<void>>();
+  readonly #options: LogFollowerOptions;
+  #listener: pg.Client | undefined;
+  #reconnect: NodeJS.Timeout | undefined;
+  /** Notifications that arrived before the start position was known. */
+  #early: EventsNotification[] | null = [];
+  #stopped = false;
+
+  constructor(options: LogFollowerOptions) {
+    this.#options = options;
+  }
+
+  /** LISTENs, then learns the applied position. Must resolve before streams open. */
+  async start(): Promise<void> {
+    await this.#listen();
+  }
+
+  /** The applied position as the database has it now (may be ahead of `cursor` by a notification). */
+  head(): Promise<EventCursor> {
+    return appliedPosition(this.#options.pool, this.#options.topic);
+  }
+
+  async #listen(): Promise<void> {
+    const client = new pg.Client({
+      connectionString: this.#options.databaseUrl,
+      keepAlive: true,
+      keepAliveInitialDelayMillis: 10_000,
+    });
+    client.on("error", (error) => {
+      this.#options.logger.warn({ err: error }, "SSE LISTEN connection failed; reconnecting");
+      this.#scheduleReconnect(client);
+    });
+    client.on("end", () => this.#scheduleReconnect(client));
+    client.on("notification", (message) => {
+      if (!message.payload) return;
+      try {
+        const n = JSON.parse(message.payload) as EventsNotification;
+        if (this.#early) this.#early.push(n);
+        else this.#enqueue(n.partition, n.to);
+      } catch (error) {
+        this.#options.logger.warn({ err: error, payload: message.payload }, "unreadable events notification");
+      }
+    });
+    await client.connect();
+    await client.query(`LISTEN "${this.#options.channel.replaceAll('"', '""')}"`);
+    this.#listener = client;
+    // After LISTEN: anything committed later arrives as a notification; the head covers the rest.
+    const head = await this.head();
+    const first = this.#early;
+    if (first) {
+      // First start: streams begin at the head; earlier notifications are below or at it
+      // unless they raced the query, and then they read only what lies beyond the head.
+      Object.assign(this.cursor, head);
+      this.#early = null;
+      for (const n of first) this.#enqueue(n.partition, n.to);
+      return;
+    }
+    for (const [p, offset] of Object.entries(head)) this.#enqueue(Number(p), offset); // missed while reconnecting
+  }
+
+  #scheduleReconnect(client: pg.Client): void {
+    if (this.#stopped || this.#listener !== client || this.#reconnect) return;
+    this.#listener = undefined;
+    client.end().catch(() => {});
+    this.#reconnect = setTimeout(() => {
+      this.#reconnect = undefined;
+      this.#listen().catch((error) => {
+        this.#options.logger.warn({ err: error }, "SSE LISTEN reconnect failed; retrying");
+        const placeholder = new pg.Client();
+        this.#listener = placeholder;
+        this.#scheduleReconnect(placeholder);
+      });
+    }, 1000);
+  }
+
+  /** Reads and hands over partition `p` up to offset `to`, after whatever is queued for it. */
+  #enqueue(partition: number, to: string): void {
+    const previous = this.#chains.get(partition) ?? Promise.resolve();
+    const next = previous.then(async () => {
+      const known = this.cursor[partition];
+      if (known !== undefined && BigInt(to) <= BigInt(known)) return;
+      const from = known === undefined ? "0" : (BigInt(known) + 1n).toString();
+      try {
+        const events = await this.#options.projection.eventsInRange(partition, from, to);
+        this.#options.onEvents(events);
+        this.cursor[partition] = to;
+      } catch (error) {
+        // The position did not move: a retry (or the next notification) reads the same range again.
+        this.#options.logger.warn({ err: error, partition }, "could not read the event log; retrying in 1 s");
+        if (!this.#stopped) setTimeout(() => this.#enqueue(partition, to), 1000).unref();
+      }
+    });
+    this.#chains.set(partition, next);
+  }
+
+  /** Stops listening after the ranges being read are handed over. */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    clearTimeout(this.#reconnect);
+    await Promise.allSettled([...this.#chains.values()]);
+    const listener = this.#listener;
+    this.#listener = undefined;
+    await listener?.end().catch(() => {});
+  }
+}

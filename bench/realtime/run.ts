@@ -1,0 +1,220 @@
+/**
+ * Realtime benchmark across processes (issue 18.5; not a timed test, run it on a quiet
+ * machine): two real API processes (`api/src/main.ts`) behind nginx running the
+ * shipped `deploy/nginx/chatbus.conf`, the materialiser in this process.
+ *
+ * 1. One group of N members (default 15,000); one SSE stream per member, opened
+ *    through nginx by a child process (`bench/api/sse-clients.ts`), so nginx spreads
+ *    them over both processes.
+ * 2. Streams held per process (`chatbus_sse_streams` of each) and memory per stream
+ *    (each process's RSS before and after, from /proc).
+ * 3. R rounds (default 3): one message to the group; time from `send` until every
+ *    stream has it: p50, p99, last, over all streams of both processes.
+ *
+ *   npm run bench:realtime -- [--members 15000] [--rounds 3]
+ *
+ * Needs nginx (installed like the test packages), `ulimit -n` above 4 × members (each
+ * stream is a socket in the client, two in nginx and one in an API process), and
+ * KAFKA_BROKERS / DATABASE_URL; its topic and schema are its own (dropped at the end).
+ */
+import { spawn } from "node:child_process";
+import { createHmac } from "node:crypto";
+import { readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpus, loadavg, tmpdir, totalmem } from "node:os";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { parseArgs } from "node:util";
+import { startMaterialiser } from "@chatbus/consumer-runtime";
+import { createChatBus, uuidv7 } from "@chatbus/producer-sdk";
+import pino from "pino";
+import { Registry } from "prom-client";
+import {
+  type ApiProcess,
+  clusterSecrets,
+  freePort,
+  startApiProcess,
+  startBalancer,
+} from "../../api/test/realtime-cluster.ts";
+import { createTestSchema, createTestTopic, uniqueName } from "../../test/support/isolation.ts";
+
+const { values } = parseArgs({
+  options: { members: { type: "string", default: "15000" }, rounds: { type: "string", default: "3" } },
+});
+const MEMBERS = Number(values.members);
+const ROUNDS = Number(values.rounds);
+const PARTITIONS = 12;
+const brokers = (process.env.KAFKA_BROKERS ?? "127.0.0.1:9092").split(",");
+const say = (text: string) => console.log(`bench/realtime: ${text}`);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const pct = (sorted: number[], p: number) =>
+  sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+const rssOf = (pid: number) =>
+  Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? Number.NaN) * 1024;
+
+/** An HS256 user token signed with the cluster's secret (what dev login would return). */
+function token(sub: string): string {
+  const part = (o: object) => Buffer.from(JSON.stringify(o)).toString("base64url");
+  const now = Math.floor(Date.now() / 1000);
+  const body = `${part({ alg: "HS256", typ: "JWT" })}.${part({ sub, iat: now, exp: now + 3600 })}`;
+  return `${body}.${createHmac("sha256", clusterSecrets.CHATBUS_JWT_SECRET).update(body).digest("base64url")}`;
+}
+
+async function streamsOf(p: ApiProcess): Promise<number> {
+  const text = await (await fetch(`${p.url}/metrics`)).text();
+  return Number(/^chatbus_sse_streams (\d+)/m.exec(text)?.[1] ?? Number.NaN);
+}
+
+const logger = pino({ level: "warn" });
+const [topic, schema] = await Promise.all([
+  createTestTopic("bench_rt", PARTITIONS),
+  createTestSchema("bench_rt"),
+]);
+const bus = await createChatBus({
+  brokers,
+  topic,
+  partitions: PARTITIONS,
+  ensureTopic: false,
+  logger,
+  registry: new Registry(),
+});
+const materialiser = await startMaterialiser({
+  pool: schema.pool,
+  brokers,
+  topic,
+  groupId: uniqueName("bench-rt-mat"),
+  logger,
+});
+const ports = [await freePort(), await freePort()];
+const api: ApiProcess[] = [];
+// Whatever happens, the API processes this run started do not outlive it.
+process.on("exit", () => {
+  for (const p of api) p.child.kill("SIGKILL");
+});
+for (const port of ports) {
+  api.push(
+    await startApiProcess({
+      port,
+      databaseUrl: schema.url,
+      topic,
+      brokers,
+      env: { CHATBUS_PARTITIONS: String(PARTITIONS), LOG_LEVEL: "warn" },
+    }),
+  );
+}
+const balancer = await startBalancer(ports, { workerConnections: 4 * MEMBERS + 1024 });
+say(`API processes on ${ports.join(", ")}, nginx at ${balancer.url}`);
+
+const group = "bench-realtime";
+const members = Array.from({ length: MEMBERS }, (_, i) => `rt-${i}`);
+await bus.send(
+  group,
+  {
+    type: "chat.conversation.created",
+    kind: "group",
+    createdBy: members[0]!,
+    members: members.slice(0, 1000),
+  },
+  { kind: "group" },
+);
+for (let i = 1000; i < MEMBERS; i += 1000) {
+  await bus.sendMany(
+    members.slice(i, i + 1000).map((userId) => ({
+      conversationId: group,
+      kind: "group" as const,
+      event: { type: "chat.member.joined" as const, userId },
+    })),
+  );
+}
+for (;;) {
+  const { rows } = await schema.pool.query(
+    "SELECT count(*)::int AS n FROM members WHERE conversation_id = $1",
+    [group],
+  );
+  if (rows[0].n === MEMBERS) break;
+  await sleep(500);
+}
+const tokensFile = join(tmpdir(), `${uniqueName("bench-rt-tokens")}.json`);
+writeFileSync(tokensFile, JSON.stringify(members.map(token)));
+
+const rssBefore = api.map((p) => rssOf(p.child.pid!));
+const child = spawn(
+  process.execPath,
+  [...process.execArgv, join(import.meta.dirname, "..", "api", "sse-clients.ts"), tokensFile, balancer.url],
+  {
+    stdio: ["pipe", "pipe", "inherit"],
+  },
+);
+const lines = createInterface({ input: child.stdout! });
+const nextLine = (prefix: string) =>
+  new Promise<string>((resolve) => {
+    const onLine = (line: string) => {
+      if (line.startsWith(prefix)) {
+        lines.off("line", onLine);
+        resolve(line.slice(prefix.length));
+      }
+    };
+    lines.on("line", onLine);
+  });
+const openStarted = Date.now();
+const opened = Number(await nextLine("open "));
+const openSeconds = (Date.now() - openStarted) / 1000;
+await sleep(3000);
+const held = await Promise.all(api.map(streamsOf));
+const perStream = api.map((p, i) => (rssOf(p.child.pid!) - rssBefore[i]!) / Math.max(1, held[i]!));
+say(
+  `opened ${opened} streams in ${openSeconds.toFixed(1)} s; held per process ${held.join(" + ")}; RSS per stream ${perStream.map((b) => `${(b / 1024).toFixed(1)} KiB`).join(", ")}`,
+);
+
+const all: number[] = [];
+const rounds: string[] = [];
+for (let round = 1; round <= ROUNDS; round++) {
+  await sleep(3000); // the previous round's delivered receipts settle first
+  const marker = `rt-${uuidv7()}`;
+  child.stdin!.write(`watch ${marker}\n`);
+  const gotLine = nextLine("got ");
+  const sentAt = performance.timeOrigin + performance.now();
+  await bus.send(
+    group,
+    {
+      type: "chat.message.sent",
+      senderId: members[0]!,
+      priority: "high",
+      content: { type: "text", text: marker },
+    },
+    { kind: "group" },
+  );
+  const timeout = setTimeout(() => child.stdin!.write("report\n"), 60_000);
+  const times = (JSON.parse(await gotLine) as number[]).map((t) => t - sentAt).sort((a, b) => a - b);
+  clearTimeout(timeout);
+  all.push(...times);
+  const line = `round ${round}: ${times.length}/${opened} streams; send → stream p50 ${pct(times, 50).toFixed(0)} ms, p99 ${pct(times, 99).toFixed(0)} ms, last ${times.at(-1)!.toFixed(0)} ms`;
+  rounds.push(line);
+  say(line);
+}
+all.sort((a, b) => a - b);
+
+console.log(`
+machine: ${cpus().length} cores, ${Math.round(totalmem() / 2 ** 30)} GiB; load average at the end ${loadavg()
+  .map((l) => l.toFixed(1))
+  .join(" ")}
+
+| two API processes behind nginx | result |
+|---|---|
+| streams opened through nginx | ${opened} in ${openSeconds.toFixed(1)} s |
+| streams held per process | ${held.join(" + ")} |
+| RSS per stream, per process | ${perStream.map((b) => `${(b / 1024).toFixed(1)} KiB`).join(", ")} |
+| one message to ${MEMBERS} members, send → every stream | p50 ${pct(all, 50).toFixed(0)} ms, p99 ${pct(all, 99).toFixed(0)} ms, last ${all.at(-1)!.toFixed(0)} ms (${ROUNDS} rounds) |
+
+${rounds.join("\n")}
+`);
+
+child.kill();
+await balancer.stop();
+for (const p of api) {
+  p.child.kill("SIGTERM");
+  await p.exited;
+}
+await materialiser.stop();
+await bus.close();
+await schema.cleanup();
+rmSync(tokensFile, { force: true });

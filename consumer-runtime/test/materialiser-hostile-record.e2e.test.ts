@@ -12,6 +12,7 @@ import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { type ChatEventInput, encodeEvent, uuidv7 } from "@chatbus/producer-sdk";
+import { Kafka, logLevel } from "kafkajs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { kafkaBrokers } from "../../test/support/env.ts";
 import {
@@ -63,6 +64,31 @@ function kcat(partition: number, conversationId: string, input: ChatEventInput, 
     ["-P", "-b", kafkaBrokers()[0]!, "-t", topic, "-p", String(partition), "-k", conversationId, ...headers],
     { input: value },
   );
+}
+
+/**
+ * kcat cannot pass U+0000 in an argument, so this one comes from a raw kafkajs producer:
+ * a valid event whose `ce_source` header holds U+0000.
+ */
+async function produceWithNulHeader(partition: number, conversationId: string, input: ChatEventInput) {
+  const { record } = encodeEvent(conversationId, input, { source: "/test/raw", id: uuidv7() });
+  const producer = new Kafka({ brokers: kafkaBrokers(), logLevel: logLevel.NOTHING }).producer();
+  await producer.connect();
+  try {
+    await producer.send({
+      topic,
+      messages: [
+        {
+          partition,
+          key: conversationId,
+          value: record.value,
+          headers: { ...record.headers, ce_source: "/evil\u0000" },
+        },
+      ],
+    });
+  } finally {
+    await producer.disconnect();
+  }
 }
 
 beforeAll(async () => {
@@ -133,6 +159,7 @@ describe("a record PostgreSQL refuses, with the stack running", () => {
     );
     kcat(0, "hostile-a", text("ana", "XNULX"), (v) => v.replace("XNULX", "nul \\u0000 here"));
     kcat(0, "hostile-a", text("ana", "refused-by-postgres"));
+    await produceWithNulHeader(0, "hostile-a", text("ana", "a NUL in a header"));
     kcat(0, "hostile-b", text("cy", "after the bad one, same partition"));
     kcat(1, "hostile-c", text("eve", "another partition"));
 
@@ -154,7 +181,7 @@ describe("a record PostgreSQL refuses, with the stack running", () => {
           "SELECT conversation_id, content->>'text' AS t FROM messages ORDER BY conversation_id, seq",
         )
       ).rows;
-      if (deadLetters.length >= 2 && texts.length >= 2) break;
+      if (deadLetters.length >= 3 && texts.length >= 2) break;
       if (Date.now() > deadline) break;
       await sleep(250);
     }
@@ -162,7 +189,15 @@ describe("a record PostgreSQL refuses, with the stack running", () => {
     expect(deadLetters).toEqual([
       { failure_class: "poison", error_code: expect.any(String), conversation_id: "hostile-a" },
       { failure_class: "data", error_code: "23514", conversation_id: "hostile-a" },
+      { failure_class: "poison", error_code: expect.any(String), conversation_id: "hostile-a" },
     ]);
+    // The runtime's own subscription (notifications) stored its dead letters as well:
+    // a NUL in a header must not make the dead-letter write itself fail.
+    const notifications = await db.pool.query(
+      "SELECT count(*)::int AS n FROM dead_letters WHERE topic = $1 AND subscription <> 'materialiser'",
+      [topic],
+    );
+    expect(notifications.rows[0].n).toBeGreaterThanOrEqual(2);
     expect(seconds).toBeLessThan(30);
     expect(texts).toEqual([
       { conversation_id: "hostile-b", t: "after the bad one, same partition" },

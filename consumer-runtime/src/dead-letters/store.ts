@@ -3,9 +3,11 @@
  * pool so that the runtime, the materialiser and the API share them. SQL is
  * unqualified: it runs in whichever schema the pool's search_path names.
  */
+
 import { ValidationError } from "@chatbus/producer-sdk";
 import type pg from "pg";
 import { DeadLetterNotFoundError, DeadLetterStateError } from "../errors.ts";
+import { storable, storableOrNull } from "./storable-text.ts";
 import type {
   DeadLetter,
   DeadLetterFilter,
@@ -111,16 +113,16 @@ export async function recordDeadLetter(
       input.topic,
       input.partition,
       input.offset,
-      input.key,
-      JSON.stringify(input.headers),
+      storableOrNull(input.key),
+      storable(JSON.stringify(input.headers)),
       input.value,
-      input.eventId ?? null,
-      input.eventType ?? null,
-      input.conversationId ?? null,
+      storableOrNull(input.eventId),
+      storableOrNull(input.eventType),
+      storableOrNull(input.conversationId),
       input.failureClass,
-      input.errorCode,
-      input.errorMessage,
-      input.errorStack ?? null,
+      storable(input.errorCode),
+      storable(input.errorMessage),
+      storableOrNull(input.errorStack),
       input.attempts,
       input.firstFailedAt,
       input.lastFailedAt,

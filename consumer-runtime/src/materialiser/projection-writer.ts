@@ -10,6 +10,7 @@
 import { createHash } from "node:crypto";
 import type { RawRecord } from "@chatbus/producer-sdk";
 import type pg from "pg";
+import { storable } from "../dead-letters/storable-text.ts";
 import type { ApplyContext, BatchRecord, DeadLetterClass } from "./apply-batch.ts";
 import { eventsChannel } from "./events-channel.ts";
 import type { Changes } from "./evolve.ts";
@@ -58,13 +59,6 @@ export function headersAsJson(headers: RawRecord["headers"]): Record<string, str
 function statementName(text: string): string {
   return `chatbus_materialiser_${createHash("sha1").update(text).digest("hex").slice(0, 16)}`;
 }
-
-/**
- * PostgreSQL text and jsonb cannot hold U+0000 (in JSON, the escape `\\u0000`): a dead
- * letter's descriptive columns replace it with U+FFFD so that the dead letter itself can
- * always be stored; the record's value is kept byte for byte (bytea).
- */
-const storable = (text: string) => text.replaceAll("\u0000", "\ufffd").replaceAll("\\u0000", "\\ufffd");
 
 const iso = (d: Date | null) => (d === null ? null : d.toISOString());
 

@@ -22,7 +22,7 @@
  * KAFKA_BROKERS (127.0.0.1:9092).
  */
 import { spawn } from "node:child_process";
-import { cpus, totalmem } from "node:os";
+import { cpus, loadavg, totalmem } from "node:os";
 import { createChatBus, type EncodedRecord, uuidv7 } from "@chatbus/producer-sdk";
 import { Producer as PlatformaticProducer, ProduceAcks, stringSerializers } from "@platformatic/kafka";
 import { Kafka, logLevel, Partitioners } from "kafkajs";
@@ -343,12 +343,17 @@ async function benchPerfTest(): Promise<{ throughput: Result; paced: Result }> {
 }
 
 const fmt = (n: number, digits = 1) => (Number.isFinite(n) ? n.toFixed(digits) : "n/a");
+/** The 1-, 5- and 15-minute load averages: printed at start and end, since only ratios hold on a busy machine. */
+const load = () =>
+  loadavg()
+    .map((l) => l.toFixed(2))
+    .join(" ");
 
 async function main(): Promise<void> {
   console.log(
     `producer bench: ${events} events of ~1 KiB, ${concurrency} concurrent callers, batches of ${batchSize}, ` +
       `${rounds} interleaved rounds; fixed rate ${rate}/s for ${rateSeconds} s; brokers ${brokers.join(",")}; ` +
-      `${cpus().length} cores, ${Math.round(totalmem() / 2 ** 30)} GiB; node ${process.version}`,
+      `${cpus().length} cores, ${Math.round(totalmem() / 2 ** 30)} GiB; node ${process.version}; load average ${load()}`,
   );
   const wanted = (name: string) => !only || only.split(",").some((o) => name.includes(o));
   const contenders: Contender[] = [];
@@ -397,6 +402,7 @@ async function main(): Promise<void> {
     );
   }
   await deleteTopics(created);
+  console.log(`\nload average at the end: ${load()}`);
   console.log("");
   console.log("| client | events/s | p50 ms | p99 ms | p50 ms @ 5k/s | p99 ms @ 5k/s |");
   console.log("|---|---:|---:|---:|---:|---:|");
@@ -418,6 +424,12 @@ async function main(): Promise<void> {
   if (!(sdk instanceof Error) && !(kafkajs instanceof Error)) {
     console.log(
       `\nSDK / raw kafkajs throughput: ${((100 * sdk.throughput.eventsPerSecond) / kafkajs.throughput.eventsPerSecond).toFixed(0)}%`,
+    );
+  }
+  const java = byName("kafka-producer-perf-test");
+  if (!(sdk instanceof Error) && !(java instanceof Error)) {
+    console.log(
+      `SDK / Java perf tool throughput: ${((100 * sdk.throughput.eventsPerSecond) / java.throughput.eventsPerSecond).toFixed(0)}%`,
     );
   }
   if (!(platformatic instanceof Error) && !(kafkajs instanceof Error)) {

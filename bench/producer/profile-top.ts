@@ -4,10 +4,12 @@
  * browser. Self time of a function = the sampled time spent in it, not in its callees;
  * entries are merged by function name and source position.
  *
- *   npx tsx bench/producer/profile-top.ts <file.cpuprofile> [--top 25] [--filter text]
+ *   npx tsx bench/producer/profile-top.ts <file.cpuprofile> [--top 25] [--filter text] [--group]
  *
  * `--filter` keeps only entries whose name or file contains the text; percentages stay
- * relative to the whole profile.
+ * relative to the whole profile. `--group` sums self time by where the code lives
+ * instead: a package under node_modules, a folder of this repository, `node:` internals
+ * (Buffer, streams, ...), or V8's own entries (GC, idle, native functions).
  */
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
@@ -32,6 +34,18 @@ function shortUrl(url: string): string {
   return url.startsWith(cwd) ? url.slice(cwd.length) : url;
 }
 
+/** Where an entry's code lives, for `--group`: `kafkajs`, `producer-sdk/src`, `node:internal`, `(garbage collector)`. */
+function groupOf(entry: string): string {
+  // V8's own entries ("(idle)", "(garbage collector)") and native functions have no file.
+  if (/^\([a-z ]+\)$/.test(entry)) return entry;
+  const where = entry.slice(entry.lastIndexOf(" ") + 1);
+  if (where.startsWith("node:")) return "node: internals";
+  if (!where.includes("/")) return "(native functions)";
+  const parts = where.split("/");
+  const depth = parts[0]?.startsWith("@") ? 3 : 2;
+  return parts.slice(0, Math.min(depth, parts.length - 1)).join("/") || where;
+}
+
 /** Self time in microseconds per "name file:line", largest first. */
 export function selfTimes(profile: CpuProfile): { entry: string; micros: number }[] {
   const byId = new Map(profile.nodes.map((n) => [n.id, n]));
@@ -50,15 +64,24 @@ export function selfTimes(profile: CpuProfile): { entry: string; micros: number 
 function main(): void {
   const { values, positionals } = parseArgs({
     allowPositionals: true,
-    options: { top: { type: "string", default: "25" }, filter: { type: "string", default: "" } },
+    options: {
+      top: { type: "string", default: "25" },
+      filter: { type: "string", default: "" },
+      group: { type: "boolean", default: false },
+    },
   });
   const file = positionals[0];
   if (!file) {
-    console.error("usage: profile-top.ts <file.cpuprofile> [--top 25] [--filter text]");
+    console.error("usage: profile-top.ts <file.cpuprofile> [--top 25] [--filter text] [--group]");
     process.exit(2);
   }
   const profile = JSON.parse(readFileSync(file, "utf8")) as CpuProfile;
-  const entries = selfTimes(profile);
+  let entries = selfTimes(profile);
+  if (values.group) {
+    const groups = new Map<string, number>();
+    for (const e of entries) groups.set(groupOf(e.entry), (groups.get(groupOf(e.entry)) ?? 0) + e.micros);
+    entries = [...groups].map(([entry, micros]) => ({ entry, micros })).sort((a, b) => b.micros - a.micros);
+  }
   const total = entries.reduce((n, e) => n + e.micros, 0);
   const shown = entries.filter((e) => !values.filter || e.entry.includes(values.filter));
   console.log(`${file}: ${(total / 1000).toFixed(0)} ms sampled`);

@@ -369,12 +369,18 @@ async function main(): Promise<void> {
   }
   const rows = new Map<string, { throughput: Result; paced: Result } | Error>();
   const samples = new Map<string, Sample[]>(contenders.map((c) => [c.name, []]));
+  // This process's CPU time per row (user + system, all threads): steadier than
+  // events/s on a shared machine, since other processes' load does not add to it.
+  const cpuMicros = new Map<string, number>();
   for (const c of contenders) await c.throughput(5000); // warm-up: JIT, connections, metadata
   // Interleaved rounds, so that load from elsewhere on the machine hits every client alike.
   for (let round = 0; round < rounds; round++) {
     for (const c of contenders) {
       process.stdout.write(`round ${round + 1}: ${c.name} ...\n`);
+      const cpuBefore = process.cpuUsage();
       samples.get(c.name)!.push(await c.throughput(Math.ceil(events / rounds)));
+      const cpu = process.cpuUsage(cpuBefore);
+      cpuMicros.set(c.name, (cpuMicros.get(c.name) ?? 0) + cpu.user + cpu.system);
     }
   }
   for (const c of contenders) {
@@ -415,6 +421,14 @@ async function main(): Promise<void> {
     console.log(
       `| ${name} | ${Math.round(t.eventsPerSecond).toLocaleString("en")} | ${fmt(t.p50)} | ${fmt(t.p99)} | ${fmt(p.p50)} | ${fmt(p.p99)} |`,
     );
+  }
+  if (cpuMicros.size > 0) {
+    console.log("\n| client | CPU µs per event in this process (throughput rounds) |");
+    console.log("|---|---:|");
+    for (const [name, micros] of cpuMicros) {
+      const count = samples.get(name)!.reduce((n, r) => n + r.count, 0);
+      console.log(`| ${name} | ${fmt(micros / count)} |`);
+    }
   }
   const byName = (prefix: string) =>
     [...rows].find(([name]) => name.startsWith(prefix))?.[1] ?? new Error("not run");

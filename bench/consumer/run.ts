@@ -11,6 +11,7 @@
  *
  * Uses KAFKA_BROKERS (default 127.0.0.1:9092) and DATABASE_URL; makes its own topic and schema.
  */
+import { loadavg } from "node:os";
 import { parseArgs } from "node:util";
 import { createRuntime, type Runtime } from "@chatbus/consumer-runtime";
 import { decodeRecord, encodeEvent } from "@chatbus/producer-sdk";
@@ -33,6 +34,11 @@ const partitions = Number(values.partitions);
 const conversations = 1000;
 const kafka = new Kafka({ clientId: "chatbus-bench", brokers: kafkaBrokers(), logLevel: logLevel.NOTHING });
 const say = (line: string) => console.log(line);
+/** Printed at start and end: on a shared machine only the ratios within one run hold. */
+const load = () =>
+  loadavg()
+    .map((l) => l.toFixed(2))
+    .join(" ");
 
 interface Result {
   name: string;
@@ -149,6 +155,7 @@ function chatbus(topic: string, pool: import("pg").Pool, waitMs: number, concurr
 }
 
 async function main(): Promise<void> {
+  say(`consumer bench: load average ${load()}`);
   const schema = await createTestSchema("bench_consumer");
   const topic = await createTestTopic("bench_consumer", partitions);
   try {
@@ -212,6 +219,7 @@ async function main(): Promise<void> {
       `| 5 ms handler: chatbus concurrency 256 | ${rate(slow[1]!).toFixed(0)} | ${(rate(slow[1]!) / perPartition).toFixed(1)}x |`,
     );
   } finally {
+    say(`\nload average at the end: ${load()}`);
     await schema.cleanup();
     const admin = kafka.admin();
     await admin.connect();

@@ -22,7 +22,7 @@
  * KAFKA_BROKERS (127.0.0.1:9092).
  */
 import { spawn } from "node:child_process";
-import { cpus, totalmem } from "node:os";
+import { cpus, loadavg, totalmem } from "node:os";
 import { createChatBus, type EncodedRecord, uuidv7 } from "@chatbus/producer-sdk";
 import { Producer as PlatformaticProducer, ProduceAcks, stringSerializers } from "@platformatic/kafka";
 import { Kafka, logLevel, Partitioners } from "kafkajs";
@@ -343,12 +343,17 @@ async function benchPerfTest(): Promise<{ throughput: Result; paced: Result }> {
 }
 
 const fmt = (n: number, digits = 1) => (Number.isFinite(n) ? n.toFixed(digits) : "n/a");
+/** The 1-, 5- and 15-minute load averages: printed at start and end, since only ratios hold on a busy machine. */
+const load = () =>
+  loadavg()
+    .map((l) => l.toFixed(2))
+    .join(" ");
 
 async function main(): Promise<void> {
   console.log(
     `producer bench: ${events} events of ~1 KiB, ${concurrency} concurrent callers, batches of ${batchSize}, ` +
       `${rounds} interleaved rounds; fixed rate ${rate}/s for ${rateSeconds} s; brokers ${brokers.join(",")}; ` +
-      `${cpus().length} cores, ${Math.round(totalmem() / 2 ** 30)} GiB; node ${process.version}`,
+      `${cpus().length} cores, ${Math.round(totalmem() / 2 ** 30)} GiB; node ${process.version}; load average ${load()}`,
   );
   const wanted = (name: string) => !only || only.split(",").some((o) => name.includes(o));
   const contenders: Contender[] = [];
@@ -364,12 +369,18 @@ async function main(): Promise<void> {
   }
   const rows = new Map<string, { throughput: Result; paced: Result } | Error>();
   const samples = new Map<string, Sample[]>(contenders.map((c) => [c.name, []]));
+  // This process's CPU time per row (user + system, all threads): steadier than
+  // events/s on a shared machine, since other processes' load does not add to it.
+  const cpuMicros = new Map<string, number>();
   for (const c of contenders) await c.throughput(5000); // warm-up: JIT, connections, metadata
   // Interleaved rounds, so that load from elsewhere on the machine hits every client alike.
   for (let round = 0; round < rounds; round++) {
     for (const c of contenders) {
       process.stdout.write(`round ${round + 1}: ${c.name} ...\n`);
+      const cpuBefore = process.cpuUsage();
       samples.get(c.name)!.push(await c.throughput(Math.ceil(events / rounds)));
+      const cpu = process.cpuUsage(cpuBefore);
+      cpuMicros.set(c.name, (cpuMicros.get(c.name) ?? 0) + cpu.user + cpu.system);
     }
   }
   for (const c of contenders) {
@@ -397,6 +408,7 @@ async function main(): Promise<void> {
     );
   }
   await deleteTopics(created);
+  console.log(`\nload average at the end: ${load()}`);
   console.log("");
   console.log("| client | events/s | p50 ms | p99 ms | p50 ms @ 5k/s | p99 ms @ 5k/s |");
   console.log("|---|---:|---:|---:|---:|---:|");
@@ -410,6 +422,14 @@ async function main(): Promise<void> {
       `| ${name} | ${Math.round(t.eventsPerSecond).toLocaleString("en")} | ${fmt(t.p50)} | ${fmt(t.p99)} | ${fmt(p.p50)} | ${fmt(p.p99)} |`,
     );
   }
+  if (cpuMicros.size > 0) {
+    console.log("\n| client | CPU µs per event in this process (throughput rounds) |");
+    console.log("|---|---:|");
+    for (const [name, micros] of cpuMicros) {
+      const count = samples.get(name)!.reduce((n, r) => n + r.count, 0);
+      console.log(`| ${name} | ${fmt(micros / count)} |`);
+    }
+  }
   const byName = (prefix: string) =>
     [...rows].find(([name]) => name.startsWith(prefix))?.[1] ?? new Error("not run");
   const sdk = byName("chatbus");
@@ -418,6 +438,12 @@ async function main(): Promise<void> {
   if (!(sdk instanceof Error) && !(kafkajs instanceof Error)) {
     console.log(
       `\nSDK / raw kafkajs throughput: ${((100 * sdk.throughput.eventsPerSecond) / kafkajs.throughput.eventsPerSecond).toFixed(0)}%`,
+    );
+  }
+  const java = byName("kafka-producer-perf-test");
+  if (!(sdk instanceof Error) && !(java instanceof Error)) {
+    console.log(
+      `SDK / Java perf tool throughput: ${((100 * sdk.throughput.eventsPerSecond) / java.throughput.eventsPerSecond).toFixed(0)}%`,
     );
   }
   if (!(platformatic instanceof Error) && !(kafkajs instanceof Error)) {

@@ -122,10 +122,61 @@ export function encodeEvent(
   return { record, event };
 }
 
-function header(headers: RawRecord["headers"], name: string): string | undefined {
+/** A header's first value as the client gave it: bytes, text, or nothing (null counts as absent). */
+function headerValue(headers: RawRecord["headers"], name: string): Buffer | string | undefined {
   const raw = headers?.[name];
   const value = Array.isArray(raw) ? raw[0] : raw;
-  return value === undefined ? undefined : value.toString();
+  return value ?? undefined;
+}
+
+/**
+ * A header value the decoder expects often, kept both as text and as UTF-8 bytes, so
+ * that a Buffer from Kafka is compared byte for byte instead of being decoded into a
+ * string first (kafkajs hands every header over as a Buffer).
+ */
+interface KnownText {
+  text: string;
+  bytes: Buffer;
+}
+
+const known = (text: string): KnownText => ({ text, bytes: Buffer.from(text) });
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  // A plain loop: these are short (≤ 40 bytes), where Buffer#equals's native call costs more.
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+function isText(value: Buffer | string, expected: KnownText): boolean {
+  return typeof value === "string" ? value === expected.text : sameBytes(value, expected.bytes);
+}
+
+/** Each event type with its current `ce_dataschema`, for the byte comparisons above. */
+const knownTypes = (Object.keys(schemaVersions) as ChatEventType[]).map((type) => ({
+  type: known(type),
+  schema: known(dataSchemaUri(type, schemaVersions[type])),
+}));
+const knownSpecVersion = known(CLOUDEVENTS_SPEC_VERSION);
+const knownContentType = known(CONTENT_TYPE);
+
+/** The event type a `ce_type` header names, when it is one this consumer knows. */
+function knownType(value: Buffer | string): (typeof knownTypes)[number] | undefined {
+  for (const entry of knownTypes) if (isText(value, entry.type)) return entry;
+  return undefined;
+}
+
+/** `ce_dataschema`'s version: the current one on the fast path, else parsed from the URN (absent means v1). */
+function schemaVersion(value: Buffer | string | undefined, entry: (typeof knownTypes)[number]): number {
+  if (value === undefined) return 1;
+  if (isText(value, entry.schema)) return schemaVersions[entry.type.text as ChatEventType];
+  return Number(/^urn:chatbus:[a-z.]+:v(\d+)$/.exec(value.toString())?.[1] ?? Number.NaN);
+}
+
+/** A present header's text, or undefined when it is missing or empty (both mean "missing"). */
+function presentText(value: Buffer | string | undefined): string | undefined {
+  if (value === undefined || value.length === 0) return undefined;
+  return value.toString();
 }
 
 /** `ce_id` as chatbus writes it (a UUIDv7); any UUID version is accepted. */
@@ -137,6 +188,10 @@ const fail = (code: DecodeFailureCode, reason: string): DecodeResult => ({ ok: f
  * Decodes a record back into a typed event, or says precisely why it cannot:
  * undecodable bytes, an unknown type or schema version, or a schema violation.
  * Never throws.
+ *
+ * This runs once per consumed record, so the common case is kept cheap: fixed header
+ * values are compared as bytes, the value is parsed once, and the slower paths (regex,
+ * string conversions for messages) run only for records that are about to fail.
  */
 export function decodeRecord(record: RawRecord): DecodeResult {
   const key = record.key?.toString();
@@ -144,54 +199,71 @@ export function decodeRecord(record: RawRecord): DecodeResult {
   const idError = firstError(conversationIdCheck, key, "key");
   if (idError)
     return fail("CHATBUS_UNDECODABLE", `the record key is not a conversation id: ${idError.message}`);
-  if (header(record.headers, "ce_specversion") !== CLOUDEVENTS_SPEC_VERSION) {
+  const headers = record.headers;
+  const specVersion = headerValue(headers, "ce_specversion");
+  if (specVersion === undefined || !isText(specVersion, knownSpecVersion)) {
     return fail(
       "CHATBUS_UNDECODABLE",
-      `header ce_specversion must be "${CLOUDEVENTS_SPEC_VERSION}"; got ${JSON.stringify(header(record.headers, "ce_specversion"))}`,
+      `header ce_specversion must be "${CLOUDEVENTS_SPEC_VERSION}"; got ${JSON.stringify(specVersion?.toString())}`,
     );
   }
-  const id = header(record.headers, "ce_id");
-  const type = header(record.headers, "ce_type");
-  const source = header(record.headers, "ce_source");
-  const timeText = header(record.headers, "ce_time");
+  const id = presentText(headerValue(headers, "ce_id"));
+  if (id === undefined) return fail("CHATBUS_UNDECODABLE", "header ce_id is missing");
+  const typeValue = headerValue(headers, "ce_type");
+  if (typeValue === undefined || typeValue.length === 0)
+    return fail("CHATBUS_UNDECODABLE", "header ce_type is missing");
+  const source = presentText(headerValue(headers, "ce_source"));
+  if (source === undefined) return fail("CHATBUS_UNDECODABLE", "header ce_source is missing");
+  const timeText = presentText(headerValue(headers, "ce_time"));
+  if (timeText === undefined) return fail("CHATBUS_UNDECODABLE", "header ce_time is missing");
+  // Stored as text by consumers: PostgreSQL refuses U+0000 (a raw producer could send
+  // it). ce_type is compared as bytes against the known types, so a NUL there is an
+  // unknown type.
   for (const [name, value] of [
     ["ce_id", id],
-    ["ce_type", type],
     ["ce_source", source],
     ["ce_time", timeText],
   ] as const) {
-    if (!value) return fail("CHATBUS_UNDECODABLE", `header ${name} is missing`);
-    // Stored as text by consumers: PostgreSQL refuses U+0000 (a raw producer could send it).
     if (value.includes("\u0000")) return fail("CHATBUS_UNDECODABLE", `header ${name} contains U+0000 (NUL)`);
   }
-  if (!uuidText.test(id!)) {
-    return fail(
-      "CHATBUS_UNDECODABLE",
-      `header ce_id must be a UUID; got ${JSON.stringify(id!.slice(0, 60))}`,
-    );
+  if (!uuidText.test(id)) {
+    return fail("CHATBUS_UNDECODABLE", `header ce_id must be a UUID; got ${JSON.stringify(id.slice(0, 60))}`);
   }
-  const time = new Date(timeText!);
+  const time = new Date(timeText);
   if (Number.isNaN(time.getTime()))
     return fail("CHATBUS_UNDECODABLE", `header ce_time is not an RFC 3339 time: ${JSON.stringify(timeText)}`);
-  if (!(type! in schemaVersions))
-    return fail("CHATBUS_UNKNOWN_TYPE", `unknown event type ${JSON.stringify(type)}`);
-  const eventType = type as ChatEventType;
-  const schema = header(record.headers, "ce_dataschema");
-  const version =
-    schema === undefined ? 1 : Number(/^urn:chatbus:[a-z.]+:v(\d+)$/.exec(schema)?.[1] ?? Number.NaN);
+  const entry = knownType(typeValue);
+  if (!entry)
+    return fail("CHATBUS_UNKNOWN_TYPE", `unknown event type ${JSON.stringify(typeValue.toString())}`);
+  const eventType = entry.type.text as ChatEventType;
+  const schema = headerValue(headers, "ce_dataschema");
+  const version = schemaVersion(schema, entry);
   if (version !== schemaVersions[eventType]) {
     return fail(
       "CHATBUS_UNKNOWN_VERSION",
-      `${eventType} schema ${JSON.stringify(schema)} is not a version this consumer knows (v${schemaVersions[eventType]})`,
+      `${eventType} schema ${JSON.stringify(schema?.toString())} is not a version this consumer knows (v${schemaVersions[eventType]})`,
     );
   }
-  const contentType = header(record.headers, "content-type");
-  if (contentType !== undefined && !contentType.startsWith(CONTENT_TYPE)) {
-    return fail(
-      "CHATBUS_UNDECODABLE",
-      `content-type must be ${CONTENT_TYPE}; got ${JSON.stringify(contentType)}`,
-    );
+  const contentType = headerValue(headers, "content-type");
+  if (contentType !== undefined && !isText(contentType, knownContentType)) {
+    const text = contentType.toString();
+    if (!text.startsWith(CONTENT_TYPE))
+      return fail("CHATBUS_UNDECODABLE", `content-type must be ${CONTENT_TYPE}; got ${JSON.stringify(text)}`);
   }
+  return decodeData(record, {
+    id,
+    type: eventType,
+    source,
+    time,
+    conversationId: key,
+    schemaVersion: version,
+    // Filled in by decodeData; set here so that every event object has one shape.
+    data: undefined,
+  } as unknown as ChatEvent);
+}
+
+/** The second half of decodeRecord: the value as JSON, checked against the type's schema. */
+function decodeData(record: RawRecord, envelope: ChatEvent): DecodeResult {
   if (record.value === null || record.value === undefined)
     return fail("CHATBUS_UNDECODABLE", "the record has no value");
   let data: unknown;
@@ -201,20 +273,10 @@ export function decodeRecord(record: RawRecord): DecodeResult {
     return fail("CHATBUS_UNDECODABLE", `the value is not JSON: ${(error as Error).message}`);
   }
   try {
-    validateEventData(eventType, data);
+    validateEventData(envelope.type, data);
   } catch (error) {
     return fail("CHATBUS_SCHEMA_VIOLATION", (error as Error).message);
   }
-  return {
-    ok: true,
-    event: {
-      id: id!,
-      type: eventType,
-      source: source!,
-      time,
-      conversationId: key,
-      schemaVersion: version,
-      data,
-    } as ChatEvent,
-  };
+  (envelope as { data: unknown }).data = data;
+  return { ok: true, event: envelope as ChatEvent };
 }

@@ -10,6 +10,14 @@ function encoded(): RawRecord & { headers: Record<string, string> } {
   return { key: Buffer.from(record.key), value: record.value, headers: { ...record.headers } };
 }
 
+/** The record as kafkajs delivers it: every header a Buffer. */
+function asBuffers(record: ReturnType<typeof encoded>): RawRecord & { headers: Record<string, Buffer> } {
+  return {
+    ...record,
+    headers: Object.fromEntries(Object.entries(record.headers).map(([k, v]) => [k, Buffer.from(v)])),
+  };
+}
+
 describe("codec", () => {
   it("round-trips every event type through Kafka-shaped buffers", () => {
     for (const type of [...eventTypes, "red packet"] as const) {
@@ -211,8 +219,70 @@ describe("codec", () => {
       if (result.ok) return;
       expect(result.code).toBe(code);
       expect(result.reason).toMatch(reason);
+      // The same record as kafkajs delivers it (every header a Buffer, compared as
+      // bytes by the decoder) fails the same way, with the same words.
+      expect(decodeRecord(asBuffers(record))).toEqual(result);
     });
   }
+
+  it("treats an empty or null header as missing instead of throwing", () => {
+    for (const name of ["ce_id", "ce_type", "ce_source", "ce_time"]) {
+      for (const empty of ["", Buffer.alloc(0), null]) {
+        const record = asBuffers(encoded());
+        (record.headers as Record<string, unknown>)[name] = empty;
+        expect(decodeRecord(record)).toEqual({
+          ok: false,
+          code: "CHATBUS_UNDECODABLE",
+          reason: `header ${name} is missing`,
+        });
+      }
+    }
+    const record = asBuffers(encoded());
+    (record.headers as Record<string, unknown>).ce_specversion = null;
+    expect(decodeRecord(record)).toMatchObject({
+      ok: false,
+      reason: /ce_specversion must be "1.0"; got undefined/,
+    });
+  });
+
+  it("does not take an Object.prototype member named in ce_type for an event type", () => {
+    for (const type of ["toString", "constructor", "__proto__", "hasOwnProperty"]) {
+      const record = encoded();
+      record.headers.ce_type = type;
+      expect(decodeRecord(record)).toMatchObject({ ok: false, code: "CHATBUS_UNKNOWN_TYPE" });
+      expect(decodeRecord(asBuffers(record))).toMatchObject({ ok: false, code: "CHATBUS_UNKNOWN_TYPE" });
+    }
+  });
+
+  it("reads ce_type byte for byte: a type of the same length is a different type", () => {
+    // chat.message.sent and chat.receipt.read are both 17 bytes long.
+    const record = asBuffers(encoded());
+    record.headers.ce_type = Buffer.from("chat.receipt.read");
+    record.headers.ce_dataschema = Buffer.from("urn:chatbus:chat.receipt.read:v1");
+    expect(decodeRecord(record)).toMatchObject({ ok: false, code: "CHATBUS_SCHEMA_VIOLATION" });
+    record.headers.ce_type = Buffer.from("chat.message.senT");
+    expect(decodeRecord(record)).toMatchObject({ ok: false, code: "CHATBUS_UNKNOWN_TYPE" });
+  });
+
+  it("accepts a JSON content-type with parameters and a record without ce_dataschema (v1)", () => {
+    for (const shape of [(r: ReturnType<typeof encoded>) => r, asBuffers]) {
+      const withCharset = encoded();
+      withCharset.headers["content-type"] = "application/json; charset=utf-8";
+      expect(decodeRecord(shape(withCharset)).ok).toBe(true);
+      const noSchema = encoded();
+      delete noSchema.headers.ce_dataschema;
+      expect(decodeRecord(shape(noSchema))).toMatchObject({ ok: true, event: { schemaVersion: 1 } });
+    }
+  });
+
+  it("reads only the version from a ce_dataschema that is not the type's own, bytes or text", () => {
+    const record = encoded();
+    record.headers.ce_dataschema = "urn:chatbus:chat.receipt.read:v1";
+    // Only the version is read from a URN that is not the type's own, as before.
+    expect(decodeRecord(record).ok).toBe(true);
+    record.headers.ce_dataschema = "urn:chatbus:chat.message.sent:v1 ";
+    expect(decodeRecord(asBuffers(record))).toMatchObject({ ok: false, code: "CHATBUS_UNKNOWN_VERSION" });
+  });
 
   it("accepts headers as arrays of buffers (as some clients deliver them)", () => {
     const record = encoded();

@@ -10,7 +10,7 @@ import { type Admin, ConfigResourceTypes, Kafka, logLevel } from "kafkajs";
 import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { retentionDetail } from "../api/src/topic-retention.ts";
-import { type Harness, startHarness } from "../api/test/harness.ts";
+import { type Harness, operatorKey, startHarness } from "../api/test/harness.ts";
 import {
   deadLetterRetentionMs,
   ensureDeadLetterTopic,
@@ -120,6 +120,8 @@ describe("the dead-letter topic", () => {
 });
 
 describe("/readyz", () => {
+  // Details name internal state: only the operator key sees them.
+  const operator = { authorization: `Bearer ${operatorKey}` };
   let h: Harness;
   afterAll(async () => {
     await h?.close();
@@ -143,7 +145,7 @@ describe("/readyz", () => {
         },
       ],
     });
-    const finite = await h.app.inject({ method: "GET", url: "/readyz" });
+    const finite = await h.app.inject({ method: "GET", url: "/readyz", headers: operator });
     expect(finite.statusCode).toBe(200);
     expect(finite.json().details.topicRetention).toMatchObject({
       topic,
@@ -162,7 +164,9 @@ describe("/readyz", () => {
         },
       ],
     });
-    const forever = await h.app.inject({ method: "GET", url: "/readyz" });
+    const anonymous = await h.app.inject({ method: "GET", url: "/readyz" });
+    expect(anonymous.json().details).toBeUndefined();
+    const forever = await h.app.inject({ method: "GET", url: "/readyz", headers: operator });
     expect(forever.json().details.topicRetention).toEqual({
       topic,
       retentionMs: -1,

@@ -25,6 +25,7 @@ export async function startApiOn(
   const config = validateConfig({
     ...configDefaults,
     nodeEnv: "test",
+    devLogin: true, // tests log in through POST /v1/dev/login
     jwtSecret: "int-test-secret-0123456789abcdef",
     operatorKey,
     serviceKeys: [serviceKey],

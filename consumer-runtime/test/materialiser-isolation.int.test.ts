@@ -120,7 +120,9 @@ describe("per-event isolation by bisect", () => {
     expect(await sequenceViolations(db.pool)).toEqual([]);
   });
 
-  it("dead-letters text with U+0000 (which PostgreSQL cannot store) as data with its SQLSTATE", async () => {
+  it("dead-letters text with U+0000 (which PostgreSQL cannot store) as poison before any SQL", async () => {
+    // The event contract refuses U+0000 (issue 12.3), so the decoder catches it; the
+    // SQLSTATE path is covered by the CHECK-refused record above.
     // event_log is keyed by (partition, offset): another partition than the test above.
     const context = { topic: "iso-nul", partition: 1, schema: db.schema, subscription: "materialiser" };
     const records = [
@@ -138,12 +140,12 @@ describe("per-event isolation by bisect", () => {
         throw new Error("a data failure must not be a system failure");
       },
     });
-    expect(result!.deadLettered.data).toBe(1);
+    expect(result!.deadLettered.poison).toBe(1);
     const dl = await db.pool.query(
       `SELECT failure_class, error_code, error_message, convert_from(value, 'UTF8') AS value
          FROM dead_letters WHERE topic = 'iso-nul'`,
     );
-    expect(dl.rows[0]).toMatchObject({ failure_class: "data", error_code: "22P05" });
+    expect(dl.rows[0]).toMatchObject({ failure_class: "poison", error_code: "CHATBUS_SCHEMA_VIOLATION" });
     // The record is kept byte for byte (bytea) for replay after a fix.
     expect(dl.rows[0].value).toContain("a\\u0000b");
     const texts = await db.pool.query(

@@ -7,6 +7,7 @@ import { spawn, spawnSync } from "node:child_process";
 import { existsSync, statSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { buildPackages } from "./build-packages.mjs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const [command, ...rest] = process.argv.slice(2);
@@ -29,6 +30,11 @@ if (!existsSync(marker) || statSync(marker).mtimeMs < statSync(lock).mtimeMs) {
     process.exit(1);
   }
 }
+
+// npm ci's prepare step built the packages; an incremental `tsc -b` (about a second
+// when nothing changed) keeps dist/ current after a pull that left the lockfile alone,
+// so that plain-node imports of @chatbus/* see the sources of this checkout.
+if (command === "start" && buildPackages() !== 0) process.exit(1);
 
 const tsx = join(root, "node_modules", ".bin", "tsx");
 const child = spawn(tsx, ["--conditions=@chatbus/source", join(root, "scripts", `${command}.ts`), ...rest], {

@@ -7,7 +7,7 @@
  * per-conversation order; sends that rejected were reported to their callers.
  */
 
-import { type Materialiser, startMaterialiser } from "@chatbus/consumer-runtime";
+import { type Materialiser, startMaterialiser } from "@chatbus/consumer-runtime/materialiser";
 import { type ChatBus, createChatBus } from "@chatbus/producer-sdk";
 import { Kafka, logLevel } from "kafkajs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";

@@ -19,7 +19,7 @@ import {
   encodeEventCursor,
   type LoggedEvent,
   type ProjectionReader,
-} from "@chatbus/consumer-runtime";
+} from "@chatbus/consumer-runtime/materialiser";
 import pg from "pg";
 import type { Logger } from "pino";
 import type { ApiConfig } from "../config.ts";

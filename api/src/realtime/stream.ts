@@ -6,8 +6,8 @@
  */
 
 import type { ServerResponse } from "node:http";
-import type { EventCursor, LoggedEvent } from "@chatbus/consumer-runtime";
-import { encodeEventCursor } from "@chatbus/consumer-runtime";
+import type { EventCursor, LoggedEvent } from "@chatbus/consumer-runtime/materialiser";
+import { encodeEventCursor } from "@chatbus/consumer-runtime/materialiser";
 
 /** Why the server ended a stream. */
 export type CloseReason = "client" | "slow_client" | "shutdown" | "error";

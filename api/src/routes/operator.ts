@@ -11,7 +11,7 @@ import {
   replayAllDeadLetters,
   replayDeadLetter,
   type SubscriptionStatusRow,
-} from "@chatbus/consumer-runtime";
+} from "@chatbus/consumer-runtime/operator";
 import { Type } from "@sinclair/typebox";
 import type pg from "pg";
 import type { ApiApp } from "../app.ts";

@@ -29,6 +29,9 @@ Ctrl-C stops everything this command started. See README.md for every setting.`)
 const say = (message: string) => console.log(`chatbus: ${message}`);
 const children: ChildProcess[] = [];
 let kafkaStarted: { port: number; nodes: number } | undefined;
+// Set while the broker is starting: a Ctrl-C then waits for it and stops it too,
+// instead of leaving a JVM behind that nobody stops.
+let kafkaStarting: Promise<unknown> | undefined;
 let stopping = false;
 
 async function shutdown(code: number): Promise<never> {
@@ -40,7 +43,8 @@ async function shutdown(code: number): Promise<never> {
         (child) =>
           new Promise<void>((resolve) => {
             if (child.exitCode !== null || child.signalCode !== null) return resolve();
-            const timer = setTimeout(() => child.kill("SIGKILL"), 20_000);
+            // 15 s: the runtime gives in-flight handlers 10 s; the whole stop must fit in 30 s.
+            const timer = setTimeout(() => child.kill("SIGKILL"), 15_000);
             child.once("exit", () => {
               clearTimeout(timer);
               resolve();
@@ -49,6 +53,7 @@ async function shutdown(code: number): Promise<never> {
           }),
       ),
     );
+    await kafkaStarting?.catch(() => {});
     if (kafkaStarted) await stopKafka(kafkaStarted.port, kafkaStarted.nodes);
     say("stopped");
   }
@@ -56,6 +61,7 @@ async function shutdown(code: number): Promise<never> {
 }
 
 function run(name: string, entry: string, env: NodeJS.ProcessEnv): ChildProcess {
+  if (stopping) throw new Error(`not starting the ${name}: stopping`);
   // node with tsx's loader, in its own process group: a Ctrl-C in the terminal then
   // reaches it once, from shutdown(), instead of twice (which means "exit now").
   const child = spawn(
@@ -141,8 +147,7 @@ async function runDemo(base: string): Promise<string> {
 }
 
 async function main(): Promise<void> {
-  process.on("SIGINT", () => void shutdown(0));
-  process.on("SIGTERM", () => void shutdown(0));
+  for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(signal, () => void shutdown(0));
 
   const env: NodeJS.ProcessEnv = { ...process.env };
   if (env.KAFKA_BROKERS) {
@@ -155,8 +160,12 @@ async function main(): Promise<void> {
   } else {
     const port = Number(env.KAFKA_PORT ?? 9092);
     const nodes = Number(env.KAFKA_NODES ?? 1);
-    const broker = await startKafka(port, nodes);
-    if (broker.started) kafkaStarted = { port, nodes };
+    const starting = startKafka(port, nodes).then((broker) => {
+      if (broker.started) kafkaStarted = { port, nodes };
+      return broker;
+    });
+    kafkaStarting = starting;
+    const broker = await starting;
     env.KAFKA_BROKERS = broker.brokers.join(",");
   }
 

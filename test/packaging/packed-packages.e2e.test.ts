@@ -12,10 +12,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type ChatBus, createChatBus } from "@chatbus/producer-sdk";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { kafkaBrokers } from "../support/env.ts";
-import { createTestSchema, createTestTopic, type TestSchema } from "../support/isolation.ts";
 import { extractSnippets } from "../newcomer/doc-snippets.ts";
 import { repoRoot } from "../newcomer/stack-process.ts";
+import { kafkaBrokers } from "../support/env.ts";
+import { createTestSchema, createTestTopic, type TestSchema } from "../support/isolation.ts";
 
 const packages = ["producer-sdk", "consumer-runtime", "api"] as const;
 const scratch = mkdtempSync(join(tmpdir(), "chatbus-packed-"));

@@ -21,7 +21,8 @@ if (!command || command === "--help" || command === "-h") {
 const marker = join(root, "node_modules", ".package-lock.json");
 const lock = join(root, "package-lock.json");
 if (!existsSync(marker) || statSync(marker).mtimeMs < statSync(lock).mtimeMs) {
-  console.log("chatbus: installing npm dependencies (npm ci) ...");
+  console.log("chatbus: installing npm dependencies (npm ci; its prepare step builds the packages) ...");
+  const installStarted = Date.now();
   const npm = spawnSync("npm", ["ci", "--no-audit", "--no-fund"], { cwd: root, stdio: "inherit" });
   if (npm.status !== 0) {
     console.error(
@@ -29,6 +30,9 @@ if (!existsSync(marker) || statSync(marker).mtimeMs < statSync(lock).mtimeMs) {
     );
     process.exit(1);
   }
+  console.log(
+    `chatbus: npm dependencies installed in ${((Date.now() - installStarted) / 1000).toFixed(1)} s`,
+  );
 }
 
 // npm ci's prepare step built the packages; an incremental `tsc -b` (about a second

@@ -44,6 +44,11 @@ function say(message: string): void {
   console.log(`chatbus: ${message}`);
 }
 
+/** "12.3 s" since `started`: every slow first-run step says how long it took. */
+function seconds(started: number): string {
+  return `${((Date.now() - started) / 1000).toFixed(1)} s`;
+}
+
 function hasCommand(command: string, args: string[]): boolean {
   return spawnSync(command, args, { stdio: "ignore" }).status === 0;
 }
@@ -62,6 +67,7 @@ export function installKafka(): string {
     );
   }
   say(`installing Apache Kafka ${KAFKA_VERSION} from Maven Central into ${libsDir} (first run only) ...`);
+  const installStarted = Date.now();
   const staging = `${libsDir}.partial-${process.pid}`;
   rmSync(staging, { recursive: true, force: true });
   const mvn = spawnSync(
@@ -86,7 +92,7 @@ export function installKafka(): string {
   mkdirSync(dirname(libsDir), { recursive: true });
   rmSync(libsDir, { recursive: true, force: true });
   renameSync(staging, libsDir);
-  say(`installed ${readdirSync(libsDir).length} jars`);
+  say(`installed ${readdirSync(libsDir).length} jars in ${seconds(installStarted)}`);
   return `${libsDir}/*`;
 }
 
@@ -341,9 +347,10 @@ export async function startKafka(basePort = 9092, size = 1): Promise<StartedBrok
     prepareNode({ nodeId: i + 1, port, voters, clusterSize: size }, classpath, clusterId),
   );
   say(`starting Kafka ${KAFKA_VERSION} on ${brokers.join(",")} (log: ${logFile})`);
+  const launched = Date.now();
   const pids = ports.map((port, i) => launchNode(port, args[i]!));
   await waitReady(ports, pids);
-  say(`Kafka is ready on ${brokers.join(",")}`);
+  say(`Kafka is ready on ${brokers.join(",")} after ${seconds(launched)}`);
   return { brokers, started: true, logFile };
 }
 

@@ -198,13 +198,15 @@ async function main(): Promise<void> {
     `database ${new URL(env.DATABASE_URL).pathname.slice(1)} ${created ? "created" : "ready"}${applied.length ? `, applied ${applied.join(", ")}` : ""}`,
   );
 
-  say("building the web pages ...");
+  say("building the web pages (vite) ...");
+  const webStarted = Date.now();
   const build = spawnSync("npm", ["run", "--silent", "-w", "api", "build:web"], {
     cwd: root,
     stdio: ["ignore", "ignore", "inherit"],
   });
   if (build.status !== 0)
     throw new Error("building the web pages failed (npm run -w api build:web); see the lines above.");
+  say(`web pages built in ${((Date.now() - webStarted) / 1000).toFixed(1)} s`);
 
   const port = env.PORT ?? "3000";
   run("consumer runtime", "consumer-runtime/src/main.ts", env);

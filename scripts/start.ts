@@ -13,6 +13,7 @@ import { Kafka, logLevel } from "kafkajs";
 import pg from "pg";
 import { ensureDatabase, migrate } from "../consumer-runtime/src/database/migrate.ts";
 import { KafkaSetupError, kafkaAnswers, startKafka, stopKafka } from "./kafka.ts";
+import { ensurePostgres, type PostgresChoice } from "./postgres.ts";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 
@@ -32,6 +33,8 @@ let kafkaStarted: { port: number; nodes: number } | undefined;
 // Set while the broker is starting: a Ctrl-C then waits for it and stops it too,
 // instead of leaving a JVM behind that nobody stops.
 let kafkaStarting: Promise<unknown> | undefined;
+// The same for the embedded PostgreSQL (issue 19), when this run started one.
+let postgresStarting: Promise<PostgresChoice> | undefined;
 let stopping = false;
 
 async function shutdown(code: number): Promise<never> {
@@ -53,6 +56,8 @@ async function shutdown(code: number): Promise<never> {
           }),
       ),
     );
+    const postgres = await postgresStarting?.catch(() => undefined);
+    await postgres?.stop?.().catch((error: Error) => console.error(`chatbus: ${error.message}`));
     await kafkaStarting?.catch(() => {});
     if (kafkaStarted) await stopKafka(kafkaStarted.port, kafkaStarted.nodes);
     say("stopped");
@@ -189,9 +194,11 @@ async function main(): Promise<void> {
     env.CHATBUS_OPERATOR_KEY ??= `dev-operator-${randomBytes(12).toString("hex")}`;
   }
 
-  env.DATABASE_URL ??= "postgres://postgres@127.0.0.1:5432/chatbus";
-  const { created } = await ensureDatabase(env.DATABASE_URL);
-  const pool = new pg.Pool({ connectionString: env.DATABASE_URL });
+  postgresStarting = ensurePostgres(env);
+  const { databaseUrl } = await postgresStarting;
+  env.DATABASE_URL = databaseUrl;
+  const { created } = await ensureDatabase(databaseUrl);
+  const pool = new pg.Pool({ connectionString: databaseUrl });
   const { applied } = await migrate(pool);
   await pool.end();
   say(

@@ -105,7 +105,11 @@ export interface StartedStack {
  * `env` is added to the environment (DATABASE_URL etc.); KAFKA_BROKERS is removed so
  * that the stack runs its own broker on a free port.
  */
-export async function startStack(env: NodeJS.ProcessEnv, timeoutMs = 240_000): Promise<StartedStack> {
+export async function startStack(
+  env: NodeJS.ProcessEnv,
+  timeoutMs = 240_000,
+  cwd = repoRoot,
+): Promise<StartedStack> {
   const ports = { api: await freePort(), metrics: await freePort(), kafka: await freeKafkaPort() };
   const childEnv: NodeJS.ProcessEnv = {
     ...process.env,
@@ -116,7 +120,7 @@ export async function startStack(env: NodeJS.ProcessEnv, timeoutMs = 240_000): P
   };
   delete childEnv.KAFKA_BROKERS;
   delete childEnv.NODE_OPTIONS;
-  const npm = spawn("npm", ["start"], { cwd: repoRoot, env: childEnv, detached: true });
+  const npm = spawn("npm", ["start"], { cwd, env: childEnv, detached: true });
   let output = "";
   npm.stdout?.on("data", (chunk: Buffer) => {
     output += chunk.toString();

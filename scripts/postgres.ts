@@ -7,10 +7,12 @@
  * CHATBUS_EMBEDDED_POSTGRES=1 forces the embedded server (tests use it with a free
  * CHATBUS_POSTGRES_PORT).
  */
-import { existsSync, mkdirSync } from "node:fs";
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { existsSync, mkdirSync, openSync } from "node:fs";
 import { createConnection } from "node:net";
 import { homedir } from "node:os";
 import { join } from "node:path";
+import pg from "pg";
 
 const say = (message: string) => console.log(`chatbus: ${message}`);
 
@@ -85,7 +87,7 @@ export async function ensurePostgres(env: NodeJS.ProcessEnv = process.env): Prom
       if (!before.get(signal)?.has(listener)) process.removeListener(signal, listener);
     }
   }
-  const server = new EmbeddedPostgres({
+  const cluster = new EmbeddedPostgres({
     databaseDir: dir,
     port,
     user: "postgres",
@@ -98,24 +100,81 @@ export async function ensurePostgres(env: NodeJS.ProcessEnv = process.env): Prom
   if (!existsSync(join(dir, "PG_VERSION"))) {
     say(`initialising an embedded PostgreSQL 15 in ${dir} (first run only) ...`);
     mkdirSync(join(dir, ".."), { recursive: true });
-    await server.initialise();
+    await cluster.initialise();
   }
   say(`starting the embedded PostgreSQL on 127.0.0.1:${port} ...`);
-  await server.start();
+  const server = await launchServer(dir, port);
+  await waitForServer(port, server);
   say(
     `embedded PostgreSQL is ready on 127.0.0.1:${port} after ${((Date.now() - started) / 1000).toFixed(1)} s`,
   );
   return {
     databaseUrl: `postgres://postgres:postgres@127.0.0.1:${port}/chatbus`,
     stop: async () => {
+      if (server.exitCode !== null || server.signalCode !== null) return;
       say(`stopping the embedded PostgreSQL on 127.0.0.1:${port}`);
-      // A Ctrl-C reaches the server too (same process group) and it may be gone
-      // already; server.stop() would then wait for an exit event that never comes.
-      const child = (
-        server as unknown as { process?: { exitCode: number | null; signalCode: string | null } }
-      ).process;
-      if (!child || child.exitCode !== null || child.signalCode !== null) return;
-      await Promise.race([server.stop(), new Promise((r) => setTimeout(r, 15_000).unref())]);
+      const exited = new Promise((resolve) => server.once("exit", resolve));
+      server.kill("SIGINT"); // PostgreSQL's fast shutdown
+      const timer = setTimeout(() => server.kill("SIGKILL"), 20_000);
+      await exited;
+      clearTimeout(timer);
     },
   };
+}
+
+/**
+ * Runs the server binary of the platform package ourselves rather than through
+ * embedded-postgres's start(): detached, in a process group of its own, so that a
+ * terminal's Ctrl-C does not stop the database before the runtime and the API have
+ * stopped (the start script stops it last but one, before Kafka).
+ */
+async function launchServer(dir: string, port: number): Promise<ChildProcess> {
+  const binaries = (await import(`@embedded-postgres/${process.platform}-${process.arch}`)) as {
+    postgres: string;
+  };
+  const ids = process.getuid?.() === 0 ? postgresUserIds() : {};
+  const log = openSync(join(dir, "..", `postgres-${port}.log`), "a");
+  const server = spawn(
+    binaries.postgres,
+    ["-D", dir, "-p", String(port), "-c", "listen_addresses=127.0.0.1"],
+    {
+      detached: true,
+      stdio: ["ignore", log, log],
+      ...ids,
+    },
+  );
+  server.unref();
+  return server;
+}
+
+/** uid and gid of the `postgres` user that embedded-postgres created to run as root. */
+function postgresUserIds(): { uid: number; gid: number } {
+  const id = (flag: string) => Number(execFileSync("id", [flag, "postgres"], { encoding: "utf8" }).trim());
+  return { uid: id("-u"), gid: id("-g") };
+}
+
+async function waitForServer(port: number, server: ChildProcess): Promise<void> {
+  const deadline = Date.now() + 60_000;
+  while (Date.now() < deadline) {
+    if (server.exitCode !== null) {
+      throw new Error(
+        `the embedded PostgreSQL exited during start-up (code ${server.exitCode}); see its log next to its data folder.`,
+      );
+    }
+    // A listening postmaster may still refuse sessions while it starts up: wait for a query.
+    if (await answers(port)) {
+      const client = new pg.Client({
+        connectionString: `postgres://postgres:postgres@127.0.0.1:${port}/postgres`,
+      });
+      const ok = await client
+        .connect()
+        .then(() => client.query("SELECT 1"))
+        .then(() => true)
+        .catch(() => false);
+      await client.end().catch(() => {});
+      if (ok) return;
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`the embedded PostgreSQL did not answer on 127.0.0.1:${port} within 60 s.`);
 }

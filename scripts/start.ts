@@ -234,6 +234,17 @@ async function main(): Promise<void> {
 ${production ? "" : `  Operator key (this run): ${env.CHATBUS_OPERATOR_KEY}  (export CHATBUS_OPERATOR_KEY=… for \`npx chatbus subscriptions\`)\n`}${demo ? `  Demo: ${demo}\n` : ""}Press Ctrl-C to stop.`);
 }
 
+// Whatever goes wrong while stopping must not end this process before Kafka and an
+// embedded PostgreSQL are stopped: say it and carry on with the shutdown.
+for (const event of ["uncaughtException", "unhandledRejection"] as const) {
+  process.on(event, (error: unknown) => {
+    console.error(
+      `chatbus: ${event}: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`,
+    );
+    void shutdown(1);
+  });
+}
+
 main().catch((error: unknown) => {
   console.error(`chatbus: ${error instanceof Error ? error.message : String(error)}`);
   void shutdown(1);

@@ -114,7 +114,12 @@ it("npm start in a fresh clone with the embedded PostgreSQL: a message round tri
     }
     expect(
       left.map((p) => `${p.pid} ${p.command.slice(0, 120)}`),
-      `left 30 s after SIGINT; output:\n${stack.output().slice(-3000)}`,
+      `left 30 s after SIGINT; output:\n${stack
+        .output()
+        .split("\n")
+        .filter((line) => !line.startsWith("{"))
+        .join("\n")
+        .slice(-4000)}`,
     ).toEqual([]);
     expect(open).toEqual([]);
   } finally {

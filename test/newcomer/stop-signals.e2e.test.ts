@@ -56,7 +56,12 @@ async function stopsEverything(signal: NodeJS.Signals, delivery: Delivery): Prom
   try {
     expect(
       left.map((p) => `${p.pid} ${p.command.slice(0, 120)}`),
-      `processes left 30 s after ${signal} to the ${delivery}; output:\n${stack.output().slice(-3000)}`,
+      `processes left 30 s after ${signal} to the ${delivery}; output:\n${stack
+        .output()
+        .split("\n")
+        .filter((line) => !line.startsWith("{"))
+        .join("\n")
+        .slice(-4000)}`,
     ).toEqual([]);
     expect(open, "ports still listening").toEqual([]);
     expect(stack.output()).toContain("chatbus: stopped");

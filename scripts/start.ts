@@ -38,30 +38,32 @@ let postgresStarting: Promise<PostgresChoice> | undefined;
 let stopping = false;
 
 async function shutdown(code: number): Promise<never> {
-  if (!stopping) {
-    stopping = true;
-    say("stopping ...");
-    await Promise.all(
-      children.map(
-        (child) =>
-          new Promise<void>((resolve) => {
-            if (child.exitCode !== null || child.signalCode !== null) return resolve();
-            // 15 s: the runtime gives in-flight handlers 10 s; the whole stop must fit in 30 s.
-            const timer = setTimeout(() => child.kill("SIGKILL"), 15_000);
-            child.once("exit", () => {
-              clearTimeout(timer);
-              resolve();
-            });
-            child.kill("SIGTERM");
-          }),
-      ),
-    );
-    const postgres = await postgresStarting?.catch(() => undefined);
-    await postgres?.stop?.().catch((error: Error) => console.error(`chatbus: ${error.message}`));
-    await kafkaStarting?.catch(() => {});
-    if (kafkaStarted) await stopKafka(kafkaStarted.port, kafkaStarted.nodes);
-    say("stopped");
-  }
+  // A second signal is normal (the terminal signals the whole group, bootstrap.mjs
+  // forwards it once more): the first shutdown goes on and exits when done. Exiting
+  // here instead left the broker running (issue 14.2).
+  if (stopping) return new Promise<never>(() => {});
+  stopping = true;
+  say("stopping ...");
+  await Promise.all(
+    children.map(
+      (child) =>
+        new Promise<void>((resolve) => {
+          if (child.exitCode !== null || child.signalCode !== null) return resolve();
+          // 15 s: the runtime gives in-flight handlers 10 s; the whole stop must fit in 30 s.
+          const timer = setTimeout(() => child.kill("SIGKILL"), 15_000);
+          child.once("exit", () => {
+            clearTimeout(timer);
+            resolve();
+          });
+          child.kill("SIGTERM");
+        }),
+    ),
+  );
+  const postgres = await postgresStarting?.catch(() => undefined);
+  await postgres?.stop?.().catch((error: Error) => console.error(`chatbus: ${error.message}`));
+  await kafkaStarting?.catch(() => {});
+  if (kafkaStarted) await stopKafka(kafkaStarted.port, kafkaStarted.nodes);
+  say("stopped");
   process.exit(code);
 }
 

@@ -6,6 +6,7 @@
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { existsSync, readdirSync, statSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { ensureTopic } from "@chatbus/producer-sdk";
@@ -88,6 +89,40 @@ function run(name: string, entry: string, env: NodeJS.ProcessEnv): ChildProcess 
   });
   children.push(child);
   return child;
+}
+
+/** Newest modification time under `path` (a file or a folder), 0 when missing. */
+function newest(path: string): number {
+  if (!existsSync(path)) return 0;
+  const stat = statSync(path);
+  if (!stat.isDirectory()) return stat.mtimeMs;
+  return Math.max(0, ...readdirSync(path).map((name) => newest(join(path, name))));
+}
+
+/**
+ * Builds the web pages with vite unless api/web/dist is newer than their sources: a
+ * second start is quicker, and a rebuild (vite empties dist/ first) never pulls the
+ * pages from under an API that is serving them.
+ */
+function buildWebPages(): void {
+  const web = join(root, "api", "web");
+  const sources = Math.max(
+    ...["src", "index.html", "ops.html", "vite.config.ts"].map((f) => newest(join(web, f))),
+  );
+  const built = newest(join(web, "dist", "index.html"));
+  if (built > sources) {
+    say("web pages are up to date");
+    return;
+  }
+  say("building the web pages (vite) ...");
+  const started = Date.now();
+  const build = spawnSync("npm", ["run", "--silent", "-w", "api", "build:web"], {
+    cwd: root,
+    stdio: ["ignore", "ignore", "inherit"],
+  });
+  if (build.status !== 0)
+    throw new Error("building the web pages failed (npm run -w api build:web); see the lines above.");
+  say(`web pages built in ${((Date.now() - started) / 1000).toFixed(1)} s`);
 }
 
 async function waitForHttp(url: string, timeoutMs: number): Promise<boolean> {
@@ -207,15 +242,7 @@ async function main(): Promise<void> {
     `database ${new URL(env.DATABASE_URL).pathname.slice(1)} ${created ? "created" : "ready"}${applied.length ? `, applied ${applied.join(", ")}` : ""}`,
   );
 
-  say("building the web pages (vite) ...");
-  const webStarted = Date.now();
-  const build = spawnSync("npm", ["run", "--silent", "-w", "api", "build:web"], {
-    cwd: root,
-    stdio: ["ignore", "ignore", "inherit"],
-  });
-  if (build.status !== 0)
-    throw new Error("building the web pages failed (npm run -w api build:web); see the lines above.");
-  say(`web pages built in ${((Date.now() - webStarted) / 1000).toFixed(1)} s`);
+  buildWebPages();
 
   const port = env.PORT ?? "3000";
   run("consumer runtime", "consumer-runtime/src/main.ts", env);

@@ -7,7 +7,7 @@
  * public surface (root, `/materialiser` and `/operator` entry points; internals absent).
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type ChatBus, createChatBus } from "@chatbus/producer-sdk";
@@ -56,7 +56,11 @@ function snippet(document: string): string {
 
 beforeAll(async () => {
   run(process.execPath, [join(repoRoot, "scripts", "build-packages.mjs")], repoRoot);
-  run("npm", ["run", "--silent", "-w", "api", "build:web"], repoRoot);
+  // `npm test` built the pages before vitest; rebuilding here would empty web/dist
+  // under the other e2e files that serve it.
+  if (!existsSync(join(repoRoot, "api", "web", "dist", "index.html"))) {
+    run("npm", ["run", "--silent", "-w", "api", "build:web"], repoRoot);
+  }
   const packed = JSON.parse(
     run(
       "npm",

@@ -124,5 +124,6 @@ it("npm start in a fresh clone with the embedded PostgreSQL: a message round tri
     expect(open).toEqual([]);
   } finally {
     killTree(npmPid, before);
+    stack.removeBrokerData();
   }
 });

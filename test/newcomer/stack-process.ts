@@ -4,7 +4,7 @@
  * finds every process of the stack for the checks that nothing is left afterwards.
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { createConnection, createServer } from "node:net";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -98,6 +98,8 @@ export interface StartedStack {
   output(): string;
   /** The broker pid that the start script wrote, if any. */
   brokerPid(): number | undefined;
+  /** Deletes the data folder of the stack's own broker (call once everything stopped). */
+  removeBrokerData(): void;
 }
 
 /**
@@ -136,6 +138,9 @@ export async function startStack(
     brokerPid() {
       const file = join(cacheDir, `broker-${ports.kafka}`, "broker.pid");
       return existsSync(file) ? Number(readFileSync(file, "utf8")) : undefined;
+    },
+    removeBrokerData() {
+      rmSync(join(cacheDir, `broker-${ports.kafka}`), { recursive: true, force: true });
     },
   };
   const deadline = Date.now() + timeoutMs;

@@ -67,6 +67,7 @@ async function stopsEverything(signal: NodeJS.Signals, delivery: Delivery): Prom
     expect(stack.output()).toContain("chatbus: stopped");
   } finally {
     killTree(npmPid, before);
+    stack.removeBrokerData();
   }
 }
 

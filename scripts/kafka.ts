@@ -25,6 +25,7 @@ import { homedir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Kafka, logLevel } from "kafkajs";
+import { ensureSystemPackages } from "./system-packages.ts";
 
 /** The pinned broker version; see the README ("Apache Kafka") for why 3.9. */
 export const KAFKA_VERSION = "3.9.2";
@@ -44,24 +45,36 @@ function say(message: string): void {
   console.log(`chatbus: ${message}`);
 }
 
-function hasCommand(command: string, args: string[]): boolean {
-  return spawnSync(command, args, { stdio: "ignore" }).status === 0;
+/** "12.3 s" since `started`: every slow first-run step says how long it took. */
+function seconds(started: number): string {
+  return `${((Date.now() - started) / 1000).toFixed(1)} s`;
+}
+
+/** What to install per platform when `java` or `mvn` is missing and apt cannot be used. */
+const javaMavenHelp =
+  "Debian/Ubuntu: sudo apt-get install default-jre-headless maven; Fedora: sudo dnf install java-17-openjdk-headless maven; macOS (Homebrew): brew install openjdk@17 maven";
+
+/**
+ * The broker needs `java` and, to fetch its jars, `mvn`. When either is missing and
+ * this runs as root on Debian or Ubuntu, install them with apt (as `npm test` does for
+ * its test tools) and say so; otherwise fail with one line naming what to install.
+ */
+function ensureJavaAndMaven(): void {
+  const missing = ensureSystemPackages([
+    { command: "java", debian: "default-jre-headless", purpose: "run the Kafka broker" },
+    { command: "mvn", debian: "maven", purpose: "fetch the Kafka jars from Maven Central" },
+  ]);
+  if (missing.length > 0) {
+    throw new KafkaSetupError(`${missing.join(" and ")} not found on PATH; install them. ${javaMavenHelp}`);
+  }
 }
 
 /** The classpath of the installed broker, installing it first when missing. */
 export function installKafka(): string {
   if (existsSync(join(libsDir, `kafka_2.13-${KAFKA_VERSION}.jar`))) return `${libsDir}/*`;
-  if (!hasCommand("java", ["-version"])) {
-    throw new KafkaSetupError(
-      "Java was not found on PATH; install a JDK 17 or newer (apt-get install openjdk-17-jdk-headless).",
-    );
-  }
-  if (!hasCommand("mvn", ["-v"])) {
-    throw new KafkaSetupError(
-      "Maven (mvn) was not found on PATH; install it (apt-get install maven) so that Kafka can be fetched from Maven Central.",
-    );
-  }
+  ensureJavaAndMaven();
   say(`installing Apache Kafka ${KAFKA_VERSION} from Maven Central into ${libsDir} (first run only) ...`);
+  const installStarted = Date.now();
   const staging = `${libsDir}.partial-${process.pid}`;
   rmSync(staging, { recursive: true, force: true });
   const mvn = spawnSync(
@@ -86,7 +99,7 @@ export function installKafka(): string {
   mkdirSync(dirname(libsDir), { recursive: true });
   rmSync(libsDir, { recursive: true, force: true });
   renameSync(staging, libsDir);
-  say(`installed ${readdirSync(libsDir).length} jars`);
+  say(`installed ${readdirSync(libsDir).length} jars in ${seconds(installStarted)}`);
   return `${libsDir}/*`;
 }
 
@@ -341,9 +354,10 @@ export async function startKafka(basePort = 9092, size = 1): Promise<StartedBrok
     prepareNode({ nodeId: i + 1, port, voters, clusterSize: size }, classpath, clusterId),
   );
   say(`starting Kafka ${KAFKA_VERSION} on ${brokers.join(",")} (log: ${logFile})`);
+  const launched = Date.now();
   const pids = ports.map((port, i) => launchNode(port, args[i]!));
   await waitReady(ports, pids);
-  say(`Kafka is ready on ${brokers.join(",")}`);
+  say(`Kafka is ready on ${brokers.join(",")} after ${seconds(launched)}`);
   return { brokers, started: true, logFile };
 }
 

@@ -6,6 +6,7 @@
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { existsSync, readdirSync, statSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { ensureTopic } from "@chatbus/producer-sdk";
@@ -13,6 +14,7 @@ import { Kafka, logLevel } from "kafkajs";
 import pg from "pg";
 import { ensureDatabase, migrate } from "../consumer-runtime/src/database/migrate.ts";
 import { KafkaSetupError, kafkaAnswers, startKafka, stopKafka } from "./kafka.ts";
+import { ensurePostgres, type PostgresChoice } from "./postgres.ts";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 
@@ -29,33 +31,45 @@ Ctrl-C stops everything this command started. See README.md for every setting.`)
 const say = (message: string) => console.log(`chatbus: ${message}`);
 const children: ChildProcess[] = [];
 let kafkaStarted: { port: number; nodes: number } | undefined;
+// Set while the broker is starting: a Ctrl-C then waits for it and stops it too,
+// instead of leaving a JVM behind that nobody stops.
+let kafkaStarting: Promise<unknown> | undefined;
+// The same for the embedded PostgreSQL (issue 19), when this run started one.
+let postgresStarting: Promise<PostgresChoice> | undefined;
 let stopping = false;
 
 async function shutdown(code: number): Promise<never> {
-  if (!stopping) {
-    stopping = true;
-    say("stopping ...");
-    await Promise.all(
-      children.map(
-        (child) =>
-          new Promise<void>((resolve) => {
-            if (child.exitCode !== null || child.signalCode !== null) return resolve();
-            const timer = setTimeout(() => child.kill("SIGKILL"), 20_000);
-            child.once("exit", () => {
-              clearTimeout(timer);
-              resolve();
-            });
-            child.kill("SIGTERM");
-          }),
-      ),
-    );
-    if (kafkaStarted) await stopKafka(kafkaStarted.port, kafkaStarted.nodes);
-    say("stopped");
-  }
+  // A second signal is normal (the terminal signals the whole group, bootstrap.mjs
+  // forwards it once more): the first shutdown goes on and exits when done. Exiting
+  // here instead left the broker running (issue 14.2).
+  if (stopping) return new Promise<never>(() => {});
+  stopping = true;
+  say("stopping ...");
+  await Promise.all(
+    children.map(
+      (child) =>
+        new Promise<void>((resolve) => {
+          if (child.exitCode !== null || child.signalCode !== null) return resolve();
+          // 15 s: the runtime gives in-flight handlers 10 s; the whole stop must fit in 30 s.
+          const timer = setTimeout(() => child.kill("SIGKILL"), 15_000);
+          child.once("exit", () => {
+            clearTimeout(timer);
+            resolve();
+          });
+          child.kill("SIGTERM");
+        }),
+    ),
+  );
+  const postgres = await postgresStarting?.catch(() => undefined);
+  await postgres?.stop?.().catch((error: Error) => console.error(`chatbus: ${error.message}`));
+  await kafkaStarting?.catch(() => {});
+  if (kafkaStarted) await stopKafka(kafkaStarted.port, kafkaStarted.nodes);
+  say("stopped");
   process.exit(code);
 }
 
 function run(name: string, entry: string, env: NodeJS.ProcessEnv): ChildProcess {
+  if (stopping) throw new Error(`not starting the ${name}: stopping`);
   // node with tsx's loader, in its own process group: a Ctrl-C in the terminal then
   // reaches it once, from shutdown(), instead of twice (which means "exit now").
   const child = spawn(
@@ -75,6 +89,40 @@ function run(name: string, entry: string, env: NodeJS.ProcessEnv): ChildProcess 
   });
   children.push(child);
   return child;
+}
+
+/** Newest modification time under `path` (a file or a folder), 0 when missing. */
+function newest(path: string): number {
+  if (!existsSync(path)) return 0;
+  const stat = statSync(path);
+  if (!stat.isDirectory()) return stat.mtimeMs;
+  return Math.max(0, ...readdirSync(path).map((name) => newest(join(path, name))));
+}
+
+/**
+ * Builds the web pages with vite unless api/web/dist is newer than their sources: a
+ * second start is quicker, and a rebuild (vite empties dist/ first) never pulls the
+ * pages from under an API that is serving them.
+ */
+function buildWebPages(): void {
+  const web = join(root, "api", "web");
+  const sources = Math.max(
+    ...["src", "index.html", "ops.html", "vite.config.ts"].map((f) => newest(join(web, f))),
+  );
+  const built = newest(join(web, "dist", "index.html"));
+  if (built > sources) {
+    say("web pages are up to date");
+    return;
+  }
+  say("building the web pages (vite) ...");
+  const started = Date.now();
+  const build = spawnSync("npm", ["run", "--silent", "-w", "api", "build:web"], {
+    cwd: root,
+    stdio: ["ignore", "ignore", "inherit"],
+  });
+  if (build.status !== 0)
+    throw new Error("building the web pages failed (npm run -w api build:web); see the lines above.");
+  say(`web pages built in ${((Date.now() - started) / 1000).toFixed(1)} s`);
 }
 
 async function waitForHttp(url: string, timeoutMs: number): Promise<boolean> {
@@ -141,8 +189,7 @@ async function runDemo(base: string): Promise<string> {
 }
 
 async function main(): Promise<void> {
-  process.on("SIGINT", () => void shutdown(0));
-  process.on("SIGTERM", () => void shutdown(0));
+  for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(signal, () => void shutdown(0));
 
   const env: NodeJS.ProcessEnv = { ...process.env };
   if (env.KAFKA_BROKERS) {
@@ -155,8 +202,12 @@ async function main(): Promise<void> {
   } else {
     const port = Number(env.KAFKA_PORT ?? 9092);
     const nodes = Number(env.KAFKA_NODES ?? 1);
-    const broker = await startKafka(port, nodes);
-    if (broker.started) kafkaStarted = { port, nodes };
+    const starting = startKafka(port, nodes).then((broker) => {
+      if (broker.started) kafkaStarted = { port, nodes };
+      return broker;
+    });
+    kafkaStarting = starting;
+    const broker = await starting;
     env.KAFKA_BROKERS = broker.brokers.join(",");
   }
 
@@ -182,22 +233,18 @@ async function main(): Promise<void> {
     say(`dev login for this local stack: CHATBUS_DEV_LOGIN=${env.CHATBUS_DEV_LOGIN} (POST /v1/dev/login)`);
   }
 
-  env.DATABASE_URL ??= "postgres://postgres@127.0.0.1:5432/chatbus";
-  const { created } = await ensureDatabase(env.DATABASE_URL);
-  const pool = new pg.Pool({ connectionString: env.DATABASE_URL });
+  postgresStarting = ensurePostgres(env);
+  const { databaseUrl } = await postgresStarting;
+  env.DATABASE_URL = databaseUrl;
+  const { created } = await ensureDatabase(databaseUrl);
+  const pool = new pg.Pool({ connectionString: databaseUrl });
   const { applied } = await migrate(pool);
   await pool.end();
   say(
     `database ${new URL(env.DATABASE_URL).pathname.slice(1)} ${created ? "created" : "ready"}${applied.length ? `, applied ${applied.join(", ")}` : ""}`,
   );
 
-  say("building the web pages ...");
-  const build = spawnSync("npm", ["run", "--silent", "-w", "api", "build:web"], {
-    cwd: root,
-    stdio: ["ignore", "ignore", "inherit"],
-  });
-  if (build.status !== 0)
-    throw new Error("building the web pages failed (npm run -w api build:web); see the lines above.");
+  buildWebPages();
 
   const port = env.PORT ?? "3000";
   run("consumer runtime", "consumer-runtime/src/main.ts", env);
@@ -216,6 +263,17 @@ async function main(): Promise<void> {
   Runtime     subscriptions: materialiser, notifications (metrics at http://127.0.0.1:${env.CHATBUS_METRICS_PORT ?? 9464}/metrics)
   Chat page   ${base}/            Operations page ${base}/ops
 ${production ? "" : `  Operator key (this run): ${env.CHATBUS_OPERATOR_KEY}  (export CHATBUS_OPERATOR_KEY=… for \`npx chatbus subscriptions\`)\n`}${demo ? `  Demo: ${demo}\n` : ""}Press Ctrl-C to stop.`);
+}
+
+// Whatever goes wrong while stopping must not end this process before Kafka and an
+// embedded PostgreSQL are stopped: say it and carry on with the shutdown.
+for (const event of ["uncaughtException", "unhandledRejection"] as const) {
+  process.on(event, (error: unknown) => {
+    console.error(
+      `chatbus: ${event}: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`,
+    );
+    void shutdown(1);
+  });
 }
 
 main().catch((error: unknown) => {

@@ -19,7 +19,8 @@ if (process.argv.includes("--help")) {
 Runs, in order: system package check (kcat, prometheus, curl, chromium), biome
 lint, TypeScript type-check, the web page build, then vitest's unit, int and e2e projects. Kafka is started when
 KAFKA_BROKERS is unset and none answers on 127.0.0.1:9092; DATABASE_URL defaults
-to postgres://postgres@127.0.0.1:5432/chatbus. Exit code 0 when everything passed.`);
+to postgres://postgres@127.0.0.1:5432/chatbus, or an embedded PostgreSQL when nothing
+answers there. Exit code 0 when everything passed.`);
   process.exit(0);
 }
 

@@ -3,7 +3,7 @@
  * `inject` where sockets are not the point and `main.ts` owns the process.
  */
 import { createHash, randomUUID, timingSafeEqual } from "node:crypto";
-import type { ProjectionReader } from "@chatbus/consumer-runtime";
+import type { ProjectionReader } from "@chatbus/consumer-runtime/materialiser";
 import { ChatBusError, RateLimitedError, ValidationError } from "@chatbus/producer-sdk";
 import fastifyJwt from "@fastify/jwt";
 import fastifySwagger from "@fastify/swagger";

@@ -4,7 +4,7 @@
  * streams (clients resume elsewhere), flush pending receipts and the producer, and
  * exit. A missing or unreachable dependency is one line naming it and the fix.
  */
-import { createProjectionReader, eventsChannel } from "@chatbus/consumer-runtime";
+import { createProjectionReader, eventsChannel } from "@chatbus/consumer-runtime/materialiser";
 import { createChatBus, topicRetentionMs } from "@chatbus/producer-sdk";
 import { Kafka, logLevel } from "kafkajs";
 import pg from "pg";

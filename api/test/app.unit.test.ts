@@ -4,7 +4,7 @@
  * The bus and projection are fakes here; the .int tests use the real ones.
  */
 
-import type { ProjectionReader } from "@chatbus/consumer-runtime";
+import type { ProjectionReader } from "@chatbus/consumer-runtime/materialiser";
 import type { ChatEventInput } from "@chatbus/producer-sdk";
 import type pg from "pg";
 import pino from "pino";

@@ -6,7 +6,7 @@
  * small in-memory fake; write-limits.int.test.ts and test/security/ use the real ones.
  */
 
-import type { MemberView, ProjectionReader } from "@chatbus/consumer-runtime";
+import type { MemberView, ProjectionReader } from "@chatbus/consumer-runtime/materialiser";
 import type { ChatEventInput } from "@chatbus/producer-sdk";
 import type pg from "pg";
 import pino from "pino";

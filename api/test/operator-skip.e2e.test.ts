@@ -41,7 +41,17 @@ async function createConversation(): Promise<string> {
     payload: { kind: "group", members: ["ben"] },
   });
   expect(res.statusCode).toBe(202);
-  return res.json().conversationId;
+  const id: string = res.json().conversationId;
+  // Sends are for members, and membership is what the materialiser has applied.
+  await eventually("the conversation to be materialised", async () => {
+    const got = await h.app.inject({
+      method: "GET",
+      url: `/v1/conversations/${id}`,
+      headers: { authorization: `Bearer ${token}` },
+    });
+    return got.statusCode === 200;
+  });
+  return id;
 }
 
 async function send(conversationId: string, text: string): Promise<{ partition: number; offset: string }> {
@@ -80,11 +90,10 @@ beforeAll(async () => {
     // One stuck record must not open the breaker: this test is about the skip.
     breaker: { volumeThreshold: 1_000_000 },
     logger: pino({ level: process.env.TEST_LOG_LEVEL ?? "silent" }),
-    // The runtime's stuck threshold (default 60 s), shortened; typed loosely so that
-    // this file compiles before the runtime side is merged.
+    // The runtime's stuck threshold (default 60 s), shortened.
     stuckAfterMs: 3_000,
   };
-  runtime = createRuntime(options as Parameters<typeof createRuntime>[0]);
+  runtime = createRuntime(options);
   runtime.on("chat.message.sent", async (event) => {
     const text = event.data.content.type === "text" ? event.data.content.text : "";
     attempts.set(text, (attempts.get(text) ?? 0) + 1);
@@ -100,7 +109,7 @@ afterAll(async () => {
   vi.unstubAllEnvs();
 });
 
-describe("operator skip end to end (needs the runtime's skip support)", () => {
+describe("operator skip end to end", () => {
   it("shows the stuck record, skips it with the CLI, and the conversation moves on", async () => {
     const held = await createConversation();
     const other = await createConversation();

@@ -10,10 +10,11 @@
 import { existsSync, mkdirSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { markSkipApplied, recordDeadLetter, requestSkip } from "@chatbus/consumer-runtime";
+import { markSkipApplied, requestSkip } from "@chatbus/consumer-runtime/operator";
 import { type Browser, chromium, type Page } from "playwright-core";
 import { build } from "vite";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { recordDeadLetter } from "../../consumer-runtime/src/dead-letters/store.ts";
 import { publishSubscriptionStatus } from "../../consumer-runtime/src/status/store.ts";
 import { uniqueName } from "../../test/support/isolation.ts";
 import { type Harness, operatorKey, startHarness } from "./harness.ts";

@@ -3,7 +3,7 @@
  * (LISTEN connection, stream index, presence process id), as a separate API process
  * has, and may use other realtime settings.
  */
-import { createProjectionReader, eventsChannel } from "@chatbus/consumer-runtime";
+import { createProjectionReader, eventsChannel } from "@chatbus/consumer-runtime/materialiser";
 import pino from "pino";
 import { Registry } from "prom-client";
 import type { ApiApp } from "../src/app.ts";

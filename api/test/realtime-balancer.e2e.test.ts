@@ -8,7 +8,11 @@
  * once, in per-conversation order, and no reset. A user whose only stream was on the
  * killed process goes offline for the others.
  */
-import { encodeEventCursor, type Materialiser, startMaterialiser } from "@chatbus/consumer-runtime";
+import {
+  encodeEventCursor,
+  type Materialiser,
+  startMaterialiser,
+} from "@chatbus/consumer-runtime/materialiser";
 import { type ChatBus, createChatBus } from "@chatbus/producer-sdk";
 import pino from "pino";
 import { Registry } from "prom-client";

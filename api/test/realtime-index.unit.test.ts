@@ -6,7 +6,7 @@
  */
 import { EventEmitter } from "node:events";
 import type { ServerResponse } from "node:http";
-import type { LoggedEvent } from "@chatbus/consumer-runtime";
+import type { LoggedEvent } from "@chatbus/consumer-runtime/materialiser";
 import { describe, expect, it } from "vitest";
 import { cursorAhead } from "../src/realtime/log-follower.ts";
 import { SseStream } from "../src/realtime/stream.ts";

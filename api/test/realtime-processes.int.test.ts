@@ -3,7 +3,7 @@
  * presence view, as two processes have): a stream position issued by one resumes
  * exactly on the other.
  */
-import { decodeEventCursor } from "@chatbus/consumer-runtime";
+import { decodeEventCursor } from "@chatbus/consumer-runtime/materialiser";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { eventually, type Harness, openSse, type SseMessage, startHarness } from "./harness.ts";
 import { type ApiOn, startApiOn } from "./realtime-apps.ts";

@@ -4,7 +4,7 @@
  */
 import { EventEmitter } from "node:events";
 import type { ServerResponse } from "node:http";
-import type { LoggedEvent } from "@chatbus/consumer-runtime";
+import type { LoggedEvent } from "@chatbus/consumer-runtime/materialiser";
 import { describe, expect, it } from "vitest";
 import { type CloseReason, SseStream } from "../src/realtime/stream.ts";
 

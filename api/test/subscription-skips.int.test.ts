@@ -6,8 +6,10 @@
  * request shows as applied once the runtime's side marks it (here `markSkipApplied`
  * stands in for the runtime, whose own tests cover applying it).
  */
-import { markSkipApplied, recordDeadLetter } from "@chatbus/consumer-runtime";
+
+import { markSkipApplied } from "@chatbus/consumer-runtime/operator";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { recordDeadLetter } from "../../consumer-runtime/src/dead-letters/store.ts";
 import { publishSubscriptionStatus } from "../../consumer-runtime/src/status/store.ts";
 import { uniqueName } from "../../test/support/isolation.ts";
 import { run as subscriptionsCli } from "../src/cli/subscriptions.ts";

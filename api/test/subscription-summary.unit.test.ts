@@ -1,5 +1,5 @@
 /** `summariseSubscription` across instances: oldest in-flight age, stuck records merged in log order. */
-import type { SubscriptionState, SubscriptionStatusRow } from "@chatbus/consumer-runtime";
+import type { SubscriptionState, SubscriptionStatusRow } from "@chatbus/consumer-runtime/operator";
 import { describe, expect, it } from "vitest";
 import { summariseSubscription } from "../src/routes/operator.ts";
 

@@ -6,7 +6,7 @@
  * every message materialised once, in the order sent, and a later message arrives.
  */
 import { createServer } from "node:net";
-import { createProjectionReader } from "@chatbus/consumer-runtime";
+import { createProjectionReader } from "@chatbus/consumer-runtime/materialiser";
 import pg from "pg";
 import pino from "pino";
 import { Registry } from "prom-client";

@@ -4,7 +4,7 @@
  * between them. The limits are kept in PostgreSQL, so together the two admit what
  * one would; limits kept in each process's memory would admit about twice as much.
  */
-import { createProjectionReader } from "@chatbus/consumer-runtime";
+import { createProjectionReader } from "@chatbus/consumer-runtime/materialiser";
 import pino from "pino";
 import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";

@@ -22,7 +22,11 @@ import { createInterface } from "node:readline";
 import { parseArgs } from "node:util";
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
-import { createProjectionReader, eventsChannel, startMaterialiser } from "@chatbus/consumer-runtime";
+import {
+  createProjectionReader,
+  eventsChannel,
+  startMaterialiser,
+} from "@chatbus/consumer-runtime/materialiser";
 import { createChatBus, uuidv7 } from "@chatbus/producer-sdk";
 import autocannon from "autocannon";
 import Fastify from "fastify";

@@ -11,7 +11,7 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { join } from "node:path";
-import { eventsChannel } from "@chatbus/consumer-runtime";
+import { eventsChannel } from "@chatbus/consumer-runtime/materialiser";
 import { createChatBus } from "@chatbus/producer-sdk";
 import pg from "pg";
 import { ensureDatabase } from "../../consumer-runtime/src/database/migrate.ts";

@@ -3,7 +3,7 @@
  * (the sender and the materialiser do not share an event loop). Env: DATABASE_URL (with
  * search_path), KAFKA_BROKERS, CHATBUS_TOPIC, MATERIALISER_GROUP. Prints "ready".
  */
-import { startMaterialiser } from "@chatbus/consumer-runtime";
+import { startMaterialiser } from "@chatbus/consumer-runtime/materialiser";
 import pg from "pg";
 
 const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL, max: 13 });

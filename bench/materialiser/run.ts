@@ -20,7 +20,7 @@ import { rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
-import { createProjectionReader, startMaterialiser } from "@chatbus/consumer-runtime";
+import { createProjectionReader, startMaterialiser } from "@chatbus/consumer-runtime/materialiser";
 import { createChatBus, encodeEvent, uuidv7 } from "@chatbus/producer-sdk";
 import { Kafka, logLevel } from "kafkajs";
 import pg from "pg";

@@ -24,7 +24,7 @@ import { cpus, loadavg, tmpdir, totalmem } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { parseArgs } from "node:util";
-import { startMaterialiser } from "@chatbus/consumer-runtime";
+import { startMaterialiser } from "@chatbus/consumer-runtime/materialiser";
 import { createChatBus, uuidv7 } from "@chatbus/producer-sdk";
 import pino from "pino";
 import { Registry } from "prom-client";

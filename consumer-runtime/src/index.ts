@@ -1,21 +1,17 @@
-/** @chatbus/consumer-runtime: handler runtime, dead letters, and the conversation materialiser. */
+/**
+ * @chatbus/consumer-runtime: run chat event handlers with per-conversation order,
+ * retries, circuit breakers and dead letters.
+ *
+ * The conversation materialiser is `@chatbus/consumer-runtime/materialiser`; the
+ * operator functions (subscription status, dead letters, skips) are
+ * `@chatbus/consumer-runtime/operator`. Anything not exported here is internal.
+ */
 
-export type { ReplayOptions } from "./dead-letters/store.ts";
-export {
-  countWaitingDeadLetters,
-  discardDeadLetter,
-  getDeadLetter,
-  listDeadLetters,
-  recordDeadLetter,
-  replayAllDeadLetters,
-  replayDeadLetter,
-} from "./dead-letters/store.ts";
-
-// Consumer runtime: dead letters, subscription status, errors.
+export type { MigrationResult } from "./database/migrate.ts";
+export { ensureDatabase, migrate } from "./database/migrate.ts";
 export type {
   DeadLetter,
   DeadLetterFilter,
-  DeadLetterInput,
   DeadLetterPage,
   DeadLetterStatus,
   FailureClass,
@@ -28,7 +24,6 @@ export {
   DependencyUnavailableError,
   RuntimeStateError,
 } from "./errors.ts";
-export * from "./materialiser/index.ts";
 export type { RuntimeProcess } from "./process.ts";
 export { startRuntimeProcess } from "./process.ts";
 export type { Alert } from "./runtime/alerts.ts";
@@ -46,12 +41,3 @@ export type { Handler, HandlerContext, Runtime } from "./runtime/runtime.ts";
 export { createRuntime } from "./runtime/runtime.ts";
 export type { ShutdownOptions, Stoppable } from "./runtime/shutdown.ts";
 export { stopOnSignals } from "./runtime/shutdown.ts";
-export type { SkipRequest } from "./status/skips.ts";
-export { getSkip, markSkipApplied, pendingSkips, requestSkip } from "./status/skips.ts";
-export type {
-  PartitionStatus,
-  StuckRecord,
-  SubscriptionState,
-  SubscriptionStatusRow,
-} from "./status/store.ts";
-export { listSubscriptionStatus } from "./status/store.ts";

@@ -21,9 +21,24 @@ export interface RuntimeProcess {
   stop(): Promise<void>;
 }
 
+/**
+ * Prefix of every consumer group id this process joins (`CHATBUS_GROUP_PREFIX`,
+ * default `chatbus`): two deployments sharing one Kafka cluster with different
+ * prefixes never join each other's groups.
+ */
+export function groupPrefix(): string {
+  const prefix = process.env.CHATBUS_GROUP_PREFIX || "chatbus";
+  if (!/^[A-Za-z0-9._-]{1,100}$/.test(prefix)) {
+    throw new Error(
+      `CHATBUS_GROUP_PREFIX must be 1-100 characters of letters, digits, ".", "_" or "-"; got ${JSON.stringify(prefix)}`,
+    );
+  }
+  return prefix;
+}
+
 /** The demo subscription: logs every message it sees. */
 export function notificationsDemo(options: { pool: pg.Pool; logger: Logger; registry: Registry }): Runtime {
-  const runtime = createRuntime({ group: "notifications", ...options });
+  const runtime = createRuntime({ group: `${groupPrefix()}-notifications`, ...options });
   runtime.on("chat.message.sent", (event, ctx) => {
     ctx.logger.info({ senderId: event.data.senderId }, "notify members of a new message");
   });
@@ -105,7 +120,12 @@ export async function startRuntimeProcess(): Promise<RuntimeProcess> {
   started.push(notifications);
   // The materialiser applies up to 12 partitions at once, one connection each: its own pool.
   const materialiserPool = new pg.Pool({ connectionString: databaseUrl, max: 13 });
-  const materialiser = await startMaterialiser({ pool: materialiserPool, logger, registry });
+  const materialiser = await startMaterialiser({
+    pool: materialiserPool,
+    logger,
+    registry,
+    groupId: `${groupPrefix()}-materialiser`,
+  });
   started.push({ stop: () => materialiser.stop().then(() => materialiserPool.end()) });
 
   return { logger, pool, registry, started, stop };

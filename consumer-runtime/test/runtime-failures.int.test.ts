@@ -14,14 +14,12 @@ import {
   uniqueName,
 } from "../../test/support/isolation.ts";
 import {
-  BusinessError,
-  createRuntime,
   discardDeadLetter,
   getDeadLetter,
   listDeadLetters,
-  type Runtime,
   replayDeadLetter,
-} from "../src/index.ts";
+} from "../src/exports/operator.ts";
+import { BusinessError, createRuntime, type Runtime } from "../src/index.ts";
 import {
   connectProducer,
   kafkaClient,

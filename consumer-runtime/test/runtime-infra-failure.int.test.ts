@@ -17,7 +17,8 @@ import {
   uniqueName,
 } from "../../test/support/isolation.ts";
 import { createThrowawayPostgres, type ThrowawayPostgres } from "../../test/support/throwaway-postgres.ts";
-import { createRuntime, listDeadLetters, type Runtime } from "../src/index.ts";
+import { listDeadLetters } from "../src/exports/operator.ts";
+import { createRuntime, type Runtime } from "../src/index.ts";
 import {
   connectProducer,
   numberOf,

@@ -13,14 +13,8 @@ import {
   type TestSchema,
   uniqueName,
 } from "../../test/support/isolation.ts";
-import {
-  createRuntime,
-  getSkip,
-  listDeadLetters,
-  listSubscriptionStatus,
-  type Runtime,
-  requestSkip,
-} from "../src/index.ts";
+import { getSkip, listDeadLetters, listSubscriptionStatus, requestSkip } from "../src/exports/operator.ts";
+import { createRuntime, type Runtime } from "../src/index.ts";
 import { connectProducer, numberOf, produceNumbered, quietLogger, waitFor } from "./runtime-support.ts";
 
 let schema: TestSchema;

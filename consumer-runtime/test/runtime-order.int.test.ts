@@ -11,7 +11,8 @@ import {
   type TestSchema,
   uniqueName,
 } from "../../test/support/isolation.ts";
-import { createRuntime, listSubscriptionStatus, type Runtime } from "../src/index.ts";
+import { listSubscriptionStatus } from "../src/exports/operator.ts";
+import { createRuntime, type Runtime } from "../src/index.ts";
 import {
   connectProducer,
   numberOf,

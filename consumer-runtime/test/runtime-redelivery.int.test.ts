@@ -13,7 +13,8 @@ import {
   type TestSchema,
   uniqueName,
 } from "../../test/support/isolation.ts";
-import { BusinessError, createRuntime, listDeadLetters, type Runtime } from "../src/index.ts";
+import { listDeadLetters } from "../src/exports/operator.ts";
+import { BusinessError, createRuntime, type Runtime } from "../src/index.ts";
 import { connectProducer, numberOf, produceNumbered, quietLogger, waitFor } from "./runtime-support.ts";
 
 let schema: TestSchema;

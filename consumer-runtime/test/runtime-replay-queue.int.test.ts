@@ -13,14 +13,8 @@ import {
   type TestSchema,
   uniqueName,
 } from "../../test/support/isolation.ts";
-import {
-  BusinessError,
-  createRuntime,
-  getDeadLetter,
-  listDeadLetters,
-  type Runtime,
-  replayDeadLetter,
-} from "../src/index.ts";
+import { getDeadLetter, listDeadLetters, replayDeadLetter } from "../src/exports/operator.ts";
+import { BusinessError, createRuntime, type Runtime } from "../src/index.ts";
 import { connectProducer, numberOf, produceNumbered, quietLogger, waitFor } from "./runtime-support.ts";
 
 let schema: TestSchema;

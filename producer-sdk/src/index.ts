@@ -2,7 +2,6 @@
 
 export type { ChatBus, SendItem, SendOptions, SendResult } from "./chat-bus.ts";
 export { createChatBus } from "./chat-bus.ts";
-export { runSendCommand, sendCommandSummary } from "./cli.ts";
 export type { DecodeFailureCode, DecodeResult, EncodedRecord, EncodeOptions, RawRecord } from "./codec.ts";
 export {
   CLOUDEVENTS_SPEC_VERSION,

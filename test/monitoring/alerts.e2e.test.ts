@@ -18,18 +18,19 @@ import { readFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { type ApiApp, buildApp, loadConfig } from "@chatbus/api";
+import { BusinessError, createRuntime } from "@chatbus/consumer-runtime";
 import {
-  BusinessError,
   createProjectionReader,
-  createRuntime,
   eventsChannel,
+  type Materialiser,
+  startMaterialiser,
+} from "@chatbus/consumer-runtime/materialiser";
+import {
   getDeadLetter,
   listDeadLetters,
-  type Materialiser,
   replayAllDeadLetters,
   replayDeadLetter,
-  startMaterialiser,
-} from "@chatbus/consumer-runtime";
+} from "@chatbus/consumer-runtime/operator";
 import { type ChatBus, createChatBus, ValidationError } from "@chatbus/producer-sdk";
 import { pino } from "pino";
 import { Registry } from "prom-client";

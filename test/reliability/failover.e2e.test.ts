@@ -14,7 +14,8 @@
  * docs/reliability.md.
  */
 
-import { createRuntime, type Materialiser, type Runtime, startMaterialiser } from "@chatbus/consumer-runtime";
+import { createRuntime, type Runtime } from "@chatbus/consumer-runtime";
+import { type Materialiser, startMaterialiser } from "@chatbus/consumer-runtime/materialiser";
 import { type ChatBus, createChatBus } from "@chatbus/producer-sdk";
 import { Kafka, logLevel } from "kafkajs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";

@@ -5,7 +5,8 @@
  * Env: KAFKA_BROKERS, TOPIC, DATABASE_URL, OUT_FILE, FAIL_FLAG, MATERIALISER_GROUP, AUDIT_GROUP.
  */
 import { appendFileSync, existsSync } from "node:fs";
-import { createRuntime, startMaterialiser, stopOnSignals } from "@chatbus/consumer-runtime";
+import { createRuntime, stopOnSignals } from "@chatbus/consumer-runtime";
+import { startMaterialiser } from "@chatbus/consumer-runtime/materialiser";
 import pg from "pg";
 import { pino } from "pino";
 

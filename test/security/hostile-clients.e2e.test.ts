@@ -15,7 +15,7 @@ import {
   eventsChannel,
   type Materialiser,
   startMaterialiser,
-} from "@chatbus/consumer-runtime";
+} from "@chatbus/consumer-runtime/materialiser";
 import { type ChatBus, createChatBus, encodeEvent } from "@chatbus/producer-sdk";
 import { Kafka, logLevel } from "kafkajs";
 import { pino } from "pino";

@@ -8,6 +8,7 @@
  */
 import { ensureDatabase } from "../../consumer-runtime/src/database/migrate.ts";
 import { kafkaAnswers, startKafka, stopKafka } from "../../scripts/kafka.ts";
+import { ensurePostgres } from "../../scripts/postgres.ts";
 import { databaseUrl } from "./env.ts";
 
 export default async function setup(): Promise<() => Promise<void>> {
@@ -25,8 +26,12 @@ export default async function setup(): Promise<() => Promise<void>> {
     if (broker.started) startedPort = port;
     process.env.KAFKA_BROKERS = broker.brokers.join(",");
   }
+  // DATABASE_URL unset and no PostgreSQL on 5432: the embedded one (issue 19).
+  const postgres = await ensurePostgres(process.env);
+  process.env.DATABASE_URL = postgres.databaseUrl;
   await ensureDatabase(databaseUrl());
   return async () => {
     if (startedPort !== undefined) await stopKafka(startedPort);
+    await postgres.stop?.();
   };
 }

@@ -3,11 +3,11 @@
  * log (progress on stderr) and compare two projections.
  */
 import { parseArgs } from "node:util";
-import type { RebuildProgress } from "@chatbus/consumer-runtime";
+import type { RebuildProgress } from "@chatbus/consumer-runtime/materialiser";
 import pg from "pg";
 
 // Loaded on use, so that `chatbus --help` does not load the runtime.
-const runtime = () => import("@chatbus/consumer-runtime");
+const runtime = () => import("@chatbus/consumer-runtime/materialiser");
 
 /** One line for `chatbus --help`. */
 export const summary = "rebuild the conversation projection from the log, or verify two projections";

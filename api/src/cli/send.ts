@@ -1,5 +1,5 @@
 /** `chatbus send <conversation> <text>`: the producer SDK's send command. */
-import { runSendCommand, sendCommandSummary } from "@chatbus/producer-sdk";
+import { runSendCommand, sendCommandSummary } from "@chatbus/producer-sdk/cli";
 
 /** One line for `chatbus --help`. */
 export const summary = sendCommandSummary;

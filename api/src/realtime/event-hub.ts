@@ -24,7 +24,7 @@ import {
   encodeEventCursor,
   type LoggedEvent,
   type ProjectionReader,
-} from "@chatbus/consumer-runtime";
+} from "@chatbus/consumer-runtime/materialiser";
 import type pg from "pg";
 import type { Logger } from "pino";
 import type { ApiConfig } from "../config.ts";

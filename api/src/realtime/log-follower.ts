@@ -22,7 +22,7 @@ import type {
   EventsNotification,
   LoggedEvent,
   ProjectionReader,
-} from "@chatbus/consumer-runtime";
+} from "@chatbus/consumer-runtime/materialiser";
 import pg from "pg";
 import type { Logger } from "pino";
 

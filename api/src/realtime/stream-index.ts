@@ -4,7 +4,7 @@
  * events move streams in and out of rooms as they pass, so a stream follows exactly
  * the conversations its user is a member of at its position in the log.
  */
-import type { LoggedEvent } from "@chatbus/consumer-runtime";
+import type { LoggedEvent } from "@chatbus/consumer-runtime/materialiser";
 import type { SseStream } from "./stream.ts";
 
 /** Membership carried by an event: who starts or stops following its conversation. */

@@ -6,8 +6,8 @@
  */
 
 import type { ServerResponse } from "node:http";
-import type { EventCursor, LoggedEvent } from "@chatbus/consumer-runtime";
-import { encodeEventCursor } from "@chatbus/consumer-runtime";
+import type { EventCursor, LoggedEvent } from "@chatbus/consumer-runtime/materialiser";
+import { encodeEventCursor } from "@chatbus/consumer-runtime/materialiser";
 
 /**
  * Why a stream ended: the client left, read too slowly, the server shut down or

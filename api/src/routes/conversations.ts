@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import type { ProjectionReader } from "@chatbus/consumer-runtime";
+import type { ProjectionReader } from "@chatbus/consumer-runtime/materialiser";
 import { UserId, uuidv7 } from "@chatbus/producer-sdk";
 import { Type } from "@sinclair/typebox";
 import type { ApiApp } from "../app.ts";

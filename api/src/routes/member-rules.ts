@@ -9,7 +9,7 @@
  * - `owner-protected`: only an owner removes an admin or an owner;
  * - `keeps-an-owner`: the last owner cannot leave (grant `owner` to someone first).
  */
-import type { MemberView } from "@chatbus/consumer-runtime";
+import type { MemberView } from "@chatbus/consumer-runtime/materialiser";
 import { ApiError, conflict, notFound } from "../errors.ts";
 
 type Role = "owner" | "admin" | "member";

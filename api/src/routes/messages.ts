@@ -1,4 +1,4 @@
-import type { ProjectionReader } from "@chatbus/consumer-runtime";
+import type { ProjectionReader } from "@chatbus/consumer-runtime/materialiser";
 import type { ApiApp } from "../app.ts";
 import { ApiError, conflict, forbidden, invalidField, notAMember, notFound } from "../errors.ts";
 import type { EventSender } from "../types.ts";

@@ -13,7 +13,7 @@ import {
   replayDeadLetter,
   type StuckRecord,
   type SubscriptionStatusRow,
-} from "@chatbus/consumer-runtime";
+} from "@chatbus/consumer-runtime/operator";
 import { Type } from "@sinclair/typebox";
 import type pg from "pg";
 import type { ApiApp } from "../app.ts";

@@ -1,4 +1,4 @@
-import type { MemberView, MessageView, ProjectionReader } from "@chatbus/consumer-runtime";
+import type { MemberView, MessageView, ProjectionReader } from "@chatbus/consumer-runtime/materialiser";
 import { Type } from "@sinclair/typebox";
 import type { ApiApp } from "../app.ts";
 import { deliveryOf } from "../delivery.ts";

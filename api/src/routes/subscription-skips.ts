@@ -12,7 +12,7 @@ import {
   requestSkip,
   type SkipRequest,
   type SubscriptionStatusRow,
-} from "@chatbus/consumer-runtime";
+} from "@chatbus/consumer-runtime/operator";
 import { Type } from "@sinclair/typebox";
 import type pg from "pg";
 import type { ApiApp } from "../app.ts";

@@ -18,6 +18,7 @@ import { createRuntime, type Runtime } from "@chatbus/consumer-runtime";
 import { type Materialiser, startMaterialiser } from "@chatbus/consumer-runtime/materialiser";
 import { type ChatBus, createChatBus } from "@chatbus/producer-sdk";
 import { Kafka, logLevel } from "kafkajs";
+import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { killBroker, restartBroker, startKafka, stopKafka } from "../../scripts/kafka.ts";
 import { createTestSchema, type TestSchema, uniqueName } from "../support/isolation.ts";
@@ -73,6 +74,8 @@ beforeAll(async () => {
     topic,
     groupId: uniqueName("failover-mat"),
     sessionTimeoutMs,
+    // Warnings (retries, seeks, restarts) explain a stall if the wait below times out.
+    logger: pino({ level: process.env.TEST_LOG_LEVEL ?? "warn" }),
   });
   audit = createRuntime({
     group: uniqueName("failover-audit"),

@@ -220,9 +220,13 @@ export async function startMaterialiser(options: MaterialiserOptions): Promise<M
   });
   consumer.on(consumer.events.CRASH, (event) => {
     log?.error({ err: event.payload.error, restart: event.payload.restart }, "materialiser consumer crashed");
-    if (event.payload.restart) metrics?.restarts.inc(labels);
-    else if (running) void restart();
+    // Restart ourselves even when kafkajs says it will (`restart: true`): its own restart
+    // reuses the cluster's cached metadata and can stay stuck for good after a broker
+    // is gone ("Broker N not found in the cached metadata", kafkajs #659/#1545; seen in
+    // the failover test). disconnect() cancels kafkajs's pending restart.
+    if (running && !restarting) void restart();
   });
+  let restarting = false;
   let starts = 0;
   const start = async () => {
     starts++;
@@ -230,8 +234,9 @@ export async function startMaterialiser(options: MaterialiserOptions): Promise<M
     await run();
   };
   const restart = async () => {
-    // kafkajs gave up (non-retriable crash): start the consumer again, with back-off,
-    // until it runs (one failed restart must not leave the process without a consumer).
+    // Start the consumer again, with back-off, until it runs (one failed restart must
+    // not leave the process without a consumer).
+    restarting = true;
     metrics?.restarts.inc(labels);
     const ran = await restartUntilRunning(
       async () => {
@@ -248,6 +253,7 @@ export async function startMaterialiser(options: MaterialiserOptions): Promise<M
         },
       },
     );
+    restarting = false;
     if (ran) log?.warn({ restarts: starts - 1 }, "materialiser consumer restarted");
   };
 

@@ -5,6 +5,9 @@
  *    membership check in PostgreSQL, produce with acks=all) next to a trivial
  *    fastify route (`POST /noop`, JSON body echoed) in the same process: the
  *    framework ceiling on this machine. autocannon, same connections and duration.
+ *    Then the same send as a member (normal priority), once through the shared
+ *    PostgreSQL rate limits (rates set so high that nothing is refused, so only
+ *    their cost shows) and once through a second app with them off (issue 18.3).
  * 2. History: p50/p99 of `GET /v1/conversations/:id/messages?limit=50`.
  * 3. SSE fan-out: N streams (default 5,000) of N members of one group, opened by a
  *    child process; one message to the group; time from `send` until each stream
@@ -97,6 +100,14 @@ const config = validateConfig({
   kafkaBrokers: brokers,
   databaseUrl: schema.url,
   sse: { ...configDefaults.sse, maxBufferedBytes: 4 * 1024 * 1024 },
+  // Admit everything, but pay for the check: the limits' cost, not their refusals.
+  rateLimits: {
+    ...configDefaults.rateLimits,
+    enabled: true,
+    directMessagesPerSecond: 1e9,
+    groupMessagesPerSecond: 1e9,
+    userMessagesPerSecond: 1e9,
+  },
 });
 const pool = new pg.Pool({ connectionString: schema.url, max: 20 });
 const app = await buildApp({
@@ -110,6 +121,17 @@ const app = await buildApp({
   realtime: { pool, databaseUrl: schema.url, channel: eventsChannel(schema.schema) },
 });
 const apiUrl = await app.listen({ port: 3310, host: "127.0.0.1" });
+const unlimitedApp = await buildApp({
+  config: { ...config, rateLimits: { ...config.rateLimits, enabled: false } },
+  logger,
+  registry: new Registry(),
+  bus,
+  pool,
+  projection: createProjectionReader(pool),
+  readiness: {},
+  realtime: { pool, databaseUrl: schema.url, channel: eventsChannel(schema.schema) },
+});
+const unlimitedUrl = await unlimitedApp.listen({ port: 3312, host: "127.0.0.1" });
 const trivial = Fastify({ logger: false, bodyLimit: config.bodyLimitBytes });
 trivial.post("/noop", async (request) => ({
   ok: true,
@@ -199,6 +221,24 @@ const send = await cannon("POST /v1/conversations/:id/messages", {
     },
   ],
 });
+const senderToken = app.jwt.sign({ sub: "sender" });
+const memberBody = JSON.stringify({ content: { type: "text", text: "hello from autocannon" } });
+const memberSend = (url: string) => ({
+  url,
+  requests: [
+    {
+      method: "POST" as const,
+      headers: { "content-type": "application/json", authorization: `Bearer ${senderToken}` },
+      body: memberBody,
+      setupRequest: (request: autocannon.Request) => ({
+        ...request,
+        path: `/v1/conversations/${sendConversations[pick++ % SEND_CONVERSATIONS]}/messages`,
+      }),
+    },
+  ],
+});
+const limited = await cannon("member send, shared rate limits on", memberSend(apiUrl));
+const unlimited = await cannon("member send, rate limits off", memberSend(unlimitedUrl));
 const HISTORY_CONNECTIONS = 8; // latency, not saturation: fewer requests queue behind each other
 const history = await cannon(`GET history (limit 50, ${HISTORY_CONNECTIONS} connections)`, {
   connections: HISTORY_CONNECTIONS,
@@ -315,6 +355,8 @@ machine: ${cpus().length} cores, ${Math.round(totalmem() / 2 ** 30)} GiB; load a
 | trivial fastify route (POST /noop, same process) | ${Math.round(noop.requests.average)} req/s, p99 ${noop.latency.p99} ms |
 | send endpoint (auth + validation + membership + Kafka acks=all) | ${Math.round(send.requests.average)} req/s, p99 ${send.latency.p99} ms, non-2xx ${send.non2xx} |
 | send / trivial | ${((send.requests.average / noop.requests.average) * 100).toFixed(1)} % |
+| member send (normal priority), shared rate limits on | ${Math.round(limited.requests.average)} req/s, p99 ${limited.latency.p99} ms, non-2xx ${limited.non2xx} |
+| member send (normal priority), rate limits off | ${Math.round(unlimited.requests.average)} req/s, p99 ${unlimited.latency.p99} ms, non-2xx ${unlimited.non2xx} |
 | history page of 50 (${HISTORY_MESSAGES} messages, ${HISTORY_CONNECTIONS} connections) | ${Math.round(history.requests.average)} req/s, p50 ${history.latency.p50} ms, p99 ${history.latency.p99} ms |
 | SSE streams open on one process | ${opened} (opened in ${openSeconds.toFixed(1)} s) |
 | memory per idle stream (API process) | heap ${(perStreamHeap / 1024).toFixed(1)} KiB, rss ${(perStreamRss / 1024).toFixed(1)} KiB |
@@ -325,6 +367,7 @@ for (const line of rounds) console.log(line);
 child.kill();
 rmSync(tokensFile, { force: true });
 await app.close();
+await unlimitedApp.close();
 await trivial.close();
 await materialiser.stop();
 await bus.close();

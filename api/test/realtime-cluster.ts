@@ -107,9 +107,13 @@ export interface Balancer {
  */
 export async function startBalancer(
   backends: number[],
-  options: { workerConnections?: number } = {},
+  options: { workerConnections?: number; workerProcesses?: number } = {},
 ): Promise<Balancer> {
   const workerConnections = options.workerConnections ?? 1024;
+  // Several workers share the listening port with SO_REUSEPORT, so the kernel spreads
+  // connections evenly: one worker could not hold tens of thousands of streams (each
+  // is two connections in nginx) under a per-process open-file limit.
+  const workerProcesses = options.workerProcesses ?? 1;
   const missing = ensureSystemPackages(testPackages.filter((p) => p.command === "nginx"));
   if (missing.length > 0) throw new Error("nginx is missing; see the line above");
   const dir = mkdtempSync(join(tmpdir(), "chatbus-nginx-"));
@@ -119,7 +123,10 @@ export async function startBalancer(
   const servers = backends.map((p) => `    server 127.0.0.1:${p} max_fails=1 fail_timeout=5s;`).join("\n");
   const site = example
     .replace(/^ {4}server 127\.0\.0\.1:\d+ .*\n(?: {4}server 127\.0\.0\.1:\d+ .*\n)*/m, `${servers}\n`)
-    .replace("listen 8080;", `listen 127.0.0.1:${port};\n    add_header X-Upstream $upstream_addr always;`);
+    .replace(
+      "listen 8080;",
+      `listen 127.0.0.1:${port}${workerProcesses > 1 ? " reuseport" : ""};\n    add_header X-Upstream $upstream_addr always;`,
+    );
   if (!site.includes(`:${backends[0]} `) || !site.includes(`:${port};`)) {
     throw new Error(
       "deploy/nginx/chatbus.conf no longer has the upstream and listen lines this test replaces",
@@ -128,8 +135,8 @@ export async function startBalancer(
   writeFileSync(join(dir, "chatbus.conf"), site);
   writeFileSync(
     join(dir, "nginx.conf"),
-    `worker_processes 1;
-worker_rlimit_nofile ${workerConnections * 2};
+    `worker_processes ${workerProcesses};
+worker_rlimit_nofile ${workerConnections + 512};
 pid ${dir}/nginx.pid;
 error_log ${dir}/error.log warn;
 events { worker_connections ${workerConnections}; }

@@ -10,7 +10,8 @@
  *   no validation) in hand-made `send` batches of the SDK's batch size (kafkajs has no
  *   linger), one request in flight as idempotence requires.
  * - raw kafkajs, pre-encoded: the same, with records built once up front: kafkajs alone.
- * - raw @platformatic/kafka: the same records and batches through its Producer.
+ * - raw @platformatic/kafka: the same records and batches through its Producer
+ *   (installed on first use, see platformatic.ts).
  * - kafka-producer-perf-test (Java, org.apache.kafka.tools.ProducerPerformance): the
  *   ceiling of this machine; 1 KiB random values, no key or headers, linger.ms=2.
  * Node rows run in interleaved rounds so that load from elsewhere hits them alike.
@@ -24,9 +25,9 @@
 import { spawn } from "node:child_process";
 import { cpus, loadavg, totalmem } from "node:os";
 import { createChatBus, type EncodedRecord, uuidv7 } from "@chatbus/producer-sdk";
-import { Producer as PlatformaticProducer, ProduceAcks, stringSerializers } from "@platformatic/kafka";
 import { Kafka, logLevel, Partitioners } from "kafkajs";
 import { installKafka } from "../../scripts/kafka.ts";
+import { loadPlatformatic } from "./platformatic.ts";
 
 const brokers = (process.env.KAFKA_BROKERS ?? "127.0.0.1:9092").split(",");
 const events = Number(process.env.BENCH_EVENTS ?? 60_000);
@@ -262,8 +263,9 @@ async function kafkajsContender(preEncoded: boolean): Promise<Contender> {
 }
 
 async function platformaticContender(): Promise<Contender> {
+  const { Producer, ProduceAcks, stringSerializers } = await loadPlatformatic();
   const topic = await freshTopic("platformatic");
-  const producer = new PlatformaticProducer({
+  const producer = new Producer({
     clientId: "chatbus-bench-platformatic",
     bootstrapBrokers: brokers,
     idempotent: true,

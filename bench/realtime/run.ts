@@ -13,8 +13,9 @@
  *
  *   npm run bench:realtime -- [--members 15000] [--rounds 3]
  *
- * Needs nginx (installed like the test packages), `ulimit -n` above 4 × members (each
- * stream is a socket in the client, two in nginx and one in an API process), and
+ * Needs nginx (installed like the test packages), `ulimit -n` above members + 2,560
+ * (each stream is a socket in the client process, two in one of nginx's two workers
+ * and one in an API process: the client process and each worker hold the most), and
  * KAFKA_BROKERS / DATABASE_URL; its topic and schema are its own (dropped at the end).
  */
 import { spawn } from "node:child_process";
@@ -43,6 +44,13 @@ const { values } = parseArgs({
 const MEMBERS = Number(values.members);
 const ROUNDS = Number(values.rounds);
 const PARTITIONS = 12;
+const openFiles = Number(/^Max open files\s+(\d+)/m.exec(readFileSync("/proc/self/limits", "utf8"))?.[1]);
+if (openFiles < MEMBERS + 2560) {
+  console.error(
+    `bench/realtime: ${MEMBERS} members need an open-file limit of at least ${MEMBERS + 2560}; this shell has ${openFiles} (raise it with ulimit -n)`,
+  );
+  process.exit(2);
+}
 const brokers = (process.env.KAFKA_BROKERS ?? "127.0.0.1:9092").split(",");
 const say = (text: string) => console.log(`bench/realtime: ${text}`);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -101,7 +109,8 @@ for (const port of ports) {
     }),
   );
 }
-const balancer = await startBalancer(ports, { workerConnections: 4 * MEMBERS + 1024 });
+// Two nginx workers: each holds about half the streams, two connections per stream.
+const balancer = await startBalancer(ports, { workerProcesses: 2, workerConnections: MEMBERS + 2048 });
 say(`API processes on ${ports.join(", ")}, nginx at ${balancer.url}`);
 
 const group = "bench-realtime";

@@ -40,8 +40,8 @@ describe("handler call with a deadline", () => {
       1,
       "c",
       30,
-      async (s) => {
-        signal = s;
+      async (call) => {
+        signal = call.signal;
         await sleep(120);
       },
       (how, reason) => late.push(`${how} ${reason}`),
@@ -75,6 +75,25 @@ describe("handler call with a deadline", () => {
     await RunningCalls.whenSettled(aborted);
     expect(late).toEqual(["resolved fence"]);
     expect(calls.fenced("a")).toBeUndefined();
+  });
+
+  it("a signal first read after a fence is already aborted, with the fence's reason", async () => {
+    const calls = new RunningCalls();
+    let signal: AbortSignal | undefined;
+    const first = calls.start(
+      0,
+      "a",
+      10_000,
+      async (call) => {
+        await sleep(20);
+        signal = call.signal;
+      },
+      () => {},
+    );
+    calls.abortAll("fence");
+    await RunningCalls.whenSettled([first.call]);
+    expect(signal?.aborted).toBe(true);
+    expect(String(signal?.reason)).toContain("fence");
   });
 
   it("a synchronous throw is a failure, not a crash", async () => {

@@ -68,7 +68,7 @@ import {
 import { createAlertSender } from "./alerts.ts";
 import { clearBusinessFailures, countBusinessFailure } from "./business-attempts.ts";
 import { BreakerOpenError, type BreakerState, createCircuitBreaker } from "./circuit-breaker.ts";
-import { type CallOutcome, HandlerTimeoutError, RunningCalls } from "./handler-call.ts";
+import { type CallOutcome, HandlerTimeoutError, type RunningCall, RunningCalls } from "./handler-call.ts";
 import { KeyQueues, Slots, type Step } from "./key-queues.ts";
 import { runtimeMetrics } from "./metrics.ts";
 import { OffsetTracker } from "./offset-tracker.ts";
@@ -233,6 +233,7 @@ function headersAsStrings(headers: KafkaMessage["headers"]): Record<string, stri
  * no closures; the child logger is made only when a handler asks for it.
  */
 class Context implements HandlerContext {
+  #call: { readonly signal: AbortSignal };
   #parent: Logger;
   #child: Logger | undefined;
   #eventId: string;
@@ -246,13 +247,19 @@ class Context implements HandlerContext {
     readonly partition: number,
     readonly offset: string,
     readonly attempt: number,
-    readonly signal: AbortSignal,
+    call: { readonly signal: AbortSignal },
     readonly replay: boolean,
   ) {
+    this.#call = call;
     this.#parent = parent;
     this.conversationId = event.conversationId;
     this.#eventId = event.id;
     this.#type = event.type;
+  }
+
+  /** Read through to the call: its AbortController is made only when a handler asks. */
+  get signal(): AbortSignal {
+    return this.#call.signal;
   }
 
   get logger(): Logger {
@@ -700,7 +707,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     if (work.backPressure) checkBackPressure(work);
   }
 
-  function context(item: Item, attempt: number, signal: AbortSignal): HandlerContext {
+  function context(item: Item, attempt: number, call: RunningCall): HandlerContext {
     const event = (item.decoded as { event: ChatEvent }).event;
     return new Context(
       logger,
@@ -709,7 +716,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       item.work.partition,
       item.message.offset,
       attempt,
-      signal,
+      call,
       item.replay !== null,
     );
   }
@@ -985,7 +992,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
         item.work.partition,
         item.key,
         registration.handlerTimeoutMs,
-        (signal) => callHandler(registration.handler, event, context(item, attempt, signal)),
+        (call) => callHandler(registration.handler, event, context(item, attempt, call)),
         (how, reason) => lateCall(item, how, reason),
       );
       const result = await outcome;

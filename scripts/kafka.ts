@@ -25,6 +25,9 @@ import { homedir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Kafka, logLevel } from "kafkajs";
+// The SDK's source, not "@chatbus/producer-sdk": `npm run kafka` runs before any build
+// and without the @chatbus/source condition, and errors.ts imports nothing.
+import { ChatBusError } from "../producer-sdk/src/errors.ts";
 import { ensureSystemPackages } from "./system-packages.ts";
 
 /** The pinned broker version; see the README ("Apache Kafka") for why 3.9. */
@@ -36,9 +39,14 @@ const cacheRoot =
 const libsDir = join(cacheRoot, `kafka-${KAFKA_VERSION}`, "libs");
 const readyTimeoutMs = 90_000;
 
-/** A one-line, actionable failure; the CLI prints only its message. */
-export class KafkaSetupError extends Error {
-  override name = "KafkaSetupError";
+/**
+ * A one-line, actionable failure of the local broker's setup; the CLI prints only its
+ * message. Retryable only where waiting can help (Maven Central or the broker slow).
+ */
+export class KafkaSetupError extends ChatBusError<"CHATBUS_KAFKA_SETUP"> {
+  constructor(message: string, options: { retryable?: boolean } = {}) {
+    super("CHATBUS_KAFKA_SETUP", message, { retryable: options.retryable ?? false });
+  }
 }
 
 function say(message: string): void {
@@ -94,6 +102,7 @@ export function installKafka(): string {
   if (mvn.status !== 0) {
     throw new KafkaSetupError(
       `Maven could not resolve org.apache.kafka:kafka_2.13:${KAFKA_VERSION} (exit ${mvn.status}); check that Maven Central is reachable.`,
+      { retryable: true },
     );
   }
   mkdirSync(dirname(libsDir), { recursive: true });
@@ -318,6 +327,7 @@ async function waitReady(ports: number[], pids: number[]): Promise<void> {
   }
   throw new KafkaSetupError(
     `Kafka did not answer on ${brokers.join(",")} within ${readyTimeoutMs / 1000} s; see ${join(brokerDir(ports[0]!), "kafka.log")}`,
+    { retryable: true },
   );
 }
 

@@ -5,7 +5,9 @@ export type { Principal } from "./auth.ts";
 export { buildApp } from "./build-app.ts";
 export type { ApiConfig } from "./config.ts";
 export { configDefaults, loadConfig, validateConfig } from "./config.ts";
-export { ApiError, ConfigError } from "./errors.ts";
+/** The API package's error catalogue: codes, HTTP statuses, classes. */
+export type { ApiErrorCode, HttpErrorCode } from "./errors.ts";
+export { ApiError, apiErrorCodes, CliError, ConfigError, httpErrors, UsageError } from "./errors.ts";
 export type { ApiMetrics } from "./metrics.ts";
 export { createApiMetrics } from "./metrics.ts";
 export type { EventSender, SendReceipt } from "./types.ts";

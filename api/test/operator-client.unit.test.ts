@@ -1,6 +1,7 @@
 /** The operator CLI's URL check: the operator key never travels in clear text to another host by accident. */
 import { describe, expect, it } from "vitest";
-import { CliError, checkApiUrl, operatorEnv } from "../src/cli/operator-client.ts";
+import { checkApiUrl, operatorEnv } from "../src/cli/operator-client.ts";
+import { CliError } from "../src/errors.ts";
 
 describe("checkApiUrl", () => {
   it.each([

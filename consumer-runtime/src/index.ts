@@ -16,6 +16,8 @@ export type {
   DeadLetterStatus,
   FailureClass,
 } from "./dead-letters/types.ts";
+/** The runtime's error catalogue: every code, and the union of its error classes. */
+export type { RuntimeError, RuntimeErrorCode } from "./errors.ts";
 export {
   BusinessError,
   DeadLetterNotFoundError,
@@ -23,12 +25,13 @@ export {
   DeadLetterWriteError,
   DependencyUnavailableError,
   RuntimeStateError,
+  runtimeErrorCodes,
 } from "./errors.ts";
 export type { RuntimeProcess } from "./process.ts";
 export { startRuntimeProcess } from "./process.ts";
 export type { Alert } from "./runtime/alerts.ts";
 export type { BreakerOptions, BreakerState } from "./runtime/circuit-breaker.ts";
-export { breakerDefaults } from "./runtime/circuit-breaker.ts";
+export { BreakerOpenError, breakerDefaults } from "./runtime/circuit-breaker.ts";
 export type { AbortReason } from "./runtime/handler-call.ts";
 export { HandlerTimeoutError } from "./runtime/handler-call.ts";
 export type { RuntimeMetrics } from "./runtime/metrics.ts";

@@ -117,3 +117,18 @@ export class ProduceRejectedError extends ChatBusError<"CHATBUS_PRODUCE_REJECTED
     );
   }
 }
+
+/**
+ * One line describing any thrown value, for logs and for the message of an error that
+ * wraps another: `CODE: message` (`Name: message` when there is no string code, as
+ * for kafkajs errors, whose `code` is a number), followed by the cause's message when
+ * it says something more (kafkajs puts the reason of a KafkaJSNonRetriableError in
+ * its cause). Every package describes errors with this one function.
+ */
+export function describeError(error: unknown): string {
+  if (!(error instanceof Error)) return String(error);
+  const code = (error as { code?: unknown }).code;
+  const line = `${typeof code === "string" ? code : error.name}: ${error.message}`;
+  const cause = error.cause;
+  return cause instanceof Error && cause.message !== error.message ? `${line} (${cause.message})` : line;
+}

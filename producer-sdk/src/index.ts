@@ -16,6 +16,7 @@ export {
   BrokerUnavailableError,
   BusClosedError,
   ChatBusError,
+  describeError,
   ProduceRejectedError,
   producerErrorCodes,
   RateLimitedError,

@@ -5,7 +5,7 @@
  */
 import { Kafka, logLevel as KafkaLogLevel, type LogEntry } from "kafkajs";
 import type { Logger } from "pino";
-import { BrokerUnavailableError, ChatBusError, ProduceRejectedError } from "./errors.ts";
+import { BrokerUnavailableError, ChatBusError, describeError, ProduceRejectedError } from "./errors.ts";
 import type { ResolvedOptions } from "./options.ts";
 import { ensureTopic } from "./topic.ts";
 
@@ -20,15 +20,6 @@ function kafkaLogCreator(logger: Logger | undefined) {
       else if (level === KafkaLogLevel.INFO) logger.debug(entry, message);
       else logger.trace(entry, message);
     };
-}
-
-/** An error's message, with its cause's when that says something more. */
-function describeError(error: unknown): string {
-  if (!(error instanceof Error)) return String(error);
-  const cause = (error as { cause?: unknown }).cause;
-  return cause instanceof Error && cause.message !== error.message
-    ? `${error.message} (${cause.message})`
-    : error.message;
 }
 
 /** A Kafka failure as one of our errors: unreachable brokers versus a refusal. */

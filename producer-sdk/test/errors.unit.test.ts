@@ -8,6 +8,7 @@ import {
   BrokerUnavailableError,
   BusClosedError,
   ChatBusError,
+  describeError,
   ProduceRejectedError,
   type ProducerError,
   type ProducerErrorCode,
@@ -93,5 +94,25 @@ describe("the producer error catalogue", () => {
     expect(samples.map(([error]) => retryAdvice(error) === "retry")).toEqual(
       samples.map(([e]) => e.retryable),
     );
+  });
+});
+
+describe("describeError", () => {
+  it("names an error by its string code, else by its name, and adds a cause that says more", () => {
+    const refused = Object.assign(new Error("connect ECONNREFUSED 127.0.0.1:9092"), { code: "ECONNREFUSED" });
+    const kafka = Object.assign(new Error("Connection error"), { name: "KafkaJSConnectionError", code: 5 });
+    const wrapped = new Error("Closed connection", { cause: new Error("socket hang up") });
+    const same = new Error("timed out", { cause: new Error("timed out") });
+    expect(
+      [refused, kafka, wrapped, same, new BusClosedError(), "plain text", undefined].map(describeError),
+    ).toEqual([
+      "ECONNREFUSED: connect ECONNREFUSED 127.0.0.1:9092",
+      "KafkaJSConnectionError: Connection error",
+      "Error: Closed connection (socket hang up)",
+      "Error: timed out",
+      "CHATBUS_CLOSED: this chat bus is closed; create a new one with createChatBus() to send again.",
+      "plain text",
+      "undefined",
+    ]);
   });
 });

@@ -3,7 +3,8 @@
  * Exit codes: 0 done, 1 failed (one line on stderr), 2 bad usage.
  */
 import { parseArgs } from "node:util";
-import { CliError, callApi, type OperatorEnv, operatorEnv } from "./operator-client.ts";
+import { CliError, UsageError } from "../errors.ts";
+import { callApi, type OperatorEnv, operatorEnv } from "./operator-client.ts";
 import { renderTable } from "./table.ts";
 
 /** One line for `chatbus --help`. */
@@ -108,8 +109,6 @@ function requireId(value: string | undefined): string {
   if (!value || !/^\d{1,19}$/.test(value)) throw new UsageError("give the dead letter's numeric id");
   return value;
 }
-
-class UsageError extends Error {}
 
 /** Runs the subcommand; resolves with the exit code. */
 export async function run(argv: string[]): Promise<number> {

@@ -8,11 +8,7 @@
  * passes `--insecure` (loopback addresses never leave the machine and are allowed).
  */
 import { userInfo } from "node:os";
-
-/** A failure to show as one line (exit code 1). */
-export class CliError extends Error {
-  override name = "CliError";
-}
+import { CliError } from "../errors.ts";
 
 /** What the commands need from the environment. */
 export interface OperatorEnv {
@@ -105,6 +101,7 @@ export async function callApi<T>(
   } catch (error) {
     throw new CliError(
       `the API at ${env.apiUrl} did not answer (${(error as Error).message}); start it or set CHATBUS_API_URL.`,
+      { retryable: true, cause: error },
     );
   }
   const text = await res.text();
@@ -112,11 +109,15 @@ export async function callApi<T>(
   try {
     json = JSON.parse(text);
   } catch {
-    throw new CliError(`the API at ${env.apiUrl} answered ${res.status} with something that is not JSON.`);
+    throw new CliError(`the API at ${env.apiUrl} answered ${res.status} with something that is not JSON.`, {
+      retryable: res.status >= 500,
+    });
   }
   if (!res.ok) {
     const error = (json as { error?: { code?: string; message?: string } }).error;
-    throw new CliError(`${error?.code ?? `HTTP ${res.status}`}: ${error?.message ?? text.slice(0, 200)}`);
+    throw new CliError(`${error?.code ?? `HTTP ${res.status}`}: ${error?.message ?? text.slice(0, 200)}`, {
+      retryable: res.status === 429 || res.status >= 500,
+    });
   }
   return json as T;
 }

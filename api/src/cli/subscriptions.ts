@@ -7,7 +7,8 @@
  * time), 2 bad usage.
  */
 import { parseArgs } from "node:util";
-import { CliError, callApi, type OperatorEnv, operatorEnv } from "./operator-client.ts";
+import { CliError, UsageError } from "../errors.ts";
+import { callApi, type OperatorEnv, operatorEnv } from "./operator-client.ts";
 import { renderTable } from "./table.ts";
 
 /** One line for `chatbus --help`. */
@@ -75,8 +76,6 @@ interface SubscriptionJson {
   }[];
   instances: { instanceId: string; live: boolean; lastSeenAt: string }[];
 }
-
-class UsageError extends Error {}
 
 /** `83000` → `1m 23s`; null → `-`. */
 export function formatAge(ms: number | null | undefined): string {

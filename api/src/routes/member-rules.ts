@@ -16,7 +16,7 @@ type Role = "owner" | "admin" | "member";
 
 /** 403 whose message starts with the rule's name, so clients and logs can tell them apart. */
 export function ruleBroken(rule: string, message: string): ApiError {
-  return new ApiError("CHATBUS_FORBIDDEN", 403, `rule \`${rule}\`: ${message}`, { field: "role" });
+  return new ApiError("CHATBUS_FORBIDDEN", `rule \`${rule}\`: ${message}`, { field: "role" });
 }
 
 function roleOf(members: MemberView[], userId: string): Role | undefined {

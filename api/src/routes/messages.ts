@@ -42,7 +42,6 @@ export function registerMessageRoutes(
       if (user && request.body.priority === "high") {
         throw new ApiError(
           "CHATBUS_FORBIDDEN",
-          403,
           '`priority` "high" passes the rate limits and is for service keys (system notices); send with "normal" or "low".',
           { field: "priority" },
         );

@@ -18,7 +18,7 @@
  * Kafka commits are only a hint of where to fetch from.
  */
 
-import { decodeRecord, type RawRecord } from "@chatbus/producer-sdk";
+import { ChatBusError, decodeRecord, type RawRecord } from "@chatbus/producer-sdk";
 import type pg from "pg";
 import { evolve, type PositionedEvent } from "./evolve.ts";
 import { loadBatchState } from "./projection-loader.ts";
@@ -118,10 +118,9 @@ export async function applyBatch(
 /**
  * The batch starts above the stored offset: the records in between were never applied
  * (a restore that lost commits, a projection re-created under the same group). Nothing
- * was written; the consumer seeks back to `stored`.
+ * was written; the consumer seeks back to `stored` and applies from there (retryable).
  */
-export class OffsetGapError extends Error {
-  readonly code = "CHATBUS_OFFSET_GAP";
+export class OffsetGapError extends ChatBusError<"CHATBUS_OFFSET_GAP"> {
   constructor(
     readonly topic: string,
     readonly partition: number,
@@ -130,9 +129,10 @@ export class OffsetGapError extends Error {
     readonly first: string,
   ) {
     super(
+      "CHATBUS_OFFSET_GAP",
       `batch of ${topic}/${partition} starts at offset ${first} but the projection's stored offset is ${stored}: records ${stored}..${BigInt(first) - 1n} were never applied; seeking back to ${stored}.`,
+      { retryable: true },
     );
-    this.name = "OffsetGapError";
   }
 }
 

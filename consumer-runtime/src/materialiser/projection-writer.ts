@@ -8,7 +8,7 @@
  * guard match nothing (OffsetMovedError) and the batch is retried.
  */
 import { createHash } from "node:crypto";
-import type { RawRecord } from "@chatbus/producer-sdk";
+import { ChatBusError, type RawRecord } from "@chatbus/producer-sdk";
 import type pg from "pg";
 import { storable } from "../dead-letters/storable-text.ts";
 import type { ApplyContext, BatchRecord, DeadLetterClass } from "./apply-batch.ts";
@@ -30,14 +30,13 @@ export interface DeadLetterRow {
 }
 
 /** Another writer moved the partition's offset since the load: retry the batch (nothing was written). */
-export class OffsetMovedError extends Error {
-  readonly code = "CHATBUS_OFFSET_MOVED";
-  readonly retryable = true;
+export class OffsetMovedError extends ChatBusError<"CHATBUS_OFFSET_MOVED"> {
   constructor(topic: string, partition: number, expected: string) {
     super(
+      "CHATBUS_OFFSET_MOVED",
       `the stored offset of ${topic}/${partition} is no longer ${expected}: another materialiser applied this partition meanwhile; the batch is retried and skips what it applied.`,
+      { retryable: true },
     );
-    this.name = "OffsetMovedError";
   }
 }
 

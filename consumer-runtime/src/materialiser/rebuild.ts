@@ -8,6 +8,7 @@
  * blocks for the moment of the switch and then continues in the new tables from the
  * same offsets.
  */
+import { ChatBusError } from "@chatbus/producer-sdk";
 import { Kafka, logLevel } from "kafkajs";
 import pg from "pg";
 import type { Logger } from "pino";
@@ -62,14 +63,12 @@ export interface RebuildResult {
 }
 
 /** The rebuild could not verify or switch; the old projection is untouched. */
-export class RebuildError extends Error {
-  readonly code = "CHATBUS_REBUILD_FAILED";
+export class RebuildError extends ChatBusError<"CHATBUS_REBUILD_FAILED"> {
   constructor(
     message: string,
     readonly report?: VerifyReport,
   ) {
-    super(message);
-    this.name = "RebuildError";
+    super("CHATBUS_REBUILD_FAILED", message, { retryable: false });
   }
 }
 

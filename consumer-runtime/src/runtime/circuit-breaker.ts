@@ -3,6 +3,7 @@
  * so that its types and errors do not leak. Only system failures count; a
  * BusinessError is the dependency answering (opossum's `errorFilter`).
  */
+import { ChatBusError } from "@chatbus/producer-sdk";
 import CircuitBreakerImpl from "opossum";
 import { BusinessError } from "../errors.ts";
 
@@ -31,10 +32,14 @@ export const breakerDefaults: BreakerOptions = {
   resetTimeoutMs: 10_000, // 10 s
 };
 
-/** Thrown by `fire` when the breaker is open (or a probe is already out). */
-export class BreakerOpenError extends Error {
-  override name = "BreakerOpenError";
-  readonly code = "CHATBUS_BREAKER_OPEN";
+/**
+ * Thrown by `fire` when the breaker is open (or a probe is already out); retryable:
+ * the breaker lets a probe through after `resetTimeoutMs`.
+ */
+export class BreakerOpenError extends ChatBusError<"CHATBUS_BREAKER_OPEN"> {
+  constructor(message: string) {
+    super("CHATBUS_BREAKER_OPEN", message, { retryable: true });
+  }
 }
 
 /** The runtime's view of a breaker. */

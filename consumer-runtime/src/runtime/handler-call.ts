@@ -11,7 +11,7 @@
 import { ChatBusError } from "@chatbus/producer-sdk";
 
 /** A handler call ran past its deadline (`handlerTimeoutMs`): a system failure. */
-export class HandlerTimeoutError extends ChatBusError {
+export class HandlerTimeoutError extends ChatBusError<"CHATBUS_HANDLER_TIMEOUT"> {
   constructor(timeoutMs: number) {
     super(
       "CHATBUS_HANDLER_TIMEOUT",

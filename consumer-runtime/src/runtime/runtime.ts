@@ -67,7 +67,7 @@ import {
 } from "../status/store.ts";
 import { createAlertSender } from "./alerts.ts";
 import { clearBusinessFailures, countBusinessFailure } from "./business-attempts.ts";
-import { BreakerOpenError, type BreakerState, createCircuitBreaker } from "./circuit-breaker.ts";
+import { type BreakerState, createCircuitBreaker } from "./circuit-breaker.ts";
 import { type CallOutcome, HandlerTimeoutError, RunningCalls } from "./handler-call.ts";
 import { KeyQueues, Slots, type Step } from "./key-queues.ts";
 import { runtimeMetrics } from "./metrics.ts";
@@ -79,7 +79,8 @@ import {
   resolveRegistration,
   resolveRuntimeOptions,
 } from "./options.ts";
-import { type BusinessRetryOptions, businessRetryDelay, systemRetryDelay } from "./retry.ts";
+import { decideFailure, failureKind } from "./failure-policy.ts";
+import { type BusinessRetryOptions, systemRetryDelay } from "./retry.ts";
 
 /**
  * How long a batch call waits for its records to run before it returns (ms). Short
@@ -841,7 +842,11 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     return { kind: "done" };
   }
 
-  function onFailure(item: Item, registration: Registration, error: unknown): Promise<Step> | Step {
+  /**
+   * A failed call: counts the failure (business ones in PostgreSQL), asks the policy
+   * (failure-policy.ts) and retries after its delay or writes the dead letter.
+   */
+  async function onFailure(item: Item, registration: Registration, error: unknown): Promise<Step> {
     const now = new Date();
     item.firstFailedAt ??= now;
     item.lastError = error;
@@ -854,8 +859,41 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       type: event.type,
       err: error,
     };
-    if (error instanceof BusinessError) return onBusinessFailure(item, registration, error, fields);
-    return onSystemFailure(item, error, fields);
+    const kind = failureKind(error) === "business" ? "business" : "system";
+    metrics.failed.inc({ subscription, failure_class: kind });
+    let failures: number;
+    if (kind === "business") {
+      item.businessFailures ??= new Map();
+      const inMemory = (item.businessFailures.get(registration) ?? 0) + 1;
+      failures = await persistedFailures(item, registration, inMemory);
+      item.businessFailures.set(registration, failures);
+    } else {
+      failures = ++item.systemFailures;
+      item.systemSince ??= new Date();
+    }
+    const policy = { systemRetry: config.systemRetry, businessRetry: registration.businessRetry };
+    const decision = decideFailure(error, failures, policy);
+    if (decision.action === "dead-letter") {
+      const { failureClass, code, message, stack } = decision;
+      const input = deadLetterInput(item, failureClass, code, message, stack);
+      if (failureClass === "business") input.attempts = Math.max(input.attempts, failures);
+      item.pendingDeadLetter = input;
+      return writeDeadLetter(item);
+    }
+    const delay = decision.action === "retry" ? decision.delayMs : 0;
+    metrics.retried.inc({ subscription, failure_class: kind });
+    if (kind === "business") {
+      logger.info({ ...fields, failures, delayMs: delay }, "business failure; retrying as registered");
+      return later(delay, item);
+    }
+    // Warn on the first failure of an event and every tenth after; the rest at debug,
+    // so that an outage does not flood the log (the metrics count every one).
+    const level = failures === 1 || failures % 10 === 0 ? "warn" : "debug";
+    logger[level](
+      { ...fields, failures, delayMs: delay },
+      `system failure; retrying in ${delay} ms (conversation held): ${describe(error)}`,
+    );
+    return later(delay, item);
   }
 
   /** Business failures are counted in PostgreSQL, so that redelivery does not reset them (R3). */
@@ -888,61 +926,6 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     void clearBusinessFailures(pool, record).catch((error) =>
       logger.debug({ err: error }, "clearing business-failure counts failed; they are only read on failure"),
     );
-  }
-
-  async function onBusinessFailure(
-    item: Item,
-    registration: Registration,
-    error: BusinessError,
-    fields: Record<string, unknown>,
-  ): Promise<Step> {
-    metrics.failed.inc({ subscription, failure_class: "business" });
-    item.businessFailures ??= new Map();
-    const inMemory = (item.businessFailures.get(registration) ?? 0) + 1;
-    const failures = await persistedFailures(item, registration, inMemory);
-    item.businessFailures.set(registration, failures);
-    const delay = businessRetryDelay(failures, registration.businessRetry);
-    if (delay === null) {
-      const input = deadLetterInput(item, "business", error.code, error.message, error.stack ?? null);
-      input.attempts = Math.max(input.attempts, failures);
-      item.pendingDeadLetter = input;
-      return writeDeadLetter(item);
-    }
-    metrics.retried.inc({ subscription, failure_class: "business" });
-    logger.info({ ...fields, failures, delayMs: delay }, "business failure; retrying as registered");
-    return later(delay, item);
-  }
-
-  function onSystemFailure(
-    item: Item,
-    error: unknown,
-    fields: Record<string, unknown>,
-  ): Promise<Step> | Step {
-    metrics.failed.inc({ subscription, failure_class: "system" });
-    item.systemFailures++;
-    item.systemSince ??= new Date();
-    const max = config.systemRetry.maxAttempts;
-    if (max > 0 && item.systemFailures >= max) {
-      const e = error as { code?: unknown; message?: unknown; stack?: unknown };
-      item.pendingDeadLetter = deadLetterInput(
-        item,
-        "system",
-        typeof e?.code === "string" ? e.code : "CHATBUS_SYSTEM_FAILURE",
-        typeof e?.message === "string" ? e.message : String(error),
-        typeof e?.stack === "string" ? e.stack : null,
-      );
-      return writeDeadLetter(item);
-    }
-    const delay = systemRetryDelay(item.systemFailures, config.systemRetry);
-    metrics.retried.inc({ subscription, failure_class: "system" });
-    // Warn on the first failure of an event and every tenth after; the rest at debug,
-    // so that an outage does not flood the log (the metrics count every one).
-    const level = item.systemFailures === 1 || item.systemFailures % 10 === 0 ? "warn" : "debug";
-    logger[level](
-      { ...fields, failures: item.systemFailures, delayMs: delay },
-      `system failure; retrying in ${delay} ms (conversation held): ${describe(error)}`,
-    );
-    return later(delay, item);
   }
 
   /** An operator skip: the record becomes a dead letter of class `operator` and the key moves on. */
@@ -1056,7 +1039,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
           outcome = await callOnce(item, registration, attempt);
         } catch (error) {
           duration.observe((performance.now() - startedAt) / 1000);
-          if (error instanceof BreakerOpenError) {
+          if (failureKind(error) === "hold") {
             item.attempts.set(registration, attempt - 1);
             return breaker.state === "closed" ? later(50) : { kind: "later", when: breaker.nextTransition() };
           }
@@ -1222,7 +1205,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       try {
         outcome = await callOnce(item, registration, attempt);
       } catch (error) {
-        if (error instanceof BreakerOpenError) return { step: later(50) };
+        if (failureKind(error) === "hold") return { step: later(50) };
         if (error instanceof BusinessError)
           return { status: "waiting", error: `${error.code}: ${error.message}` };
         if (error instanceof HandlerTimeoutError) onTimeout(item, error, registration.handlerTimeoutMs);

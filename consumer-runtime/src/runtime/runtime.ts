@@ -47,9 +47,11 @@ import {
 import pg from "pg";
 import { type Logger, pino } from "pino";
 import { Registry } from "prom-client";
-import { ensureDeadLetterTopic, publishDeadLetter } from "../dead-letters/dead-letter-topic.ts";
-import { countWaitingDeadLetters, recordDeadLetter } from "../dead-letters/store.ts";
+import { ensureDeadLetterTopic } from "../dead-letters/dead-letter-topic.ts";
+import { ReplayPoller, replayClaimTtlMs } from "../dead-letters/replay-poller.ts";
+import { countWaitingDeadLetters, markReplayOutcome, type ReplayClaim } from "../dead-letters/store.ts";
 import type { DeadLetterInput, FailureClass } from "../dead-letters/types.ts";
+import { writeDeadLetter as storeDeadLetter } from "../dead-letters/writer.ts";
 import {
   BusinessError,
   DeadLetterWriteError,
@@ -173,23 +175,10 @@ interface Item {
   waitedForFenced: boolean;
   /** Set for a dead-letter replay run in the conversation's queue (not a tracked offset). */
   replay: {
-    row: ReplayRow;
+    row: ReplayClaim;
     /** The outcome to write once the handlers ran (kept so that a failed write never re-runs them). */
     mark: { status: "replayed" | "waiting"; error: string | null } | { step: Step } | null;
   } | null;
-}
-
-/** A dead letter claimed for replay. */
-interface ReplayRow {
-  id: string;
-  record_key: string | null;
-  headers: Record<string, string>;
-  value: Buffer | null;
-  partition: number;
-  offset: string;
-  conversation_id: string | null;
-  handlers_succeeded: number[];
-  replay_all_handlers: boolean;
 }
 
 interface PartitionWork {
@@ -486,8 +475,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
 
   function dropAllWork(): void {
     // Replays that were queued here go back to the pool (the partition's owner claims them).
-    void releaseReplayClaims([...replaysHeld.keys()]);
-    replaysHeld.clear();
+    void replays.releaseAll();
     for (const work of works.values()) work.queues.close();
     works.clear();
     held.clear();
@@ -695,7 +683,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
 
   function finishItem(item: Item): void {
     const { work } = item;
-    if (item.replay) replaysHeld.delete(item.replay.row.id);
+    if (item.replay) replays.finished(item.replay.row.id);
     else work.tracker.finish(item.offset);
     held.delete(item);
     if (work.backPressure) checkBackPressure(work);
@@ -773,29 +761,11 @@ export function createRuntime(options: RuntimeOptions): Runtime {
 
   async function writeDeadLetter(item: Item): Promise<Step> {
     const input = item.pendingDeadLetter!;
-    let failure: DeadLetterWriteError | undefined;
-    let deadLetterId: string | null = null;
+    let deadLetterId: string;
     try {
-      deadLetterId = (await recordDeadLetter(pool, input)).id;
+      deadLetterId = await storeDeadLetter(pool, producer, config.deadLetterTopic, input, item.lastError);
     } catch (error) {
-      failure = new DeadLetterWriteError(
-        "PostgreSQL table dead_letters",
-        item.lastError ?? input.errorMessage,
-        error,
-      );
-    }
-    if (!failure) {
-      try {
-        await publishDeadLetter(producer, config.deadLetterTopic, input);
-      } catch (error) {
-        failure = new DeadLetterWriteError(
-          `Kafka topic ${config.deadLetterTopic}`,
-          item.lastError ?? input.errorMessage,
-          error,
-        );
-      }
-    }
-    if (failure) {
+      const failure = error as DeadLetterWriteError;
       item.deadLetterWriteFailures++;
       logger.error(
         {
@@ -1071,41 +1041,19 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   // conversation (R2). Claims are renewed while held; the final mark is retried in
   // the queue until written, without running the handlers again.
 
-  /** How long a claim lasts without renewal; renewed every third of it. */
-  const claimTtlMs = 5 * 60_000;
-  /** Dead letters this instance holds (claimed, queued or running), by id. */
-  const replaysHeld = new Map<string, Item>();
+  const replays = new ReplayPoller({
+    pool: () => pool,
+    subscription,
+    topic,
+    instanceId,
+    logger,
+    partitions: () => assigned,
+    canPoll: () => !stopping && !rebalancing && breaker.state === "closed",
+    enqueue: enqueueReplay,
+  });
 
-  let replayBusy = false;
-  async function replayPoll(): Promise<void> {
-    if (replayBusy || stopping || rebalancing || breaker.state !== "closed" || assigned.size === 0) return;
-    replayBusy = true;
-    try {
-      const { rows } = await pool.query<ReplayRow>(
-        `UPDATE dead_letters d SET claimed_by = $2, claimed_at = now()
-         FROM (SELECT id FROM dead_letters
-               WHERE subscription = $1 AND status = 'replaying' AND topic = $3 AND partition = ANY($4::int[])
-                 AND (claimed_at IS NULL OR claimed_at < now() - make_interval(secs => $5::double precision / 1000))
-                 AND NOT (id::text = ANY($6::text[]))
-               ORDER BY id LIMIT 20 FOR UPDATE SKIP LOCKED) c
-         WHERE d.id = c.id
-         RETURNING d.id::text AS id, d.record_key, d.headers, d.value, d.partition, d."offset"::text AS "offset",
-           d.conversation_id, d.handlers_succeeded, d.replay_all_handlers`,
-        [subscription, instanceId, topic, [...assigned], claimTtlMs, [...replaysHeld.keys()]],
-      );
-      for (const row of rows) enqueueReplay(row);
-    } catch (error) {
-      logger.warn({ err: error }, "polling dead letters to replay failed; trying again");
-    } finally {
-      replayBusy = false;
-    }
-  }
-
-  function enqueueReplay(row: ReplayRow): void {
-    if (!assigned.has(row.partition) || stopping) {
-      void releaseReplayClaims([row.id]);
-      return;
-    }
+  function enqueueReplay(row: ReplayClaim): boolean {
+    if (!assigned.has(row.partition) || stopping) return false;
     const work = workFor(row.partition);
     const decoded = decodeRecord({ key: row.record_key, headers: row.headers, value: row.value });
     const key = decoded.ok ? decoded.event.conversationId : (row.conversation_id ?? row.record_key ?? noKey);
@@ -1121,41 +1069,9 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       ...newItem(work, key, BigInt(row.offset), message, decoded),
       replay: { row, mark: null },
     };
-    replaysHeld.set(row.id, item);
     work.queues.push(key, item);
     checkBackPressure(work);
-  }
-
-  /** Renews this instance's claims, so that a long replay is never claimed twice. */
-  async function renewReplayClaims(): Promise<void> {
-    if (replaysHeld.size === 0) return;
-    await pool
-      .query(
-        "UPDATE dead_letters SET claimed_at = now() WHERE id::text = ANY($1::text[]) AND claimed_by = $2 AND status = 'replaying'",
-        [[...replaysHeld.keys()], instanceId],
-      )
-      .catch((error) => logger.warn({ err: error }, "renewing dead-letter claims failed; trying again"));
-  }
-
-  /** Gives claims back (their queue was dropped): the partition's owner claims them again. */
-  async function releaseReplayClaims(ids: string[]): Promise<void> {
-    if (ids.length === 0) return;
-    await pool
-      .query(
-        "UPDATE dead_letters SET claimed_by = NULL, claimed_at = NULL WHERE id::text = ANY($1::text[]) AND claimed_by = $2",
-        [ids, instanceId],
-      )
-      .catch((error) => logger.warn({ err: error }, "releasing dead-letter claims failed; they expire"));
-  }
-
-  /** Writes the replay's outcome; only while this instance still holds the claim. */
-  async function markReplay(id: string, status: "replayed" | "waiting", error: string | null): Promise<void> {
-    await pool.query(
-      `UPDATE dead_letters SET status = $2, status_changed_at = now(), replay_count = replay_count + 1,
-         last_replay_error = $3, claimed_by = NULL, claimed_at = NULL
-       WHERE id = $1 AND claimed_by = $4 AND status = 'replaying'`,
-      [id, status, error, instanceId],
-    );
+    return true;
   }
 
   /** Runs a claimed dead letter in its conversation's queue (see runItem). */
@@ -1169,7 +1085,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       return step;
     }
     try {
-      await markReplay(row.id, replay.mark.status, replay.mark.error);
+      await markReplayOutcome(pool, row.id, instanceId, replay.mark.status, replay.mark.error);
     } catch (error) {
       item.deadLetterWriteFailures++;
       log.warn(
@@ -1188,7 +1104,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
   /** Runs the handlers a replay still needs; resolves with the mark to write, or a step. */
   async function replayHandlers(
     item: Item,
-    row: ReplayRow,
+    row: ReplayClaim,
     log: Logger,
   ): Promise<{ status: "replayed" | "waiting"; error: string | null } | { step: Step }> {
     const { decoded } = item;
@@ -1492,8 +1408,8 @@ export function createRuntime(options: RuntimeOptions): Runtime {
     await startConsumer();
     timers.push(setInterval(() => void commitQuietly(), config.commitIntervalMs));
     timers.push(setInterval(() => void publishStatus(), config.statusIntervalMs));
-    timers.push(setInterval(() => void replayPoll(), config.replayPollMs));
-    timers.push(setInterval(() => void renewReplayClaims(), claimTtlMs / 3));
+    timers.push(setInterval(() => void replays.poll(), config.replayPollMs));
+    timers.push(setInterval(() => void replays.renew(), replayClaimTtlMs / 3));
     void publishStatus();
     logger.info(
       { topic, instanceId, concurrency: config.concurrency, handlers: registrations.map((r) => r.type) },
@@ -1572,9 +1488,7 @@ export function createRuntime(options: RuntimeOptions): Runtime {
       }
       await commitQuietly();
       // Give replay claims back before the pool closes, so the next owner need not wait for them to expire.
-      const claims = [...replaysHeld.keys()];
-      replaysHeld.clear();
-      await releaseReplayClaims(claims);
+      await replays.releaseAll();
       dropAllWork();
       await consumer?.disconnect().catch((error) => logger.warn({ err: error }, "leaving the group failed"));
       stopped = true;

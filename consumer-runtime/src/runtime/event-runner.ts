@@ -24,7 +24,7 @@ import type { Assignment } from "./assignment.ts";
 import { clearBusinessFailures, countBusinessFailure } from "./business-attempts.ts";
 import type { CircuitBreaker } from "./circuit-breaker.ts";
 import { decideFailure, failureKind } from "./failure-policy.ts";
-import type { Fencing } from "./fence.ts";
+import { type Fencing, fenceBoundMs } from "./fence.ts";
 import { type CallOutcome, HandlerTimeoutError, type RunningCalls } from "./handler-call.ts";
 import type { Step } from "./key-queues.ts";
 import type { RuntimeMetrics, TypeMetrics } from "./metrics.ts";
@@ -109,11 +109,6 @@ function headersAsStrings(headers: Item["message"]["headers"]): Record<string, s
     if (first !== undefined) out[name] = first.toString();
   }
   return out;
-}
-
-/** How long a fence (and a new generation's wait for a fenced call of its key) lasts at most (ms). */
-export function fenceBoundMs(config: ResolvedRuntimeOptions): number {
-  return Math.max(1000, config.rebalanceTimeoutMs - 10_000);
 }
 
 /** Runs events: the `run` of every key queue. */

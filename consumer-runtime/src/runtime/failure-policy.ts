@@ -7,8 +7,9 @@
  * ones in PostgreSQL, so that redelivery does not reset them, review R3), asks here,
  * and does the logging, metrics and writes itself.
  */
-import { BusinessError } from "../errors.ts";
+
 import type { FailureClass } from "../dead-letters/types.ts";
+import { BusinessError } from "../errors.ts";
 import { BreakerOpenError } from "./circuit-breaker.ts";
 import {
   type BusinessRetryOptions,

@@ -9,6 +9,16 @@
 import { within } from "@chatbus/producer-sdk/internal";
 import type { Logger } from "pino";
 import { RunningCalls } from "./handler-call.ts";
+import type { ResolvedRuntimeOptions } from "./options.ts";
+
+/**
+ * How long a fence waits for aborted calls before it gives up on them (ms), and how
+ * long a new generation's event waits for a fenced call of its conversation: the
+ * rebalance timeout less 10 s (at least 1 s).
+ */
+export function fenceBoundMs(config: Pick<ResolvedRuntimeOptions, "rebalanceTimeoutMs">): number {
+  return Math.max(1000, config.rebalanceTimeoutMs - 10_000);
+}
 
 /** The fence of one rebalance or restart: done once running calls settled (bounded) and commits ran. */
 export interface Fence {

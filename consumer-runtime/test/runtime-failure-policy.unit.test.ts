@@ -29,8 +29,16 @@ describe("decideFailure", () => {
 
   it("retries a business failure with the registration's back-off, then dead-letters it", () => {
     const error = new BusinessError("credit limit", { code: "LIMIT" });
-    expect(decideFailure(error, 1, policy)).toEqual({ action: "retry", failureClass: "business", delayMs: 10 });
-    expect(decideFailure(error, 2, policy)).toEqual({ action: "retry", failureClass: "business", delayMs: 20 });
+    expect(decideFailure(error, 1, policy)).toEqual({
+      action: "retry",
+      failureClass: "business",
+      delayMs: 10,
+    });
+    expect(decideFailure(error, 2, policy)).toEqual({
+      action: "retry",
+      failureClass: "business",
+      delayMs: 20,
+    });
     expect(decideFailure(error, 3, policy)).toMatchObject({
       action: "dead-letter",
       failureClass: "business",
@@ -44,7 +52,11 @@ describe("decideFailure", () => {
       ...policy,
       businessRetry: { attempts: 1, backoffMs: [] },
     });
-    expect(decision).toMatchObject({ action: "dead-letter", failureClass: "business", code: "CHATBUS_BUSINESS" });
+    expect(decision).toMatchObject({
+      action: "dead-letter",
+      failureClass: "business",
+      code: "CHATBUS_BUSINESS",
+    });
   });
 
   it("retries a system failure for ever by default, backing off exponentially", () => {

@@ -7,7 +7,13 @@
  * expire. The SQL is in store.ts (the materialiser replays through it too).
  */
 import type { Logger } from "pino";
-import { claimReplays, type Queryable, type ReplayClaim, releaseReplayClaims, renewReplayClaims } from "./store.ts";
+import {
+  claimReplays,
+  type Queryable,
+  type ReplayClaim,
+  releaseReplayClaims,
+  renewReplayClaims,
+} from "./store.ts";
 
 /** How long a claim lasts without renewal (ms); renewed every third of it. */
 export const replayClaimTtlMs = 5 * 60_000; // 5 min

@@ -340,7 +340,9 @@ export async function claimReplays(pool: Queryable, filter: ClaimFilter): Promis
   const where = ["subscription = $1", "status = 'replaying'"];
   if (filter.topic !== undefined) where.push(`topic = ${param(filter.topic)}`);
   if (filter.partitions !== undefined) where.push(`partition = ANY(${param(filter.partitions)}::int[])`);
-  where.push("(claimed_at IS NULL OR claimed_at < now() - make_interval(secs => $3::double precision / 1000))");
+  where.push(
+    "(claimed_at IS NULL OR claimed_at < now() - make_interval(secs => $3::double precision / 1000))",
+  );
   if (filter.exclude !== undefined) where.push(`NOT (id::text = ANY(${param(filter.exclude)}::text[]))`);
   const { rows } = await pool.query<ReplayClaim>(
     `UPDATE dead_letters d SET claimed_by = $2, claimed_at = now()

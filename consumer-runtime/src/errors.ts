@@ -124,10 +124,3 @@ export class DependencyUnavailableError extends ChatBusError<"CHATBUS_DEPENDENCY
     super("CHATBUS_DEPENDENCY_UNAVAILABLE", message, { retryable: true, cause });
   }
 }
-
-/**
- * One line describing any thrown value: the SDK's `describeError` under the name the
- * runtime has used so far. Use `describeError` in new code.
- * @deprecated kept until runtime.ts imports `describeError` itself.
- */
-export const describe = describeError;

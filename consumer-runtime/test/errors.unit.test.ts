@@ -12,7 +12,6 @@ import {
   DeadLetterStateError,
   DeadLetterWriteError,
   DependencyUnavailableError,
-  describe as describeThrown,
   type RuntimeError,
   type RuntimeErrorCode,
   RuntimeStateError,
@@ -132,10 +131,5 @@ describe("the runtime error catalogue", () => {
     expect(samples.map(([error]) => retryAdvice(error) === "retry")).toEqual(
       samples.map(([e]) => e.retryable),
     );
-  });
-
-  it("describes errors with the SDK's describeError", async () => {
-    const { describeError } = await import("@chatbus/producer-sdk");
-    expect(describeThrown).toBe(describeError);
   });
 });

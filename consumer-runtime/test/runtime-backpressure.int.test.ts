@@ -3,56 +3,30 @@
  * arriving. The partition is paused once `maxQueuedPerPartition` events are held (the
  * runtime does not fetch the whole topic into memory), and resumed when it drains.
  */
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { kafkaBrokers } from "../../test/support/env.ts";
-import {
-  createTestSchema,
-  createTestTopic,
-  type TestSchema,
-  uniqueName,
-} from "../../test/support/isolation.ts";
-import { createRuntime, type Runtime } from "../src/index.ts";
-import {
-  connectProducer,
-  numberOf,
-  orderProblems,
-  produceNumbered,
-  quietLogger,
-  waitFor,
-} from "./runtime-support.ts";
+import { describe, expect, it } from "vitest";
+import { uniqueName } from "../../test/support/isolation.ts";
+import type { Runtime } from "../src/index.ts";
+import { useRuntimeFixture } from "./runtime-fixture.ts";
+import { connectProducer, numberOf, orderProblems, produceNumbered, waitFor } from "./runtime-support.ts";
 
-let schema: TestSchema;
-let topic: string;
+const rt = useRuntimeFixture("rt_bp", { partitions: 1 });
+
 let runtime: Runtime | undefined;
-
-beforeAll(async () => {
-  schema = await createTestSchema("rt_bp");
-  topic = await createTestTopic("rt_bp", 1);
-});
-
-afterAll(async () => {
-  await runtime?.stop();
-  await schema.cleanup();
-});
 
 describe("back-pressure", () => {
   it("pauses a partition when too much is queued and resumes when it drains", async () => {
     const producer = await connectProducer();
     // Small sends: the broker returns whole record batches, whatever the fetch limit.
-    await produceNumbered(producer, topic, 1, 400, "stuck", 20);
-    await produceNumbered(producer, topic, 20, 20, "other", 20);
+    await produceNumbered(producer, rt.topic, 1, 400, "stuck", 20);
+    await produceNumbered(producer, rt.topic, 20, 20, "other", 20);
     await producer.disconnect();
 
     let broken = true;
     let maxInFlight = 0;
     const seen = new Map<string, number[]>();
     let handled = 0;
-    runtime = createRuntime({
+    runtime = rt.runtime({
       group: uniqueName("bp"),
-      topic,
-      brokers: kafkaBrokers(),
-      pool: schema.pool,
-      logger: quietLogger(),
       maxQueuedPerPartition: 100,
       maxBytesPerPartition: 16_384,
       systemRetry: { initialDelayMs: 50, maxDelayMs: 100 },

@@ -7,34 +7,33 @@
 import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { killBroker, restartBroker, startKafka, stopKafka } from "../../scripts/kafka.ts";
-import { createTestSchema, type TestSchema, uniqueName } from "../../test/support/isolation.ts";
-import { createRuntime, type Runtime } from "../src/index.ts";
+import { uniqueName } from "../../test/support/isolation.ts";
+import type { Runtime } from "../src/index.ts";
+import { useRuntimeFixture } from "./runtime-fixture.ts";
 import {
   connectProducer,
   kafkaClient,
   numberOf,
   orderProblems,
   produceNumbered,
-  quietLogger,
   waitFor,
 } from "./runtime-support.ts";
 
 const port = 19192;
 const brokers = [`127.0.0.1:${port}`];
-let schema: TestSchema;
 let runtime: Runtime | undefined;
 let startedBroker = false;
 
 beforeAll(async () => {
-  schema = await createTestSchema("rt_outage");
   startedBroker = (await startKafka(port)).started;
 }, 180_000);
 
 afterAll(async () => {
-  await runtime?.stop();
   if (startedBroker) await stopKafka(port);
-  await schema.cleanup();
 }, 120_000);
+
+// After the broker's hooks: its afterAll (hooks run as a stack) stops the runtime before the broker goes.
+const rt = useRuntimeFixture("rt_outage");
 
 async function restarts(registry: Registry): Promise<number> {
   return (await registry.getSingleMetric("chatbus_consumer_restarts_total")?.get())?.values[0]?.value ?? 0;
@@ -59,13 +58,11 @@ describe("broker outage", () => {
     const registry = new Registry();
     const seen = new Map<string, number[]>();
     const unique = new Set<string>();
-    runtime = createRuntime({
+    runtime = rt.runtime({
       group: uniqueName("outage"),
       topic,
       brokers,
-      pool: schema.pool,
       registry,
-      logger: quietLogger(),
       concurrency: 4,
       kafkaRetries: 2,
       kafkaInitialRetryTimeMs: 100,

@@ -5,46 +5,25 @@
  */
 import { spawnSync } from "node:child_process";
 import { encodeEvent } from "@chatbus/producer-sdk";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { kafkaBrokers } from "../../test/support/env.ts";
-import {
-  createTestSchema,
-  createTestTopic,
-  type TestSchema,
-  uniqueName,
-} from "../../test/support/isolation.ts";
+import { uniqueName } from "../../test/support/isolation.ts";
 import {
   discardDeadLetter,
   getDeadLetter,
   listDeadLetters,
   replayDeadLetter,
 } from "../src/exports/operator.ts";
-import { BusinessError, createRuntime, type Runtime } from "../src/index.ts";
-import {
-  connectProducer,
-  kafkaClient,
-  numberOf,
-  produceNumbered,
-  quietLogger,
-  waitFor,
-} from "./runtime-support.ts";
+import { BusinessError, type Runtime } from "../src/index.ts";
+import { useRuntimeFixture } from "./runtime-fixture.ts";
+import { connectProducer, kafkaClient, numberOf, produceNumbered, waitFor } from "./runtime-support.ts";
 
-let schema: TestSchema;
-let topic: string;
+const rt = useRuntimeFixture("rt_fail", { partitions: 3 });
+
 let runtime: Runtime | undefined;
 
-beforeAll(async () => {
-  schema = await createTestSchema("rt_fail");
-  topic = await createTestTopic("rt_fail", 3);
-});
-
-afterAll(async () => {
-  await runtime?.stop();
-  await schema.cleanup();
-});
-
 function kcat(args: string[], input: Buffer): void {
-  const result = spawnSync("kcat", ["-P", "-b", kafkaBrokers()[0]!, "-t", topic, ...args], { input });
+  const result = spawnSync("kcat", ["-P", "-b", kafkaBrokers()[0]!, "-t", rt.topic, ...args], { input });
   if (result.error || result.status !== 0) {
     throw new Error(`kcat failed (install it: apt-get install -y kcat): ${result.error ?? result.stderr}`);
   }
@@ -53,19 +32,15 @@ function kcat(args: string[], input: Buffer): void {
 describe("business failures, dead letters, replay and poison", () => {
   it("retries a business failure as registered, dead-letters it, holds only its conversation, replays it once", async () => {
     const producer = await connectProducer();
-    await produceNumbered(producer, topic, 1, 4, "biz");
-    await produceNumbered(producer, topic, 20, 5, "ok");
+    await produceNumbered(producer, rt.topic, 1, 4, "biz");
+    await produceNumbered(producer, rt.topic, 20, 5, "ok");
 
     let fixed = false;
     const attemptsAt: number[] = [];
     const handledAt = new Map<string, number[]>();
     const replays: { conversationId: string; n: number }[] = [];
-    runtime = createRuntime({
+    runtime = rt.runtime({
       group: uniqueName("fail"),
-      topic,
-      brokers: kafkaBrokers(),
-      pool: schema.pool,
-      logger: quietLogger(),
       replayPollMs: 200,
     });
     runtime.on(
@@ -100,7 +75,10 @@ describe("business failures, dead letters, replay and poison", () => {
       expect(Math.max(...times)).toBeLessThan(attemptsAt[2]!);
     }
 
-    const { items } = await listDeadLetters(schema.pool, { subscription: runtime.subscription, limit: 10 });
+    const { items } = await listDeadLetters(rt.schema.pool, {
+      subscription: runtime.subscription,
+      limit: 10,
+    });
     expect(items).toHaveLength(1);
     const letter = items[0]!;
     expect(letter).toMatchObject({
@@ -118,7 +96,7 @@ describe("business failures, dead letters, replay and poison", () => {
     const dlq = kafkaClient().consumer({ groupId: uniqueName("dlq-reader") });
     const dlqHeaders: Record<string, string>[] = [];
     await dlq.connect();
-    await dlq.subscribe({ topic: `${topic}.dlq`, fromBeginning: true });
+    await dlq.subscribe({ topic: `${rt.topic}.dlq`, fromBeginning: true });
     await dlq.run({
       eachMessage: async ({ message }) => {
         dlqHeaders.push(
@@ -137,15 +115,15 @@ describe("business failures, dead letters, replay and poison", () => {
 
     // Replay after the fix: handled once, by this subscription, marked replayed.
     fixed = true;
-    await replayDeadLetter(schema.pool, letter.id, { by: "test-operator" });
+    await replayDeadLetter(rt.schema.pool, letter.id, { by: "test-operator" });
     await waitFor(
-      async () => (await getDeadLetter(schema.pool, letter.id))?.status === "replayed",
+      async () => (await getDeadLetter(rt.schema.pool, letter.id))?.status === "replayed",
       20_000,
       "the dead letter to be replayed",
     );
     await new Promise((r) => setTimeout(r, 600)); // a few more polls must not replay it again
     expect(replays).toEqual([{ conversationId: "biz-0", n: 1 }]);
-    const replayed = (await getDeadLetter(schema.pool, letter.id))!;
+    const replayed = (await getDeadLetter(rt.schema.pool, letter.id))!;
     expect(replayed).toMatchObject({
       replayCount: 1,
       statusChangedBy: "test-operator",
@@ -171,18 +149,18 @@ describe("business failures, dead letters, replay and poison", () => {
       good.value,
     );
     // Consumption goes on after them.
-    await produceNumbered(producer, topic, 1, 1, "after-poison");
+    await produceNumbered(producer, rt.topic, 1, 1, "after-poison");
     await producer.disconnect();
     await waitFor(() => handledAt.has("after-poison-0"), 30_000, "an event after the poison records");
     await waitFor(
       async () =>
-        (await listDeadLetters(schema.pool, { subscription: runtime!.subscription, limit: 10 })).items
+        (await listDeadLetters(rt.schema.pool, { subscription: runtime!.subscription, limit: 10 })).items
           .length === 3,
       20_000,
       "two poison dead letters",
     );
     const poison = (
-      await listDeadLetters(schema.pool, { subscription: runtime.subscription, limit: 10 })
+      await listDeadLetters(rt.schema.pool, { subscription: runtime.subscription, limit: 10 })
     ).items.filter((d) => d.failureClass === "poison");
     const byKey = Object.fromEntries(poison.map((d) => [d.key, d]));
     expect(byKey["poison-1"]).toMatchObject({
@@ -198,16 +176,19 @@ describe("business failures, dead letters, replay and poison", () => {
     expect(byKey["poison-2"]!.errorMessage).toContain("chat.unknown.thing");
 
     // Replaying poison keeps it waiting with the reason; discarding is recorded.
-    await replayDeadLetter(schema.pool, byKey["poison-2"]!.id, { by: "test-operator" });
+    await replayDeadLetter(rt.schema.pool, byKey["poison-2"]!.id, { by: "test-operator" });
     await waitFor(
-      async () => ((await getDeadLetter(schema.pool, byKey["poison-2"]!.id))?.replayCount ?? 0) === 1,
+      async () => ((await getDeadLetter(rt.schema.pool, byKey["poison-2"]!.id))?.replayCount ?? 0) === 1,
       20_000,
       "the poison replay to be tried",
     );
-    const again = (await getDeadLetter(schema.pool, byKey["poison-2"]!.id))!;
+    const again = (await getDeadLetter(rt.schema.pool, byKey["poison-2"]!.id))!;
     expect(again.status).toBe("waiting");
     expect(again.lastReplayError).toContain("CHATBUS_UNKNOWN_TYPE");
-    const discarded = await discardDeadLetter(schema.pool, again.id, { by: "test-operator", reason: "junk" });
+    const discarded = await discardDeadLetter(rt.schema.pool, again.id, {
+      by: "test-operator",
+      reason: "junk",
+    });
     expect(discarded).toMatchObject({
       status: "discarded",
       statusChangedBy: "test-operator",

@@ -8,35 +8,12 @@ import { Writable } from "node:stream";
 import { type ChatEvent, encodeEvent } from "@chatbus/producer-sdk";
 import { type Logger, pino } from "pino";
 import { Registry } from "prom-client";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { kafkaBrokers } from "../../test/support/env.ts";
-import {
-  createTestSchema,
-  createTestTopic,
-  type TestSchema,
-  uniqueName,
-} from "../../test/support/isolation.ts";
-import { createRuntime, type Runtime } from "../src/index.ts";
-import {
-  connectProducer,
-  numberOf,
-  orderProblems,
-  produceNumbered,
-  quietLogger,
-  waitFor,
-} from "./runtime-support.ts";
+import { describe, expect, it } from "vitest";
+import { createTestTopic, uniqueName } from "../../test/support/isolation.ts";
+import { useRuntimeFixture } from "./runtime-fixture.ts";
+import { connectProducer, numberOf, orderProblems, produceNumbered, waitFor } from "./runtime-support.ts";
 
-let schema: TestSchema;
-const runtimes: Runtime[] = [];
-
-beforeAll(async () => {
-  schema = await createTestSchema("rt_timeout");
-});
-
-afterAll(async () => {
-  await Promise.all(runtimes.map((runtime) => runtime.stop()));
-  await schema.cleanup();
-});
+const rt = useRuntimeFixture("rt_timeout");
 
 /** A pino logger that keeps every line, so that a test can count log messages. */
 function capturingLogger(): { logger: Logger; lines: { msg: string }[] } {
@@ -68,12 +45,9 @@ describe("handler timeout", () => {
     const registry = new Registry();
     const seen = new Map<string, number[]>();
     let hungCalls = 0;
-    const runtime = createRuntime({
+    const runtime = rt.runtime({
       group: uniqueName("hung"),
       topic,
-      brokers: kafkaBrokers(),
-      pool: schema.pool,
-      logger: quietLogger(),
       registry,
       handlerTimeoutMs: 60_000,
       systemRetry: { initialDelayMs: 100, maxDelayMs: 500 },
@@ -90,7 +64,6 @@ describe("handler timeout", () => {
       // Long enough that the others must finish while the call still hangs.
       { handlerTimeoutMs: 15_000 },
     );
-    runtimes.push(runtime);
     await runtime.start();
     await waitFor(() => hungCalls === 1, 30_000, "the call to hang");
     const later = [];
@@ -136,11 +109,9 @@ describe("handler timeout", () => {
     const { logger, lines } = capturingLogger();
     const effects: string[] = [];
     let calls = 0;
-    const runtime = createRuntime({
+    const runtime = rt.runtime({
       group: uniqueName("late"),
       topic,
-      brokers: kafkaBrokers(),
-      pool: schema.pool,
       logger,
       handlerTimeoutMs: 800,
       systemRetry: { initialDelayMs: 100, maxDelayMs: 200 },
@@ -155,7 +126,6 @@ describe("handler timeout", () => {
       }
       effects.push(`${event.conversationId} ${n}`);
     });
-    runtimes.push(runtime);
     await runtime.start();
     await waitFor(() => effects.length === 8, 30_000, "every event's effect");
     // Give the late call time to come back.
@@ -181,12 +151,9 @@ describe("handler timeout", () => {
     let hanging = true;
     const seen = new Map<string, number[]>();
     const registry = new Registry();
-    const runtime = createRuntime({
+    const runtime = rt.runtime({
       group: uniqueName("hangall"),
       topic,
-      brokers: kafkaBrokers(),
-      pool: schema.pool,
-      logger: quietLogger(),
       registry,
       handlerTimeoutMs: 500,
       systemRetry: { initialDelayMs: 200, maxDelayMs: 1000 },
@@ -202,7 +169,6 @@ describe("handler timeout", () => {
       }
       seen.set(event.conversationId, [...(seen.get(event.conversationId) ?? []), numberOf(event)]);
     });
-    runtimes.push(runtime);
     await runtime.start();
     await waitFor(
       () => {

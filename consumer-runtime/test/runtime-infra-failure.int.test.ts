@@ -9,37 +9,21 @@ import type { AddressInfo } from "node:net";
 import pg from "pg";
 import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { kafkaBrokers } from "../../test/support/env.ts";
-import {
-  createTestSchema,
-  createTestTopic,
-  type TestSchema,
-  uniqueName,
-} from "../../test/support/isolation.ts";
+import { uniqueName } from "../../test/support/isolation.ts";
 import { createThrowawayPostgres, type ThrowawayPostgres } from "../../test/support/throwaway-postgres.ts";
 import { listDeadLetters } from "../src/exports/operator.ts";
-import { createRuntime, type Runtime } from "../src/index.ts";
-import {
-  connectProducer,
-  numberOf,
-  orderProblems,
-  produceNumbered,
-  quietLogger,
-  waitFor,
-} from "./runtime-support.ts";
+import type { Runtime } from "../src/index.ts";
+import { useRuntimeFixture } from "./runtime-fixture.ts";
+import { connectProducer, numberOf, orderProblems, produceNumbered, waitFor } from "./runtime-support.ts";
 
 const port = 55433;
 let postgres: ThrowawayPostgres | undefined;
-let schema: TestSchema;
-let topic: string;
 let runtime: Runtime | undefined;
 let target: pg.Pool | undefined;
 let webhook: Server | undefined;
 const alerts: { kind: string; subscription: string }[] = [];
 
 beforeAll(async () => {
-  schema = await createTestSchema("rt_infra");
-  topic = await createTestTopic("rt_infra", 4);
   postgres = createThrowawayPostgres(port);
   target = new pg.Pool({
     connectionString: postgres.url,
@@ -66,12 +50,13 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  await runtime?.stop();
   await target?.end().catch(() => {});
   webhook?.close();
   postgres?.destroy();
-  await schema.cleanup();
 });
+
+// After the throwaway cluster's hooks: its afterAll (hooks run as a stack) stops the runtime first.
+const rt = useRuntimeFixture("rt_infra", { partitions: 4 });
 
 async function metric(registry: Registry, name: string, labels: Record<string, string>): Promise<number> {
   const found = (await registry.getSingleMetric(name)?.get())?.values.find((v) =>
@@ -85,17 +70,13 @@ describe("real infrastructure failure", () => {
     const conversations = 40;
     const perConversation = 30;
     const producer = await connectProducer();
-    await produceNumbered(producer, topic, conversations, perConversation, "infra");
+    await produceNumbered(producer, rt.topic, conversations, perConversation, "infra");
     await producer.disconnect();
 
     const registry = new Registry();
     let calls = 0;
-    runtime = createRuntime({
+    runtime = rt.runtime({
       group: uniqueName("infra"),
-      topic,
-      brokers: kafkaBrokers(),
-      pool: schema.pool,
-      logger: quietLogger(),
       registry,
       concurrency: 8,
       systemRetry: { initialDelayMs: 100, maxDelayMs: 1000 },
@@ -137,7 +118,7 @@ describe("real infrastructure failure", () => {
     for (const row of rows) seen.set(row.conversation, [...(seen.get(row.conversation) ?? []), row.n]);
     expect(orderProblems(seen, perConversation)).toEqual([]);
 
-    const letters = await listDeadLetters(schema.pool, { subscription: runtime.subscription, limit: 10 });
+    const letters = await listDeadLetters(rt.schema.pool, { subscription: runtime.subscription, limit: 10 });
     expect(letters.items).toEqual([]);
     expect(
       await metric(registry, "chatbus_breaker_transitions_total", { to: "open" }),

@@ -5,29 +5,13 @@
  * the others go on, and nothing is handled twice. Real broker and PostgreSQL.
  */
 import { Registry } from "prom-client";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { kafkaBrokers } from "../../test/support/env.ts";
-import {
-  createTestSchema,
-  createTestTopic,
-  type TestSchema,
-  uniqueName,
-} from "../../test/support/isolation.ts";
+import { describe, expect, it } from "vitest";
+import { createTestTopic, uniqueName } from "../../test/support/isolation.ts";
 import { getSkip, listDeadLetters, listSubscriptionStatus, requestSkip } from "../src/exports/operator.ts";
-import { createRuntime, type Runtime } from "../src/index.ts";
-import { connectProducer, numberOf, produceNumbered, quietLogger, waitFor } from "./runtime-support.ts";
+import { useRuntimeFixture } from "./runtime-fixture.ts";
+import { connectProducer, numberOf, produceNumbered, waitFor } from "./runtime-support.ts";
 
-let schema: TestSchema;
-const runtimes: Runtime[] = [];
-
-beforeAll(async () => {
-  schema = await createTestSchema("rt_skip");
-});
-
-afterAll(async () => {
-  await Promise.all(runtimes.map((runtime) => runtime.stop()));
-  await schema.cleanup();
-});
+const rt = useRuntimeFixture("rt_skip");
 
 describe("stuck records and operator skips", () => {
   it("publishes a record stuck in system retries; a skip dead-letters it as `operator` and everything else runs once", async () => {
@@ -41,12 +25,9 @@ describe("stuck records and operator skips", () => {
     const effects = new Map<string, number>();
     let failing: { partition: number; offset: string } | null = null;
     let failures = 0;
-    const runtime = createRuntime({
+    const runtime = rt.runtime({
       group,
       topic,
-      brokers: kafkaBrokers(),
-      pool: schema.pool,
-      logger: quietLogger(),
       registry,
       stuckAfterMs: 1500,
       statusIntervalMs: 300,
@@ -64,11 +45,10 @@ describe("stuck records and operator skips", () => {
       const key = `${event.conversationId} ${n}`;
       effects.set(key, (effects.get(key) ?? 0) + 1);
     });
-    runtimes.push(runtime);
     await runtime.start();
 
     const published = async () =>
-      (await listSubscriptionStatus(schema.pool)).find((r) => r.subscription === group)?.state;
+      (await listSubscriptionStatus(rt.schema.pool)).find((r) => r.subscription === group)?.state;
     await waitFor(
       async () => ((await published())?.stuck?.length ?? 0) > 0,
       30_000,
@@ -96,14 +76,14 @@ describe("stuck records and operator skips", () => {
     expect(effects.has(`${stuckId} 2`)).toBe(false);
 
     // A request for a partition this instance does not own is left alone.
-    const foreign = await requestSkip(schema.pool, {
+    const foreign = await requestSkip(rt.schema.pool, {
       subscription: group,
       topic,
       partition: 99,
       offset: "0",
       requestedBy: "ops-bob",
     });
-    const skip = await requestSkip(schema.pool, {
+    const skip = await requestSkip(rt.schema.pool, {
       subscription: group,
       topic,
       partition: target.partition,
@@ -111,13 +91,13 @@ describe("stuck records and operator skips", () => {
       requestedBy: "ops-ana",
     });
     await waitFor(
-      async () => (await getSkip(schema.pool, skip.id))?.appliedAt != null,
+      async () => (await getSkip(rt.schema.pool, skip.id))?.appliedAt != null,
       30_000,
       "the skip applied",
     );
-    const applied = (await getSkip(schema.pool, skip.id))!;
+    const applied = (await getSkip(rt.schema.pool, skip.id))!;
     expect(applied.appliedBy).toBe(runtime.instanceId);
-    const letters = (await listDeadLetters(schema.pool, { subscription: group, limit: 10 })).items;
+    const letters = (await listDeadLetters(rt.schema.pool, { subscription: group, limit: 10 })).items;
     expect(letters).toHaveLength(1);
     expect(letters[0]).toMatchObject({
       id: applied.deadLetterId,
@@ -141,7 +121,7 @@ describe("stuck records and operator skips", () => {
       }
     }
     await waitFor(async () => ((await published())?.stuck?.length ?? -1) === 0, 10_000, "stuck to clear");
-    expect((await getSkip(schema.pool, foreign.id))!.appliedAt).toBeNull();
+    expect((await getSkip(rt.schema.pool, foreign.id))!.appliedAt).toBeNull();
     expect(runtime.state().deadLettered).toBe(1);
   });
 });

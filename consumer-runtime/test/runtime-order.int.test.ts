@@ -3,45 +3,23 @@
  * conversations, a handler that sleeps randomly; each conversation is handled in log
  * order and never twice at once, while the wall time shows many handlers overlapped.
  */
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { kafkaBrokers } from "../../test/support/env.ts";
-import {
-  createTestSchema,
-  createTestTopic,
-  type TestSchema,
-  uniqueName,
-} from "../../test/support/isolation.ts";
+import { describe, expect, it } from "vitest";
+import { uniqueName } from "../../test/support/isolation.ts";
 import { listSubscriptionStatus } from "../src/exports/operator.ts";
-import { createRuntime, type Runtime } from "../src/index.ts";
-import {
-  connectProducer,
-  numberOf,
-  orderProblems,
-  produceNumbered,
-  quietLogger,
-  waitFor,
-} from "./runtime-support.ts";
+import type { Runtime } from "../src/index.ts";
+import { useRuntimeFixture } from "./runtime-fixture.ts";
+import { connectProducer, numberOf, orderProblems, produceNumbered, waitFor } from "./runtime-support.ts";
 
-let schema: TestSchema;
-let topic: string;
+const rt = useRuntimeFixture("rt_order", { partitions: 6 });
+
 let runtime: Runtime | undefined;
-
-beforeAll(async () => {
-  schema = await createTestSchema("rt_order");
-  topic = await createTestTopic("rt_order", 6);
-});
-
-afterAll(async () => {
-  await runtime?.stop();
-  await schema.cleanup();
-});
 
 describe("per-conversation order", () => {
   it("handles each conversation in log order while conversations run concurrently", async () => {
     const conversations = 300;
     const perConversation = 10;
     const producer = await connectProducer();
-    await produceNumbered(producer, topic, conversations, perConversation);
+    await produceNumbered(producer, rt.topic, conversations, perConversation);
     await producer.disconnect();
 
     const seen = new Map<string, number[]>();
@@ -51,12 +29,8 @@ describe("per-conversation order", () => {
     let maxConcurrent = 0;
     let sleptMs = 0;
     let handled = 0;
-    runtime = createRuntime({
+    runtime = rt.runtime({
       group: uniqueName("order"),
-      topic,
-      brokers: kafkaBrokers(),
-      pool: schema.pool,
-      logger: quietLogger(),
       concurrency: 64,
       statusIntervalMs: 500,
     });
@@ -90,7 +64,7 @@ describe("per-conversation order", () => {
     // The status row shows the work and, once committed, no lag.
     await waitFor(
       async () => {
-        const rows = await listSubscriptionStatus(schema.pool);
+        const rows = await listSubscriptionStatus(rt.schema.pool);
         const row = rows.find((r) => r.subscription === runtime!.subscription);
         return (
           row !== undefined &&

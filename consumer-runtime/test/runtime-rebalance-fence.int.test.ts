@@ -7,35 +7,12 @@
  * and the order of completed effects per conversation (log order; a redelivery may
  * repeat a tail, but the last effect is always the last event).
  */
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { kafkaBrokers } from "../../test/support/env.ts";
-import {
-  createTestSchema,
-  createTestTopic,
-  type TestSchema,
-  uniqueName,
-} from "../../test/support/isolation.ts";
-import { createRuntime, type Runtime } from "../src/index.ts";
-import {
-  connectProducer,
-  numberOf,
-  orderProblems,
-  produceNumbered,
-  quietLogger,
-  waitFor,
-} from "./runtime-support.ts";
+import { describe, expect, it } from "vitest";
+import { createTestTopic, uniqueName } from "../../test/support/isolation.ts";
+import { useRuntimeFixture } from "./runtime-fixture.ts";
+import { connectProducer, numberOf, orderProblems, produceNumbered, waitFor } from "./runtime-support.ts";
 
-let schema: TestSchema;
-const runtimes: Runtime[] = [];
-
-beforeAll(async () => {
-  schema = await createTestSchema("rt_fence");
-});
-
-afterAll(async () => {
-  await Promise.all(runtimes.map((runtime) => runtime.stop()));
-  await schema.cleanup();
-});
+const rt = useRuntimeFixture("rt_fence");
 
 interface Call {
   instance: string;
@@ -63,12 +40,9 @@ describe("fencing in-flight work at a rebalance", () => {
       retryStarted = resolve;
     });
     const make = (instance: string) => {
-      const runtime = createRuntime({
+      const runtime = rt.runtime({
         group,
         topic,
-        brokers: kafkaBrokers(),
-        pool: schema.pool,
-        logger: quietLogger(),
         instanceId: instance,
         sessionTimeoutMs: 10_000,
         heartbeatIntervalMs: 500,
@@ -94,7 +68,6 @@ describe("fencing in-flight work at a rebalance", () => {
           call.end = Date.now();
         }
       });
-      runtimes.push(runtime);
       return runtime;
     };
 

@@ -3,37 +3,13 @@
  * mid-run (graceful stop). No event is lost and no conversation is ever handled by
  * two instances at once (rebalances wait for running handlers and commit first).
  */
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { kafkaBrokers } from "../../test/support/env.ts";
-import {
-  createTestSchema,
-  createTestTopic,
-  type TestSchema,
-  uniqueName,
-} from "../../test/support/isolation.ts";
-import { createRuntime, type Runtime } from "../src/index.ts";
-import {
-  connectProducer,
-  numberOf,
-  orderProblems,
-  produceNumbered,
-  quietLogger,
-  waitFor,
-} from "./runtime-support.ts";
+import { describe, expect, it } from "vitest";
+import { createTestTopic, uniqueName } from "../../test/support/isolation.ts";
+import type { Runtime } from "../src/index.ts";
+import { useRuntimeFixture } from "./runtime-fixture.ts";
+import { connectProducer, numberOf, orderProblems, produceNumbered, waitFor } from "./runtime-support.ts";
 
-let schema: TestSchema;
-let topic: string;
-const runtimes: Runtime[] = [];
-
-beforeAll(async () => {
-  schema = await createTestSchema("rt_rebal");
-  topic = await createTestTopic("rt_rebal", 6);
-});
-
-afterAll(async () => {
-  await Promise.all(runtimes.map((runtime) => runtime.stop()));
-  await schema.cleanup();
-});
+const rt = useRuntimeFixture("rt_rebal", { partitions: 6 });
 
 describe("two instances, one leaving mid-run", () => {
   it("loses nothing and never runs one conversation in two instances at once", async () => {
@@ -41,7 +17,7 @@ describe("two instances, one leaving mid-run", () => {
     const perConversation = 30;
     const total = conversations * perConversation;
     const producer = await connectProducer();
-    await produceNumbered(producer, topic, conversations, perConversation, "rebal");
+    await produceNumbered(producer, rt.topic, conversations, perConversation, "rebal");
     await producer.disconnect();
 
     const group = uniqueName("rebal");
@@ -52,12 +28,8 @@ describe("two instances, one leaving mid-run", () => {
     const unique = new Set<string>();
     let handled = 0;
     const make = (name: string) => {
-      const runtime = createRuntime({
+      const runtime = rt.runtime({
         group,
-        topic,
-        brokers: kafkaBrokers(),
-        pool: schema.pool,
-        logger: quietLogger(),
         concurrency: 16,
         sessionTimeoutMs: 10_000,
         heartbeatIntervalMs: 500,
@@ -77,7 +49,6 @@ describe("two instances, one leaving mid-run", () => {
         unique.add(`${event.conversationId} ${n}`);
         handled++;
       });
-      runtimes.push(runtime);
       return runtime;
     };
 
@@ -115,12 +86,9 @@ describe("a handler slower than the session timeout", () => {
     const calls = new Map<string, number>();
     const members: Runtime[] = [];
     for (const name of ["s1", "s2", "s3"]) {
-      const runtime = createRuntime({
+      const runtime = rt.runtime({
         group,
         topic: slowTopic,
-        brokers: kafkaBrokers(),
-        pool: schema.pool,
-        logger: quietLogger(),
         sessionTimeoutMs: 6000,
         heartbeatIntervalMs: 1000,
         instanceId: name,
@@ -132,7 +100,6 @@ describe("a handler slower than the session timeout", () => {
           await new Promise((r) => setTimeout(r, 9000));
         }
       });
-      runtimes.push(runtime);
       members.push(runtime);
     }
     await Promise.all(members.map((m) => m.start()));

@@ -5,29 +5,14 @@
  * - stop() does not commit as handled a call that ignored its aborted signal and
  *   returned after the shutdown deadline: the next instance gets the event again.
  */
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { kafkaBrokers } from "../../test/support/env.ts";
-import {
-  createTestSchema,
-  createTestTopic,
-  type TestSchema,
-  uniqueName,
-} from "../../test/support/isolation.ts";
+import { describe, expect, it } from "vitest";
+import { createTestTopic, uniqueName } from "../../test/support/isolation.ts";
 import { listDeadLetters } from "../src/exports/operator.ts";
-import { BusinessError, createRuntime, type Runtime } from "../src/index.ts";
-import { connectProducer, numberOf, produceNumbered, quietLogger, waitFor } from "./runtime-support.ts";
+import { BusinessError } from "../src/index.ts";
+import { useRuntimeFixture } from "./runtime-fixture.ts";
+import { connectProducer, numberOf, produceNumbered, waitFor } from "./runtime-support.ts";
 
-let schema: TestSchema;
-const runtimes: Runtime[] = [];
-
-beforeAll(async () => {
-  schema = await createTestSchema("rt_redeliver");
-});
-
-afterAll(async () => {
-  await Promise.all(runtimes.map((runtime) => runtime.stop()));
-  await schema.cleanup();
-});
+const rt = useRuntimeFixture("rt_redeliver");
 
 describe("redelivery", () => {
   it("counts business-retry attempts across instances: the third attempt dead-letters even on a new instance", async () => {
@@ -39,12 +24,9 @@ describe("redelivery", () => {
     let calls = 0;
     const later: number[] = [];
     const make = (name: string) => {
-      const runtime = createRuntime({
+      const runtime = rt.runtime({
         group,
         topic,
-        brokers: kafkaBrokers(),
-        pool: schema.pool,
-        logger: quietLogger(),
         instanceId: name,
         shutdownTimeoutMs: 1000,
       });
@@ -60,7 +42,6 @@ describe("redelivery", () => {
         // The back-off is far longer than the test: only redelivery brings attempts 2 and 3.
         { businessRetry: { attempts: 3, backoffMs: [600_000] } },
       );
-      runtimes.push(runtime);
       return runtime;
     };
     for (const [i, name] of ["first", "second", "third"].entries()) {
@@ -70,15 +51,16 @@ describe("redelivery", () => {
       if (i < 2) await runtime.stop();
     }
     await waitFor(
-      async () => (await listDeadLetters(schema.pool, { subscription: group, limit: 5 })).items.length === 1,
+      async () =>
+        (await listDeadLetters(rt.schema.pool, { subscription: group, limit: 5 })).items.length === 1,
       20_000,
       "the dead letter after the third attempt",
     );
-    const letter = (await listDeadLetters(schema.pool, { subscription: group, limit: 5 })).items[0]!;
+    const letter = (await listDeadLetters(rt.schema.pool, { subscription: group, limit: 5 })).items[0]!;
     expect(letter).toMatchObject({ failureClass: "business", errorCode: "ACCOUNT_CLOSED", attempts: 3 });
     await waitFor(() => later.length === 1, 20_000, "the next event of the conversation");
     expect(calls).toBe(3);
-    const { rows } = await schema.pool.query("SELECT count(*)::int AS n FROM business_attempts");
+    const { rows } = await rt.schema.pool.query("SELECT count(*)::int AS n FROM business_attempts");
     expect(rows[0].n).toBe(0);
   });
 
@@ -91,12 +73,9 @@ describe("redelivery", () => {
     const seen: string[] = [];
     let slowStarted = false;
     const make = (name: string, slow: boolean) => {
-      const runtime = createRuntime({
+      const runtime = rt.runtime({
         group,
         topic,
-        brokers: kafkaBrokers(),
-        pool: schema.pool,
-        logger: quietLogger(),
         instanceId: name,
         shutdownTimeoutMs: 300,
       });
@@ -110,7 +89,6 @@ describe("redelivery", () => {
         }
         seen.push(`${name} ${n}`);
       });
-      runtimes.push(runtime);
       return runtime;
     };
     const first = make("first", true);

@@ -5,29 +5,14 @@
  * is back-dated while it runs (a second instance polls too), and only the handlers
  * that had not succeeded run again unless the operator asks for all of them.
  */
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { kafkaBrokers } from "../../test/support/env.ts";
-import {
-  createTestSchema,
-  createTestTopic,
-  type TestSchema,
-  uniqueName,
-} from "../../test/support/isolation.ts";
+import { describe, expect, it } from "vitest";
+import { createTestTopic, uniqueName } from "../../test/support/isolation.ts";
 import { getDeadLetter, listDeadLetters, replayDeadLetter } from "../src/exports/operator.ts";
-import { BusinessError, createRuntime, type Runtime } from "../src/index.ts";
-import { connectProducer, numberOf, produceNumbered, quietLogger, waitFor } from "./runtime-support.ts";
+import { BusinessError } from "../src/index.ts";
+import { useRuntimeFixture } from "./runtime-fixture.ts";
+import { connectProducer, numberOf, produceNumbered, waitFor } from "./runtime-support.ts";
 
-let schema: TestSchema;
-const runtimes: Runtime[] = [];
-
-beforeAll(async () => {
-  schema = await createTestSchema("rt_replayq");
-});
-
-afterAll(async () => {
-  await Promise.all(runtimes.map((runtime) => runtime.stop()));
-  await schema.cleanup();
-});
+const rt = useRuntimeFixture("rt_replayq");
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -45,12 +30,9 @@ describe("dead-letter replay through the conversation's queue", () => {
     let replayCalls = 0;
     const replayedOn: string[] = [];
     const make = (name: string) => {
-      const runtime = createRuntime({
+      const runtime = rt.runtime({
         group,
         topic,
-        brokers: kafkaBrokers(),
-        pool: schema.pool,
-        logger: quietLogger(),
         instanceId: name,
         replayPollMs: 200,
       });
@@ -75,17 +57,17 @@ describe("dead-letter replay through the conversation's queue", () => {
           active.delete(event.conversationId);
         }
       });
-      runtimes.push(runtime);
       return runtime;
     };
     const a = make("a");
     await a.start();
     await waitFor(
-      async () => (await listDeadLetters(schema.pool, { subscription: group, limit: 5 })).items.length === 2,
+      async () =>
+        (await listDeadLetters(rt.schema.pool, { subscription: group, limit: 5 })).items.length === 2,
       30_000,
       "both first events dead-lettered",
     );
-    const letters = (await listDeadLetters(schema.pool, { subscription: group, limit: 5 })).items;
+    const letters = (await listDeadLetters(rt.schema.pool, { subscription: group, limit: 5 })).items;
     const letterOf = (id: string) => letters.find((l) => l.conversationId === id)!;
     // A second instance of the subscription: one of the two owns the only partition,
     // the other must leave the replay alone although it polls too.
@@ -99,17 +81,17 @@ describe("dead-letter replay through the conversation's queue", () => {
     const owner = a.state().partitions.length === 1 ? "a" : "b";
     refusing = false;
 
-    await replayDeadLetter(schema.pool, letterOf(first).id, { by: "ops" });
+    await replayDeadLetter(rt.schema.pool, letterOf(first).id, { by: "ops" });
     await waitFor(() => replayCalls === 1, 30_000, "the replay to start");
     // Live events of the same conversation arrive while the replay runs.
     await produceNumbered(producer, topic, 1, 1, "rq");
     await sleep(300);
-    await schema.pool.query(
+    await rt.schema.pool.query(
       "UPDATE dead_letters SET claimed_at = now() - interval '6 minutes' WHERE id = $1",
       [letterOf(first).id],
     );
     await waitFor(
-      async () => (await getDeadLetter(schema.pool, letterOf(first).id))?.status === "replayed",
+      async () => (await getDeadLetter(rt.schema.pool, letterOf(first).id))?.status === "replayed",
       30_000,
       "the replay to finish",
     );
@@ -120,9 +102,9 @@ describe("dead-letter replay through the conversation's queue", () => {
     expect(audit.filter((l) => l.includes(`${first} 0 replay`))).toEqual([]);
 
     // With allHandlers, every handler runs again.
-    await replayDeadLetter(schema.pool, letterOf(second).id, { by: "ops", allHandlers: true });
+    await replayDeadLetter(rt.schema.pool, letterOf(second).id, { by: "ops", allHandlers: true });
     await waitFor(
-      async () => (await getDeadLetter(schema.pool, letterOf(second).id))?.status === "replayed",
+      async () => (await getDeadLetter(rt.schema.pool, letterOf(second).id))?.status === "replayed",
       30_000,
       "the second replay to finish",
     );

@@ -10,15 +10,15 @@ import { createServer } from "node:net";
 import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { brokerDir, killBroker, restartBroker, startKafka, stopKafka } from "../../scripts/kafka.ts";
-import { createTestSchema, type TestSchema, uniqueName } from "../../test/support/isolation.ts";
-import { createRuntime, type Runtime } from "../src/index.ts";
+import { uniqueName } from "../../test/support/isolation.ts";
+import type { Runtime } from "../src/index.ts";
+import { useRuntimeFixture } from "./runtime-fixture.ts";
 import {
   connectProducer,
   kafkaClient,
   numberOf,
   orderProblems,
   produceNumbered,
-  quietLogger,
   waitFor,
 } from "./runtime-support.ts";
 
@@ -40,24 +40,23 @@ async function freePortPair(): Promise<number> {
 }
 
 let port = 0;
-let schema: TestSchema;
 let runtime: Runtime | undefined;
 let startedBroker = false;
 
 beforeAll(async () => {
-  schema = await createTestSchema("rt_restartfence");
   port = await freePortPair();
   startedBroker = (await startKafka(port)).started;
 }, 180_000);
 
 afterAll(async () => {
-  await runtime?.stop();
   if (startedBroker) {
     await stopKafka(port);
     rmSync(brokerDir(port), { recursive: true, force: true });
   }
-  await schema.cleanup();
 }, 120_000);
+
+// After the broker's hooks: its afterAll (hooks run as a stack) stops the runtime before the broker goes.
+const rt = useRuntimeFixture("rt_restartfence");
 
 interface Call {
   conversation: string;
@@ -92,13 +91,11 @@ describe("fencing at a consumer restart", () => {
       release = resolve;
     });
     let retries = 0;
-    runtime = createRuntime({
+    runtime = rt.runtime({
       group: uniqueName("restartfence"),
       topic,
       brokers,
-      pool: schema.pool,
       registry,
-      logger: quietLogger(),
       kafkaRetries: 2,
       kafkaInitialRetryTimeMs: 100,
       sessionTimeoutMs: 10_000,

@@ -9,8 +9,12 @@ import { BrokerUnavailableError, ChatBusError, describeError, ProduceRejectedErr
 import type { ResolvedOptions } from "./options.ts";
 import { ensureTopic } from "./topic.ts";
 
-/** kafkajs logs through pino: its errors during retries are warnings for us. */
-function kafkaLogCreator(logger: Logger | undefined) {
+/**
+ * kafkajs logs through pino: its errors during retries are warnings for us (it
+ * retries them; what it gives up on reaches the caller as an error), its info is
+ * our debug. Also the consumer runtime's (exported from `@chatbus/producer-sdk/internal`).
+ */
+export function kafkaLogCreator(logger: Logger | undefined) {
   return () =>
     ({ level, log }: LogEntry) => {
       if (!logger) return;
@@ -38,21 +42,33 @@ export function toChatBusError(options: ResolvedOptions, error: unknown): ChatBu
   return new BrokerUnavailableError(options.brokers, describeError(error), error);
 }
 
-/** Rejects with `onTimeout()` when `promise` takes longer than `ms`. */
-export function within<T>(promise: Promise<T>, ms: number, onTimeout: () => Error): Promise<T> {
+/**
+ * Waits for `promise` at most `ms`: settles as it does when it is in time, else as
+ * `onTimeout()` does (its return value, or what it throws). The timer is cleared
+ * either way. The SDK throws from `onTimeout` (`timedOut`); the consumer runtime
+ * returns `false` to go on without a step that hangs (exported from
+ * `@chatbus/producer-sdk/internal`).
+ */
+export async function within<T, U>(promise: Promise<T>, ms: number, onTimeout: () => U): Promise<T | U> {
   let timer: NodeJS.Timeout | undefined;
-  return Promise.race([
-    promise,
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(onTimeout()), ms);
-    }),
-  ]).finally(() => clearTimeout(timer));
+  const late = new Promise<void>((resolve) => {
+    timer = setTimeout(resolve, ms);
+  }).then(onTimeout);
+  try {
+    return await Promise.race([promise, late]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
-/** The error of a step that did not finish within `sendTimeoutMs`. */
-export function timedOut(options: ResolvedOptions, what: string): () => BrokerUnavailableError {
-  return () =>
-    new BrokerUnavailableError(options.brokers, `${what} did not finish within ${options.sendTimeoutMs} ms`);
+/** Throws the error of a step that did not finish within `sendTimeoutMs` (an `onTimeout` of `within`). */
+export function timedOut(options: ResolvedOptions, what: string): () => never {
+  return () => {
+    throw new BrokerUnavailableError(
+      options.brokers,
+      `${what} did not finish within ${options.sendTimeoutMs} ms`,
+    );
+  };
 }
 
 /** Kafka client settings that keep every step inside `sendTimeoutMs`. */

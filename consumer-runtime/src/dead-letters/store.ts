@@ -290,3 +290,103 @@ export async function countWaitingDeadLetters(pool: Queryable): Promise<Record<s
   );
   return Object.fromEntries(rows.map((r) => [r.subscription, r.n]));
 }
+
+// ---- replay claims ----------------------------------------------------------------
+//
+// A `replaying` dead letter is claimed by one instance (`claimed_by`, `claimed_at`)
+// before it is run again; a claim not renewed within its time to live can be taken
+// by another instance. The runtime and the materialiser both replay through these.
+
+/** A dead letter claimed for replay: what it takes to run the record again. */
+export interface ReplayClaim {
+  id: string;
+  record_key: string | null;
+  headers: Record<string, string>;
+  value: Buffer | null;
+  partition: number;
+  offset: string;
+  conversation_id: string | null;
+  handlers_succeeded: number[];
+  replay_all_handlers: boolean;
+}
+
+/** Which `replaying` dead letters `claimReplays` may take. */
+export interface ClaimFilter {
+  subscription: string;
+  /** Who claims (an instance id); the claim is released and marked by it only. */
+  instanceId: string;
+  /** A claim older than this (ms) was abandoned and may be taken again. */
+  claimTtlMs: number;
+  /** Only dead letters of this topic and these partitions (the ones this instance owns). */
+  topic?: string;
+  partitions?: number[];
+  /** Ids not to claim (held already). */
+  exclude?: string[];
+  /** At most this many (default 20). */
+  limit?: number;
+}
+
+/**
+ * Claims `replaying` dead letters of a subscription that nobody holds (or whose
+ * claim expired), oldest first; concurrent claimers skip each other's rows.
+ */
+export async function claimReplays(pool: Queryable, filter: ClaimFilter): Promise<ReplayClaim[]> {
+  const params: unknown[] = [filter.subscription, filter.instanceId, filter.claimTtlMs];
+  const param = (value: unknown) => {
+    params.push(value);
+    return `$${params.length}`;
+  };
+  // Only the filters given, as in listDeadLetters: no generic plan over `$n IS NULL OR ...`.
+  const where = ["subscription = $1", "status = 'replaying'"];
+  if (filter.topic !== undefined) where.push(`topic = ${param(filter.topic)}`);
+  if (filter.partitions !== undefined) where.push(`partition = ANY(${param(filter.partitions)}::int[])`);
+  where.push(
+    "(claimed_at IS NULL OR claimed_at < now() - make_interval(secs => $3::double precision / 1000))",
+  );
+  if (filter.exclude !== undefined) where.push(`NOT (id::text = ANY(${param(filter.exclude)}::text[]))`);
+  const { rows } = await pool.query<ReplayClaim>(
+    `UPDATE dead_letters d SET claimed_by = $2, claimed_at = now()
+     FROM (SELECT id FROM dead_letters WHERE ${where.join(" AND ")}
+           ORDER BY id LIMIT ${param(filter.limit ?? 20)} FOR UPDATE SKIP LOCKED) c
+     WHERE d.id = c.id
+     RETURNING d.id::text AS id, d.record_key, d.headers, d.value, d.partition, d."offset"::text AS "offset",
+       d.conversation_id, d.handlers_succeeded, d.replay_all_handlers`,
+    params,
+  );
+  return rows;
+}
+
+/** Renews `instanceId`'s claims on these dead letters, so that a long replay is never claimed twice. */
+export async function renewReplayClaims(pool: Queryable, ids: string[], instanceId: string): Promise<void> {
+  await pool.query(
+    "UPDATE dead_letters SET claimed_at = now() WHERE id::text = ANY($1::text[]) AND claimed_by = $2 AND status = 'replaying'",
+    [ids, instanceId],
+  );
+}
+
+/** Gives `instanceId`'s claims back: another claimer (the partition's owner) takes them at once. */
+export async function releaseReplayClaims(pool: Queryable, ids: string[], instanceId: string): Promise<void> {
+  await pool.query(
+    "UPDATE dead_letters SET claimed_by = NULL, claimed_at = NULL WHERE id::text = ANY($1::text[]) AND claimed_by = $2",
+    [ids, instanceId],
+  );
+}
+
+/**
+ * Writes a replay's outcome (`replayed`, or `waiting` again with the error) and
+ * releases the claim; only while `instanceId` still holds it.
+ */
+export async function markReplayOutcome(
+  pool: Queryable,
+  id: string,
+  instanceId: string,
+  status: "replayed" | "waiting",
+  error: string | null,
+): Promise<void> {
+  await pool.query(
+    `UPDATE dead_letters SET status = $2, status_changed_at = now(), replay_count = replay_count + 1,
+       last_replay_error = $3, claimed_by = NULL, claimed_at = NULL
+     WHERE id = $1 AND claimed_by = $4 AND status = 'replaying'`,
+    [id, status, error, instanceId],
+  );
+}

@@ -11,13 +11,7 @@ import { decodeRecord } from "@chatbus/producer-sdk";
 import type { Producer } from "kafkajs";
 import type pg from "pg";
 import type { Logger } from "pino";
-
-interface ReplayRow {
-  id: string;
-  record_key: string | null;
-  headers: Record<string, string>;
-  value: Buffer | null;
-}
+import { claimReplays, markReplayOutcome } from "../dead-letters/store.ts";
 
 /**
  * Claims up to 20 `replaying` dead letters of `subscription` and re-produces them to
@@ -28,25 +22,15 @@ export async function replayMaterialiserDeadLetters(
   producer: Producer,
   options: { subscription: string; topic: string; instanceId: string; logger?: Logger },
 ): Promise<number> {
-  const { rows } = await pool.query<ReplayRow>(
-    `UPDATE dead_letters d SET claimed_by = $2, claimed_at = now()
-       FROM (SELECT id FROM dead_letters
-              WHERE subscription = $1 AND status = 'replaying'
-                AND (claimed_at IS NULL OR claimed_at < now() - interval '5 minutes')
-              ORDER BY id LIMIT 20 FOR UPDATE SKIP LOCKED) c
-      WHERE d.id = c.id
-      RETURNING d.id::text AS id, d.record_key, d.headers, d.value`,
-    [options.subscription, options.instanceId],
-  );
+  const rows = await claimReplays(pool, {
+    subscription: options.subscription,
+    instanceId: options.instanceId,
+    claimTtlMs: 5 * 60_000, // 5 min
+  });
   let produced = 0;
   for (const row of rows) {
     const mark = (status: "replayed" | "waiting", error: string | null) =>
-      pool.query(
-        `UPDATE dead_letters SET status = $2, status_changed_at = now(), replay_count = replay_count + 1,
-                last_replay_error = $3, claimed_by = NULL, claimed_at = NULL
-          WHERE id = $1 AND claimed_by = $4`,
-        [row.id, status, error, options.instanceId],
-      );
+      markReplayOutcome(pool, row.id, options.instanceId, status, error);
     const decoded = decodeRecord({ key: row.record_key, headers: row.headers, value: row.value });
     if (!decoded.ok) {
       await mark("waiting", `${decoded.code}: ${decoded.reason}`);

@@ -133,3 +133,38 @@ export function runtimeMetrics(registry: Registry): RuntimeMetrics {
     ),
   };
 }
+
+/** Starts one subscription's series at 0, so that rate() and increase() see their first increment (docs/metrics.md). */
+export function initSubscriptionMetrics(metrics: RuntimeMetrics, subscription: string): void {
+  metrics.breakerState.set({ subscription }, 0);
+  metrics.restarts.inc({ subscription }, 0);
+  for (const failure_class of ["poison", "business", "system"]) {
+    metrics.failed.inc({ subscription, failure_class }, 0);
+    metrics.retried.inc({ subscription, failure_class }, 0);
+    metrics.deadLettered.inc({ subscription, failure_class }, 0);
+  }
+}
+
+/** One event type's labelled children. */
+export interface TypeMetrics {
+  consumed: ReturnType<RuntimeMetrics["consumed"]["labels"]>;
+  handled: ReturnType<RuntimeMetrics["handled"]["labels"]>;
+  duration: ReturnType<RuntimeMetrics["handlerDuration"]["labels"]>;
+}
+
+/** Labelled children cached per event type: the hot path does no label lookups. */
+export function metricsByType(metrics: RuntimeMetrics, subscription: string): (type: string) => TypeMetrics {
+  const byType = new Map<string, TypeMetrics>();
+  return (type) => {
+    let found = byType.get(type);
+    if (!found) {
+      found = {
+        consumed: metrics.consumed.labels({ subscription, type }),
+        handled: metrics.handled.labels({ subscription, type }),
+        duration: metrics.handlerDuration.labels({ subscription, type }),
+      };
+      byType.set(type, found);
+    }
+    return found;
+  };
+}

@@ -82,6 +82,8 @@ class Call implements RunningCall {
 /** Calls running across every partition and generation of one runtime. */
 export class RunningCalls {
   #calls = new Set<Call>();
+  /** Calls aborted by a fence and still running, by conversation key: looked up for every event. */
+  #fenced = new Map<string, Call[]>();
 
   get size(): number {
     return this.#calls.size;
@@ -89,8 +91,7 @@ export class RunningCalls {
 
   /** A call of this conversation key aborted by a fence and still running, if any. */
   fenced(key: string): RunningCall | undefined {
-    for (const call of this.#calls) if (call.key === key && call.abortedFor === "fence") return call;
-    return undefined;
+    return this.#fenced.size === 0 ? undefined : this.#fenced.get(key)?.[0];
   }
 
   /**
@@ -136,12 +137,12 @@ export class RunningCalls {
     this.#calls.add(call);
     call.settled = handler.then(
       () => {
-        this.#calls.delete(call);
+        this.#forget(call);
         if (call.abortedFor) onLate("resolved", call.abortedFor);
         else settle({ kind: "ok" });
       },
       (error: unknown) => {
-        this.#calls.delete(call);
+        this.#forget(call);
         if (call.abortedFor) onLate("rejected", call.abortedFor);
         else settle({ kind: "failed", error });
       },
@@ -159,9 +160,18 @@ export class RunningCalls {
     for (const call of this.#calls) {
       if (call.abortedFor) continue;
       call.abort(reason, new Error(`handler aborted: ${reason}`));
+      if (reason === "fence") this.#fenced.set(call.key, [...(this.#fenced.get(call.key) ?? []), call]);
       aborted.push(call);
     }
     return aborted;
+  }
+
+  #forget(call: Call): void {
+    this.#calls.delete(call);
+    if (call.abortedFor !== "fence") return;
+    const rest = this.#fenced.get(call.key)?.filter((c) => c !== call) ?? [];
+    if (rest.length > 0) this.#fenced.set(call.key, rest);
+    else this.#fenced.delete(call.key);
   }
 
   /** Resolves when every call of `list` has settled. */

@@ -1,4 +1,5 @@
 import { type ApiApp, type ApiDeps, buildBaseApp } from "./app.ts";
+import { MembershipCache } from "./membership-cache.ts";
 import { EventHub } from "./realtime/event-hub.ts";
 import { registerConversationRoutes } from "./routes/conversations.ts";
 import { registerDevLogin } from "./routes/dev-login.ts";
@@ -26,11 +27,23 @@ export async function buildApp(deps: ApiDeps): Promise<ApiApp> {
   }
   const limits = deps.writeLimiter ?? createWriteLimiter(deps.pool, config.rateLimits, deps.logger);
   app.addHook("onClose", async () => limits.close());
-  registerConversationRoutes(app, { ...deps, limits, maxGroupMembers: config.maxGroupMembers });
-  registerMessageRoutes(app, { ...deps, limits });
+  // Used only while the hub's LISTEN connection is up: without realtime every lookup reads PostgreSQL.
+  const membership = new MembershipCache({
+    projection: deps.projection,
+    maxEntries: config.membershipCacheSize,
+    registry: deps.registry,
+  });
+  registerConversationRoutes(app, {
+    ...deps,
+    membership,
+    limits,
+    maxGroupMembers: config.maxGroupMembers,
+  });
+  registerMessageRoutes(app, { ...deps, membership, limits });
   registerOperatorRoutes(app, deps);
   registerReadRoutes(app, {
     projection: deps.projection,
+    membership,
     historyMaxLimit: config.historyMaxLimit,
     inboxMaxLimit: config.inboxMaxLimit,
   });
@@ -44,6 +57,7 @@ export async function buildApp(deps: ApiDeps): Promise<ApiApp> {
       logger: deps.logger,
       metrics: app.metrics,
       sse: deps.config.sse,
+      listenObserver: membership,
     });
     await hub.start();
     app.addHook("preClose", async () => {

@@ -99,6 +99,8 @@ export const ApiConfigSchema = Type.Object(
     inboxMaxLimit: Type.Integer({ minimum: 1 }),
     /** Members a group may have; adding one more is refused with 409. */
     maxGroupMembers: Type.Integer({ minimum: 2 }),
+    /** Entries of the membership cache (a conversation, and each member known, are one each); 0 turns it off. */
+    membershipCacheSize: Type.Integer({ minimum: 0 }),
     /** `POST /v1/dev/login` is served only when this is true (`CHATBUS_DEV_LOGIN=1`). */
     devLogin: Type.Boolean(),
     rateLimits: RateLimitConfigSchema,
@@ -124,6 +126,7 @@ export const configDefaults = {
   historyMaxLimit: 200, // messages per history page; a larger `limit` is a 400
   inboxMaxLimit: 1000, // conversations per inbox page; a larger `limit` is a 400
   maxGroupMembers: 10_000, // members per group
+  membershipCacheSize: 100_000, // entries (conversations + members known), roughly 10–20 MB at most
   devLogin: false, // opt-in only: a token for any name must never be on by accident
   rateLimits: {
     enabled: true,
@@ -246,6 +249,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): { config: ApiC
     historyMaxLimit: integer(env, "CHATBUS_HISTORY_MAX_LIMIT", configDefaults.historyMaxLimit),
     inboxMaxLimit: integer(env, "CHATBUS_INBOX_MAX_LIMIT", configDefaults.inboxMaxLimit),
     maxGroupMembers: integer(env, "CHATBUS_MAX_GROUP_MEMBERS", configDefaults.maxGroupMembers),
+    membershipCacheSize: integer(env, "CHATBUS_MEMBERSHIP_CACHE_SIZE", configDefaults.membershipCacheSize),
     rateLimits: rateLimits(env),
     nodeEnv,
     host: env.HOST || configDefaults.host,

@@ -59,6 +59,7 @@ async function makeApp(overrides: Partial<ApiConfig> = {}) {
     messageByEventId: async (id: string) =>
       id === liveId ? message(id, false) : id === recalledId ? message(id, true) : null,
     history: async () => [],
+    historyPage: async () => ({ messages: [], positions: [] }),
     inbox: async () => [],
   } as unknown as ProjectionReader;
   const app = await buildApp({

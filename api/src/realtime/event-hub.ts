@@ -31,7 +31,7 @@ import type { ApiConfig } from "../config.ts";
 import type { ApiMetrics } from "../metrics.ts";
 import type { EventSender } from "../types.ts";
 import { DeliveredReceipts } from "./delivered-receipts.ts";
-import { appliedPosition, cursorAhead, LogFollower } from "./log-follower.ts";
+import { appliedPosition, cursorAhead, type ListenObserver, LogFollower } from "./log-follower.ts";
 import { Presence } from "./presence.ts";
 import { type CloseReason, SseStream } from "./stream.ts";
 import { membershipChange, StreamIndex } from "./stream-index.ts";
@@ -53,6 +53,8 @@ export interface EventHubOptions {
   logger: Logger;
   metrics: ApiMetrics;
   sse: ApiConfig["sse"];
+  /** Told of the LISTEN connection's notifications and state: the membership cache. */
+  listenObserver?: ListenObserver | undefined;
 }
 
 /** How a stream is opened. */
@@ -114,6 +116,7 @@ export class EventHub {
     this.#index = new StreamIndex({ roomBroadcastMaxStreams: options.sse.roomBroadcastMaxStreams });
     this.#follower = new LogFollower({
       ...options,
+      observer: options.listenObserver,
       onEvents: (events) => {
         for (const event of events) this.#index.dispatch(event);
       },

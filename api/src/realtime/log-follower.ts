@@ -16,6 +16,9 @@
  * in between wait until the position is known (they used to read the partition from
  * offset 0 and could move the cursor backwards). The LISTEN socket has TCP keep-alive
  * so a silently dropped path ends in an error and a reconnect, not a stalled hub.
+ *
+ * The same connection keeps the membership cache current (`observer`): it hears every
+ * notification first, and whether LISTEN is up (the cache is bypassed while it is not).
  */
 import type {
   EventCursor,
@@ -25,6 +28,16 @@ import type {
 } from "@chatbus/consumer-runtime/materialiser";
 import pg from "pg";
 import type { Logger } from "pino";
+
+/** Told of every notification and of whether LISTEN is up: the membership cache (`membership-cache.ts`). */
+export interface ListenObserver {
+  /** LISTEN is done on a new connection: every commit from now on is notified. */
+  connected(): void;
+  /** The LISTEN connection failed or ended: notifications may be missed until `connected` again. */
+  lost(): void;
+  /** A commit; `members` as in `EventsNotification` (absent: take every membership as changed). */
+  notified(notification: Pick<EventsNotification, "members">): void;
+}
 
 /** What the follower needs. */
 export interface LogFollowerOptions {
@@ -39,6 +52,7 @@ export interface LogFollowerOptions {
   logger: Logger;
   /** Called with each range's events, in offset order per partition. */
   onEvents: (events: LoggedEvent[]) => void;
+  observer?: ListenObserver | undefined;
 }
 
 /** The applied position of the projection: last applied offset per partition (inclusive). */
@@ -63,6 +77,8 @@ export class LogFollower {
   readonly #chains = new Map<number, Promise<void>>();
   readonly #options: LogFollowerOptions;
   #listener: pg.Client | undefined;
+  /** The connection the observer was told is up. */
+  #observed: pg.Client | undefined;
   #reconnect: NodeJS.Timeout | undefined;
   /** Notifications that arrived before the start position was known. */
   #early: EventsNotification[] | null = [];
@@ -90,22 +106,30 @@ export class LogFollower {
     });
     client.on("error", (error) => {
       this.#options.logger.warn({ err: error }, "SSE LISTEN connection failed; reconnecting");
+      this.#lost(client);
       this.#scheduleReconnect(client);
     });
-    client.on("end", () => this.#scheduleReconnect(client));
+    client.on("end", () => {
+      this.#lost(client);
+      this.#scheduleReconnect(client);
+    });
     client.on("notification", (message) => {
       if (!message.payload) return;
       try {
         const n = JSON.parse(message.payload) as EventsNotification;
+        this.#options.observer?.notified(n);
         if (this.#early) this.#early.push(n);
         else this.#enqueue(n.partition, n.to);
       } catch (error) {
+        this.#options.observer?.notified({}); // what changed is unknown: everything may have
         this.#options.logger.warn({ err: error, payload: message.payload }, "unreadable events notification");
       }
     });
     await client.connect();
     await client.query(`LISTEN "${this.#options.channel.replaceAll('"', '""')}"`);
     this.#listener = client;
+    this.#observed = client;
+    this.#options.observer?.connected();
     // After LISTEN: anything committed later arrives as a notification; the head covers the rest.
     const head = await this.head();
     const first = this.#early;
@@ -118,6 +142,12 @@ export class LogFollower {
       return;
     }
     for (const [p, offset] of Object.entries(head)) this.#enqueue(Number(p), offset); // missed while reconnecting
+  }
+
+  #lost(client: pg.Client): void {
+    if (this.#observed !== client) return; // an older connection ending late
+    this.#observed = undefined;
+    this.#options.observer?.lost();
   }
 
   #scheduleReconnect(client: pg.Client): void {
@@ -162,6 +192,7 @@ export class LogFollower {
     await Promise.allSettled([...this.#chains.values()]);
     const listener = this.#listener;
     this.#listener = undefined;
+    if (listener) this.#lost(listener);
     await listener?.end().catch(() => {});
   }
 }

@@ -5,6 +5,7 @@ import { Type } from "@sinclair/typebox";
 import type { ApiApp } from "../app.ts";
 import type { Principal } from "../auth.ts";
 import { conflict, forbidden, invalidField, notAMember } from "../errors.ts";
+import type { Membership } from "../membership-cache.ts";
 import type { EventSender } from "../types.ts";
 import type { WriteLimiter } from "../write-limits.ts";
 import { checkAdd, checkRemove } from "./member-rules.ts";
@@ -49,16 +50,26 @@ export function actingUser(principal: Principal, claimed: string | undefined, fi
 }
 
 /** Throws the non-member 403 unless `userId` is a member of the conversation. */
-export async function requireMember(projection: ProjectionReader, conversationId: string, userId: string) {
-  if (!(await projection.isMember(conversationId, userId))) throw notAMember();
+export async function requireMember(
+  membership: Pick<Membership, "isMember">,
+  conversationId: string,
+  userId: string,
+) {
+  if (!(await membership.isMember(conversationId, userId))) throw notAMember();
 }
 
 /** Create conversations, add and remove members. */
 export function registerConversationRoutes(
   app: ApiApp,
-  deps: { bus: EventSender; projection: ProjectionReader; limits: WriteLimiter; maxGroupMembers: number },
+  deps: {
+    bus: EventSender;
+    projection: ProjectionReader;
+    membership: Membership;
+    limits: WriteLimiter;
+    maxGroupMembers: number;
+  },
 ): void {
-  const { bus, projection, limits, maxGroupMembers } = deps;
+  const { bus, projection, membership, limits, maxGroupMembers } = deps;
   registerCreateRoute(app, deps);
 
   app.post(
@@ -77,9 +88,9 @@ export function registerConversationRoutes(
     },
     async (request, reply) => {
       const actor = actingUser(request.principal, actingHeader(request.headers), "x-chatbus-acting-user");
-      await requireMember(projection, request.params.id, actor);
-      const conversation = await projection.conversation(request.params.id);
-      if (conversation?.kind === "direct") {
+      const kind = await membership.memberOf(request.params.id, actor);
+      if (kind === null) throw notAMember();
+      if (kind === "direct") {
         throw conflict("a direct conversation has exactly two members; create a group to add more people.");
       }
       checkAdd({
@@ -122,7 +133,7 @@ export function registerConversationRoutes(
     },
     async (request, reply) => {
       const actor = actingUser(request.principal, actingHeader(request.headers), "x-chatbus-acting-user");
-      await requireMember(projection, request.params.id, actor);
+      await requireMember(membership, request.params.id, actor);
       checkRemove({
         members: await projection.members(request.params.id),
         actor,

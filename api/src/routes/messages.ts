@@ -1,6 +1,7 @@
 import type { ProjectionReader } from "@chatbus/consumer-runtime/materialiser";
 import type { ApiApp } from "../app.ts";
 import { ApiError, conflict, forbidden, invalidField, notAMember, notFound } from "../errors.ts";
+import type { Membership } from "../membership-cache.ts";
 import type { EventSender } from "../types.ts";
 import type { WriteLimiter } from "../write-limits.ts";
 import { actingUser, requireMember } from "./conversations.ts";
@@ -18,9 +19,9 @@ import {
 /** Send, edit and recall messages; read receipts. */
 export function registerMessageRoutes(
   app: ApiApp,
-  deps: { bus: EventSender; projection: ProjectionReader; limits: WriteLimiter },
+  deps: { bus: EventSender; projection: ProjectionReader; membership: Membership; limits: WriteLimiter },
 ): void {
-  const { bus, projection, limits } = deps;
+  const { bus, projection, membership, limits } = deps;
 
   app.post(
     "/v1/conversations/:id/messages",
@@ -46,17 +47,15 @@ export function registerMessageRoutes(
           { field: "priority" },
         );
       }
-      const [member, conversation] = await Promise.all([
-        projection.isMember(request.params.id, senderId),
-        projection.conversation(request.params.id),
-      ]);
-      if (!member || !conversation) throw notAMember();
+      // From the membership cache: no query on a hit (issue 16).
+      const kind = await membership.memberOf(request.params.id, senderId);
+      if (kind === null) throw notAMember();
       const { content, priority, clientMsgId } = request.body;
       await limits.admit({
         what: "message",
         ...(user ? { userId: senderId } : {}),
         conversationId: request.params.id,
-        conversationKind: conversation.kind === "group" ? "group" : "direct",
+        conversationKind: kind === "group" ? "group" : "direct",
         priority: priority ?? "normal",
       });
       const sent = await bus.send(
@@ -68,7 +67,7 @@ export function registerMessageRoutes(
           ...(priority === undefined ? {} : { priority }),
           ...(clientMsgId === undefined ? {} : { clientMsgId }),
         },
-        { kind: conversation.kind }, // the group or direct rate limit
+        { kind }, // the group or direct rate limit
       );
       return reply.status(202).send(sent);
     },
@@ -76,7 +75,7 @@ export function registerMessageRoutes(
 
   /** The message, when the caller (a member) may change it: only its sender may. */
   async function ownMessage(conversationId: string, messageId: string, userId: string) {
-    await requireMember(projection, conversationId, userId);
+    await requireMember(membership, conversationId, userId);
     const message = await projection.messageByEventId(messageId);
     if (!message || message.conversationId !== conversationId) {
       throw notFound(`message ${messageId} is not in this conversation (or not materialised yet).`);
@@ -155,9 +154,9 @@ export function registerMessageRoutes(
 /** `POST /v1/conversations/:id/read`: read receipts, bounded by the conversation's last message. */
 function registerReadReceiptRoute(
   app: ApiApp,
-  deps: { bus: EventSender; projection: ProjectionReader; limits: WriteLimiter },
+  deps: { bus: EventSender; projection: ProjectionReader; membership: Membership; limits: WriteLimiter },
 ): void {
-  const { bus, projection, limits } = deps;
+  const { bus, projection, membership, limits } = deps;
   app.post(
     "/v1/conversations/:id/read",
     {
@@ -172,7 +171,7 @@ function registerReadReceiptRoute(
     },
     async (request, reply) => {
       const userId = actingUser(request.principal, undefined, "userId");
-      await requireMember(projection, request.params.id, userId);
+      await requireMember(membership, request.params.id, userId);
       const lastSeq = (await projection.conversation(request.params.id))?.lastSeq ?? 0;
       if (request.body.seq > lastSeq) {
         // Clients only see materialised messages: a larger seq would mark future messages read.

@@ -1,8 +1,9 @@
-import type { MemberView, MessageView, ProjectionReader } from "@chatbus/consumer-runtime/materialiser";
+import type { MessageView, ProjectionReader } from "@chatbus/consumer-runtime/materialiser";
 import { Type } from "@sinclair/typebox";
 import type { ApiApp } from "../app.ts";
-import { deliveryOf } from "../delivery.ts";
+import { type DeliveryPosition, deliveryOf } from "../delivery.ts";
 import { invalidField } from "../errors.ts";
+import type { Membership } from "../membership-cache.ts";
 import { actingUser, requireMember } from "./conversations.ts";
 import {
   ConversationParams,
@@ -26,7 +27,7 @@ function pageSize(requested: number | undefined, fallback: number, max: number, 
   return requested ?? Math.min(fallback, max);
 }
 
-function messageJson(message: MessageView, members: MemberView[]): MessageResponse {
+function messageJson(message: MessageView, members: readonly DeliveryPosition[]): MessageResponse {
   return {
     id: message.eventId,
     seq: message.seq,
@@ -46,9 +47,14 @@ function messageJson(message: MessageView, members: MemberView[]): MessageRespon
 /** History, the inbox and conversation details: reads of the materialised projection. */
 export function registerReadRoutes(
   app: ApiApp,
-  deps: { projection: ProjectionReader; historyMaxLimit: number; inboxMaxLimit: number },
+  deps: {
+    projection: ProjectionReader;
+    membership: Membership;
+    historyMaxLimit: number;
+    inboxMaxLimit: number;
+  },
 ): void {
-  const { projection, historyMaxLimit, inboxMaxLimit } = deps;
+  const { projection, membership, historyMaxLimit, inboxMaxLimit } = deps;
 
   app.get(
     "/v1/conversations/:id",
@@ -63,7 +69,7 @@ export function registerReadRoutes(
     },
     async (request): Promise<ConversationResponse> => {
       const userId = actingUser(request.principal, undefined, "userId");
-      await requireMember(projection, request.params.id, userId);
+      await requireMember(membership, request.params.id, userId);
       const [conversation, members] = await Promise.all([
         projection.conversation(request.params.id),
         projection.members(request.params.id),
@@ -106,17 +112,15 @@ export function registerReadRoutes(
         throw invalidField("before", "query parameter `before` must be greater than `after` + 1.");
       }
       const limit = pageSize(request.query.limit, 50, historyMaxLimit, "CHATBUS_HISTORY_MAX_LIMIT");
-      await requireMember(projection, request.params.id, userId);
-      const [messages, members] = await Promise.all([
-        projection.history(request.params.id, {
-          limit,
-          ...(after === undefined ? {} : { after }),
-          ...(before === undefined ? {} : { before }),
-        }),
-        projection.members(request.params.id),
-      ]);
+      // Membership from the cache; the page and the members' receipt positions in one query (issue 16).
+      await requireMember(membership, request.params.id, userId);
+      const { messages, positions } = await projection.historyPage(request.params.id, {
+        limit,
+        ...(after === undefined ? {} : { after }),
+        ...(before === undefined ? {} : { before }),
+      });
       return {
-        messages: messages.map((m) => messageJson(m, members)),
+        messages: messages.map((m) => messageJson(m, positions)),
         limit,
         nextAfter: messages.length > 0 ? messages[messages.length - 1]!.seq : (after ?? null),
         prevBefore: messages.length > 0 ? messages[0]!.seq : (before ?? null),

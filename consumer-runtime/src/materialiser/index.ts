@@ -7,7 +7,7 @@ export { decodeEventCursor, encodeEventCursor, eventsChannel } from "./events-ch
 export type { Materialiser, MaterialiserOptions, MaterialiserState } from "./materialiser.ts";
 export { startMaterialiser } from "./materialiser.ts";
 export { MaterialiserSettings, materialiserDefaults } from "./options.ts";
-export type { ProjectionReader } from "./projection-reader.ts";
+export type { HistoryPage, MemberPosition, ProjectionReader } from "./projection-reader.ts";
 export { createProjectionReader } from "./projection-reader.ts";
 export type { RebuildOptions, RebuildProgress, RebuildResult } from "./rebuild.ts";
 export { RebuildError, rebuildProjection } from "./rebuild.ts";

@@ -15,6 +15,20 @@ import type {
   MessageView,
 } from "./types.ts";
 
+/** A member's receipt positions: what a message's delivery status is computed from. */
+export interface MemberPosition {
+  userId: string;
+  lastDeliveredSeq: number;
+  lastReadSeq: number;
+}
+
+/** A page of history with the positions of the conversation's current members, read in one query. */
+export interface HistoryPage {
+  messages: MessageView[];
+  /** Current members' positions; empty when the page is (no message needs them). */
+  positions: MemberPosition[];
+}
+
 /** The read side of the projection; see `createProjectionReader`. */
 export interface ProjectionReader {
   /** The conversation, or null when it does not exist (yet). */
@@ -25,6 +39,8 @@ export interface ProjectionReader {
   members(conversationId: string, options?: { includeFormer?: boolean }): Promise<MemberView[]>;
   /** A page of messages in sequence order (see HistoryOptions). */
   history(conversationId: string, options: HistoryOptions): Promise<MessageView[]>;
+  /** The same page as `history`, and the current members' receipt positions, in one query. */
+  historyPage(conversationId: string, options: HistoryOptions): Promise<HistoryPage>;
   /** The user's current conversations, newest activity first, with unread counts and last message. */
   inbox(userId: string, options: { limit: number }): Promise<InboxEntry[]>;
   /**
@@ -169,6 +185,36 @@ function toEvent(r: EventRow): LoggedEvent {
   };
 }
 
+/**
+ * The query of a history page: `after` reads oldest first, otherwise newest first
+ * (`newestFirst`; the caller puts the page back in sequence order).
+ */
+function historyQuery(
+  conversationId: string,
+  options: HistoryOptions,
+): { text: string; values: unknown[]; newestFirst: boolean } {
+  const limit = checkLimit(options.limit, 1000);
+  if (options.after !== undefined) {
+    return {
+      text: `SELECT ${messageColumns} FROM messages g
+            WHERE g.conversation_id = $1 AND g.seq > $2 ${options.before !== undefined ? "AND g.seq < $4" : ""}
+            ORDER BY g.seq LIMIT $3`,
+      values:
+        options.before !== undefined
+          ? [conversationId, options.after, limit, options.before]
+          : [conversationId, options.after, limit],
+      newestFirst: false,
+    };
+  }
+  return {
+    text: `SELECT ${messageColumns} FROM messages g
+          WHERE g.conversation_id = $1 ${options.before !== undefined ? "AND g.seq < $3" : ""}
+          ORDER BY g.seq DESC LIMIT $2`,
+    values: options.before !== undefined ? [conversationId, limit, options.before] : [conversationId, limit],
+    newestFirst: true,
+  };
+}
+
 function checkLimit(limit: number, max: number): number {
   if (!Number.isInteger(limit) || limit < 1 || limit > max) {
     throw new RangeError(`limit must be an integer from 1 to ${max}; got ${limit}.`);
@@ -210,25 +256,29 @@ export function createProjectionReader(pool: pg.Pool): ProjectionReader {
     },
 
     async history(conversationId, options) {
-      const limit = checkLimit(options.limit, 1000);
-      if (options.after !== undefined) {
-        const { rows } = await pool.query<MessageRow>(
-          `SELECT ${messageColumns} FROM messages g
-            WHERE g.conversation_id = $1 AND g.seq > $2 ${options.before !== undefined ? "AND g.seq < $4" : ""}
-            ORDER BY g.seq LIMIT $3`,
-          options.before !== undefined
-            ? [conversationId, options.after, limit, options.before]
-            : [conversationId, options.after, limit],
-        );
-        return rows.map(toMessage);
-      }
-      const { rows } = await pool.query<MessageRow>(
-        `SELECT ${messageColumns} FROM messages g
-          WHERE g.conversation_id = $1 ${options.before !== undefined ? "AND g.seq < $3" : ""}
-          ORDER BY g.seq DESC LIMIT $2`,
-        options.before !== undefined ? [conversationId, limit, options.before] : [conversationId, limit],
+      const { text, values, newestFirst } = historyQuery(conversationId, options);
+      const { rows } = await pool.query<MessageRow>(text, values);
+      return (newestFirst ? rows.reverse() : rows).map(toMessage);
+    },
+
+    async historyPage(conversationId, options) {
+      const { text, values } = historyQuery(conversationId, options);
+      // The members' positions ride on the page's first row only (an InitPlan, run once):
+      // one round trip instead of a second query, without repeating them on every row.
+      const { rows } = await pool.query<MessageRow & { positions: [string, number, number][] | null }>(
+        `WITH page AS (${text})
+         SELECT page.*, CASE WHEN page.seq = (SELECT min(seq) FROM page) THEN (
+                  SELECT coalesce(json_agg(json_build_array(m.user_id, m.last_delivered_seq, m.last_read_seq)), '[]')
+                    FROM members m WHERE m.conversation_id = $1 AND m.left_at IS NULL) END AS positions
+           FROM page ORDER BY page.seq`,
+        values,
       );
-      return rows.reverse().map(toMessage);
+      const positions = (rows[0]?.positions ?? []).map(([userId, lastDeliveredSeq, lastReadSeq]) => ({
+        userId,
+        lastDeliveredSeq: Number(lastDeliveredSeq),
+        lastReadSeq: Number(lastReadSeq),
+      }));
+      return { messages: rows.map(toMessage), positions };
     },
 
     async inbox(userId, options) {

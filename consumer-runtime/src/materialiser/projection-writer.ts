@@ -12,7 +12,7 @@ import { ChatBusError, type RawRecord } from "@chatbus/producer-sdk";
 import type pg from "pg";
 import { storable } from "../dead-letters/storable-text.ts";
 import type { ApplyContext, BatchRecord, DeadLetterClass } from "./apply-batch.ts";
-import { eventsChannel } from "./events-channel.ts";
+import { eventsChannel, eventsNotification } from "./events-channel.ts";
 import type { Changes } from "./evolve.ts";
 import { SqlParams } from "./sql-params.ts";
 
@@ -299,6 +299,15 @@ function deadLetterWrite(
        ON CONFLICT (subscription, topic, partition, "offset") DO NOTHING`;
 }
 
+/** Conversations whose membership the batch changes: the API's membership cache drops them. */
+function* membershipChanges(changes: Changes): Iterable<string> {
+  for (const row of changes.eventLog) {
+    const type = row.event.type;
+    if (type === "chat.conversation.created" || type === "chat.member.joined" || type === "chat.member.left")
+      yield row.event.conversationId;
+  }
+}
+
 /** Writes the batch's changes and dead letters with its offset (`last` + 1), if the offset is still `expected`. */
 export async function writeBatch(
   client: pg.PoolClient,
@@ -316,7 +325,12 @@ export async function writeBatch(
     ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset, updated_at = now()
     WHERE o.next_offset = ${p.add(offsets.expected)} RETURNING 1)`;
   const ctes = tableWrites(p, context, changes, deadLetters).map((sql, i) => `w${i} AS (${sql})`);
-  const notify = JSON.stringify({ partition: context.partition, from: offsets.first, to: offsets.last });
+  const notify = eventsNotification(
+    context.partition,
+    offsets.first,
+    offsets.last,
+    membershipChanges(changes),
+  );
   // Data-modifying CTEs run once each whether referenced or not; the NOTIFY is delivered at commit.
   const text = `WITH ${[guard, ...ctes].join(",\n")}
     SELECT pg_notify(${p.add(eventsChannel(context.schema))}, ${p.add(notify)}) FROM guard`;

@@ -2,7 +2,7 @@
  * API benchmark (not a timed test). One run, side by side:
  *
  * 1. Send: requests/s of `POST /v1/conversations/:id/messages` (auth, validation,
- *    membership check in PostgreSQL, produce with acks=all) next to a trivial
+ *    membership check, from the API's cache once warm, produce with acks=all) next to a trivial
  *    fastify route (`POST /noop`, JSON body echoed) in the same process: the
  *    framework ceiling on this machine. autocannon, same connections and duration.
  *    Then the same send as a member (normal priority), once through the shared

@@ -195,7 +195,11 @@ try {
       `${Math.round(noopRate).toLocaleString("en")} events/s`,
       "the fetch ceiling of the consumer client",
     ],
-    ["materialiser / COPY", `${((materialiseRate / copyRate) * 100).toFixed(0)} %`, "target ≥ 40 % (issue 12)"],
+    [
+      "materialiser / COPY",
+      `${((materialiseRate / copyRate) * 100).toFixed(0)} %`,
+      "target ≥ 40 % (issue 12)",
+    ],
   );
 
   // ---- 2. send → readable latency at 1,000 events/s -----------------------------

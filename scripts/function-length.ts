@@ -33,10 +33,6 @@ export const allowList: Record<string, string> = {
   // dead-letter writer and replay poller, the status publisher and the consumer's
   // start/restart (the runtime engineer may pull pieces out now).
   "consumer-runtime/src/runtime/runtime.ts#createRuntime": "issue 15.1, runtime split",
-  // The materialiser engineer's structure item: load / pure evolve / set-based write.
-  // Issue 15 (function lengths): the materialiser's loop and its rebuild, not yet split.
-  "consumer-runtime/src/materialiser/materialiser.ts#startMaterialiser": "issue 15, materialiser",
-  "consumer-runtime/src/materialiser/rebuild.ts#rebuildProjection": "issue 15, materialiser",
   // Issue 15 (function lengths): the operator routes, one function registering all of them.
   "api/src/routes/operator.ts#registerOperatorRoutes": "issue 15, operator routes",
 };

@@ -16,13 +16,12 @@
  */
 
 import { randomUUID } from "node:crypto";
-import { Kafka, type KafkaMessage, logLevel, type Producer } from "kafkajs";
+import { Kafka, logLevel, type Producer } from "kafkajs";
 import type pg from "pg";
 import type { Logger } from "pino";
 import { Counter, type Registry } from "prom-client";
 import { type RuntimeMetrics, runtimeMetrics } from "../runtime/metrics.ts";
-import type { ApplyContext, BatchResult } from "./apply-batch.ts";
-import { type ApplyHooks, applyIsolated, backoffMs } from "./apply-isolated.ts";
+import { backoffMs } from "./apply-isolated.ts";
 import { configureConnections } from "./connections.ts";
 import { replayMaterialiserDeadLetters } from "./dead-letter-replay.ts";
 import { type MaterialiserState, MaterialiserStatus } from "./materialiser-status.ts";
@@ -61,21 +60,6 @@ export interface Materialiser {
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 export { backoffMs } from "./apply-isolated.ts";
-
-/**
- * Applies a partition batch with per-event isolation (see apply-isolated.ts), retrying
- * system failures until it succeeds or `running()` turns false (then returns null:
- * nothing was applied by this call that is not stored with its offset, so the next
- * owner of the partition continues correctly).
- */
-export async function applyWithRetry(
-  pool: pg.Pool,
-  context: ApplyContext,
-  records: KafkaMessage[],
-  hooks: ApplyHooks,
-): Promise<BatchResult | null> {
-  return applyIsolated(pool, context, records, hooks);
-}
 
 /**
  * Runs `start` until it succeeds, with back-off between attempts (a failed restart of

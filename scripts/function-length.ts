@@ -28,12 +28,7 @@ export const sourceRoots = ["producer-sdk/src", "consumer-runtime/src", "api/src
  * materialiser issue), as `path#name`. Remove an entry when its split lands: the
  * check fails until you do.
  */
-export const allowList: Record<string, string> = {
-  // The materialiser engineer's structure item: load / pure evolve / set-based write.
-  // Issue 15 (function lengths): the materialiser's loop and its rebuild, not yet split.
-  "consumer-runtime/src/materialiser/materialiser.ts#startMaterialiser": "issue 15, materialiser",
-  "consumer-runtime/src/materialiser/rebuild.ts#rebuildProjection": "issue 15, materialiser",
-};
+export const allowList: Record<string, string> = {};
 
 /** One function of a source file. */
 export interface FunctionSpan {

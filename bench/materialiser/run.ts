@@ -16,7 +16,7 @@
  */
 import { execFileSync, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { rmSync, writeFileSync } from "node:fs";
+import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
@@ -51,6 +51,13 @@ const quantile = (sorted: number[], q: number) =>
   sorted.length === 0 ? Number.NaN : sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const log = (line: string) => process.stderr.write(`${line}\n`);
+/** CPU time of the whole machine in ms, all cores, from /proc/stat (user + nice + system + irq + softirq). */
+const machineCpuMs = () => {
+  const [, user, nice, system, , , irq, softirq] = readFileSync("/proc/stat", "utf8")
+    .split("\n")[0]!
+    .split(/\s+/);
+  return (Number(user) + Number(nice) + Number(system) + Number(irq) + Number(softirq)) * 10;
+};
 
 const admin = new pg.Client({ connectionString: baseUrl });
 await admin.connect();
@@ -151,19 +158,34 @@ try {
     Number((await pool.query("SELECT coalesce(sum(next_offset),0) AS n FROM projection_offsets")).rows[0].n);
   let firstAt = 0;
   let firstCount = 0;
+  // CPU time while materialising: this process (the materialiser runs in it here) and the
+  // whole machine (PostgreSQL included, and whatever else runs), per event. On a shared
+  // machine these say more than the rate.
+  let cpuAtFirst = process.cpuUsage();
+  let machineAtFirst = machineCpuMs();
   for (;;) {
     const n = await applied();
     if (n > 0 && firstAt === 0) {
       firstAt = performance.now();
       firstCount = n;
+      cpuAtFirst = process.cpuUsage();
+      machineAtFirst = machineCpuMs();
     }
     if (n >= total) break;
     await sleep(20);
   }
-  await batchStats("throughput");
-  await materialiser.stop();
+  // Measured before stop(): the consumer's disconnect waits for its fetch in flight, a
+  // long poll of up to maxWaitTime (5 s) once the topic is drained.
   const materialiseSeconds = (performance.now() - firstAt) / 1000;
   const materialiseRate = (total - firstCount) / materialiseSeconds;
+  const cpu = process.cpuUsage(cpuAtFirst);
+  const machineMs = machineCpuMs() - machineAtFirst;
+  const perEvent = (ms: number) => ((ms * 1000) / (total - firstCount)).toFixed(0);
+  log(
+    `throughput CPU: this process ${perEvent((cpu.user + cpu.system) / 1000)} µs/event, whole machine ${perEvent(machineMs)} µs/event`,
+  );
+  await batchStats("throughput");
+  await materialiser.stop();
 
   // Raw COPY of the same message rows into an identical table.
   await pool.query("CREATE TABLE messages_copy (LIKE messages INCLUDING ALL)");

@@ -7,6 +7,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { type Materialiser, startMaterialiser } from "@chatbus/consumer-runtime/materialiser";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { kafkaBrokers } from "../../test/support/env.ts";
 import {
@@ -15,7 +16,6 @@ import {
   type TestSchema,
   uniqueName,
 } from "../../test/support/isolation.ts";
-import { type Materialiser, startMaterialiser } from "../src/materialiser/index.ts";
 import {
   appliedCount,
   generateWorkload,

@@ -4,6 +4,8 @@
  * events before and after it in the same batch are applied exactly once; the breaker
  * stays closed. Against the real database (and the real broker for the running case).
  */
+
+import { startMaterialiser } from "@chatbus/consumer-runtime/materialiser";
 import { type ChatEventInput, encodeEvent, uuidv7 } from "@chatbus/producer-sdk";
 import type { KafkaMessage } from "kafkajs";
 import { Registry } from "prom-client";
@@ -17,7 +19,6 @@ import {
 } from "../../test/support/isolation.ts";
 import type { BatchRecord } from "../src/materialiser/apply-batch.ts";
 import { applyIsolated } from "../src/materialiser/apply-isolated.ts";
-import { startMaterialiser } from "../src/materialiser/index.ts";
 import {
   produceWorkload,
   sequenceViolations,

@@ -7,6 +7,8 @@
  *   the record retried past `stuckAfterMs` is published as stuck; an operator's skip
  *   request turns it into an `operator` dead letter and the partition moves on.
  */
+
+import { startMaterialiser } from "@chatbus/consumer-runtime/materialiser";
 import { uuidv7 } from "@chatbus/producer-sdk";
 import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -17,7 +19,6 @@ import {
   type TestSchema,
   uniqueName,
 } from "../../test/support/isolation.ts";
-import { startMaterialiser } from "../src/materialiser/index.ts";
 import { getSkip, requestSkip } from "../src/status/skips.ts";
 import type { SubscriptionState } from "../src/status/store.ts";
 import { produceWorkload, type WorkloadEvent, waitUntilApplied } from "./materialiser-support.ts";

@@ -7,6 +7,7 @@
  *   partition (produced there with kcat) are dead-lettered with a clear reason.
  */
 import { execFileSync } from "node:child_process";
+import { startMaterialiser } from "@chatbus/consumer-runtime/materialiser";
 import { type ChatEventInput, encodeEvent, uuidv7 } from "@chatbus/producer-sdk";
 import { Kafka, logLevel } from "kafkajs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -18,7 +19,6 @@ import {
   uniqueName,
 } from "../../test/support/isolation.ts";
 import { applyBatch, type BatchRecord, OffsetGapError } from "../src/materialiser/apply-batch.ts";
-import { startMaterialiser } from "../src/materialiser/index.ts";
 import {
   produceWorkload,
   sequenceViolations,

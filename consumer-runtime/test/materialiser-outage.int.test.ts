@@ -5,6 +5,8 @@
  * partitions (metrics show the failures and the open state), and once PostgreSQL is
  * back every event is applied exactly once: the projection equals an undisturbed run.
  */
+
+import { type Materialiser, startMaterialiser } from "@chatbus/consumer-runtime/materialiser";
 import pg from "pg";
 import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -17,7 +19,6 @@ import {
 } from "../../test/support/isolation.ts";
 import { createThrowawayPostgres, type ThrowawayPostgres } from "../../test/support/throwaway-postgres.ts";
 import { migrate } from "../src/database/migrate.ts";
-import { type Materialiser, startMaterialiser } from "../src/materialiser/index.ts";
 import {
   generateWorkload,
   produceWorkload,

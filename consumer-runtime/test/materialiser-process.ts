@@ -5,8 +5,8 @@
  * Prints "ready" once consuming; stops cleanly on SIGTERM.
  */
 
+import { startMaterialiser } from "@chatbus/consumer-runtime/materialiser";
 import pg from "pg";
-import { startMaterialiser } from "../src/materialiser/index.ts";
 
 const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL, max: 8 });
 const materialiser = await startMaterialiser({

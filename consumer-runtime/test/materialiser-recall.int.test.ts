@@ -5,6 +5,8 @@
  * as `chatbus projection rebuild` does), and migration 005 scrubs what older versions
  * stored. Plus benign repeats: no dead letter, counted in a metric. Real PostgreSQL.
  */
+
+import { createProjectionReader, startMaterialiser } from "@chatbus/consumer-runtime/materialiser";
 import { encodeEvent, uuidv7 } from "@chatbus/producer-sdk";
 import { Registry } from "prom-client";
 import { afterAll, describe, expect, it } from "vitest";
@@ -16,7 +18,6 @@ import {
   uniqueName,
 } from "../../test/support/isolation.ts";
 import { applyBatch, type BatchRecord } from "../src/materialiser/apply-batch.ts";
-import { createProjectionReader, startMaterialiser } from "../src/materialiser/index.ts";
 import { produceWorkload, type WorkloadEvent, waitUntilApplied } from "./materialiser-support.ts";
 
 const schemas: TestSchema[] = [];

@@ -5,6 +5,12 @@
  * one message each.
  */
 import { execFileSync } from "node:child_process";
+import {
+  createProjectionReader,
+  eventsChannel,
+  type Materialiser,
+  startMaterialiser,
+} from "@chatbus/consumer-runtime/materialiser";
 import { encodeEvent, uuidv7 } from "@chatbus/producer-sdk";
 import pg from "pg";
 import { Registry } from "prom-client";
@@ -17,12 +23,6 @@ import {
   uniqueName,
 } from "../../test/support/isolation.ts";
 import { replayDeadLetter } from "../src/dead-letters/store.ts";
-import {
-  createProjectionReader,
-  eventsChannel,
-  type Materialiser,
-  startMaterialiser,
-} from "../src/materialiser/index.ts";
 import {
   produceWorkload,
   sequenceViolations,

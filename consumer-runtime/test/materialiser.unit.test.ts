@@ -1,11 +1,12 @@
 /** Pure parts of the materialiser: back-off, notification channel, SSE cursor codec, options. */
-import { describe, expect, it } from "vitest";
+
 import {
   decodeEventCursor,
   encodeEventCursor,
   eventsChannel,
   MaterialiserSettings,
-} from "../src/materialiser/index.ts";
+} from "@chatbus/consumer-runtime/materialiser";
+import { describe, expect, it } from "vitest";
 import { backoffMs } from "../src/materialiser/materialiser.ts";
 import { validateMaterialiserSettings } from "../src/materialiser/options.ts";
 

@@ -4,6 +4,7 @@
  * and succeeds once the reader is done, instead of failing the whole rebuild.
  */
 import { Writable } from "node:stream";
+import { rebuildProjection, startMaterialiser } from "@chatbus/consumer-runtime/materialiser";
 import pg from "pg";
 import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -14,7 +15,6 @@ import {
   type TestSchema,
   uniqueName,
 } from "../../test/support/isolation.ts";
-import { rebuildProjection, startMaterialiser } from "../src/materialiser/index.ts";
 import { generateWorkload, produceWorkload, waitUntilApplied } from "./materialiser-support.ts";
 
 let live: TestSchema;

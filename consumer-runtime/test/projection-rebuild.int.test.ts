@@ -9,6 +9,13 @@
 import { spawnSync } from "node:child_process";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import {
+  createProjectionReader,
+  type Materialiser,
+  type RebuildProgress,
+  rebuildProjection,
+  startMaterialiser,
+} from "@chatbus/consumer-runtime/materialiser";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { databaseUrl, kafkaBrokers } from "../../test/support/env.ts";
@@ -18,13 +25,6 @@ import {
   type TestSchema,
   uniqueName,
 } from "../../test/support/isolation.ts";
-import {
-  createProjectionReader,
-  type Materialiser,
-  type RebuildProgress,
-  rebuildProjection,
-  startMaterialiser,
-} from "../src/materialiser/index.ts";
 import {
   generateWorkload,
   produceWorkload,

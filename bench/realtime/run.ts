@@ -182,7 +182,7 @@ for (let round = 1; round <= ROUNDS; round++) {
   child.stdin!.write(`watch ${marker}\n`);
   const gotLine = nextLine("got ");
   const sentAt = performance.timeOrigin + performance.now();
-  await bus.send(
+  const { eventId } = await bus.send(
     group,
     {
       type: "chat.message.sent",
@@ -196,7 +196,16 @@ for (let round = 1; round <= ROUNDS; round++) {
   const times = (JSON.parse(await gotLine) as number[]).map((t) => t - sentAt).sort((a, b) => a - b);
   clearTimeout(timeout);
   all.push(...times);
-  const line = `round ${round}: ${times.length}/${opened} streams; send → stream p50 ${pct(times, 50).toFixed(0)} ms, p99 ${pct(times, 99).toFixed(0)} ms, last ${times.at(-1)!.toFixed(0)} ms`;
+  // Where the time goes: until the materialiser's transaction for the message started
+  // (materialised_at is its start), and the receipts the previous round left queued.
+  const { rows } = await schema.pool.query<{ ms: number; receipts: number }>(
+    `SELECT extract(epoch FROM l.materialised_at) * 1000 - $2::float8 AS ms,
+            (SELECT count(*)::int FROM event_log r WHERE r.type = 'chat.receipt.delivered'
+               AND r.materialised_at >= l.materialised_at - interval '10 seconds' AND r.materialised_at <= l.materialised_at) AS receipts
+       FROM event_log l WHERE l.event_id = $1`,
+    [eventId, sentAt],
+  );
+  const line = `round ${round}: send → materialiser transaction start ${Number(rows[0]?.ms ?? Number.NaN).toFixed(0)} ms (receipts applied in the 10 s before it: ${rows[0]?.receipts ?? "?"}); ${times.length}/${opened} streams; send → stream p50 ${pct(times, 50).toFixed(0)} ms, p99 ${pct(times, 99).toFixed(0)} ms, last ${times.at(-1)!.toFixed(0)} ms`;
   rounds.push(line);
   say(line);
 }

@@ -110,27 +110,21 @@ const config = validateConfig({
   },
 });
 const pool = new pg.Pool({ connectionString: schema.url, max: 20 });
-const app = await buildApp({
-  config,
-  logger,
-  registry: new Registry(),
-  bus,
-  pool,
-  projection: createProjectionReader(pool),
-  readiness: {},
-  realtime: { pool, databaseUrl: schema.url, channel: eventsChannel(schema.schema) },
-});
+/** The API as `main.ts` builds it, on the bench's pool, bus and projection. */
+const appWith = (appConfig: typeof config) =>
+  buildApp({
+    config: appConfig,
+    logger,
+    registry: new Registry(),
+    bus,
+    pool,
+    projection: createProjectionReader(pool),
+    readiness: {},
+    realtime: { pool, databaseUrl: schema.url, channel: eventsChannel(schema.schema) },
+  });
+const app = await appWith(config);
 const apiUrl = await app.listen({ port: 3310, host: "127.0.0.1" });
-const unlimitedApp = await buildApp({
-  config: { ...config, rateLimits: { ...config.rateLimits, enabled: false } },
-  logger,
-  registry: new Registry(),
-  bus,
-  pool,
-  projection: createProjectionReader(pool),
-  readiness: {},
-  realtime: { pool, databaseUrl: schema.url, channel: eventsChannel(schema.schema) },
-});
+const unlimitedApp = await appWith({ ...config, rateLimits: { ...config.rateLimits, enabled: false } });
 const unlimitedUrl = await unlimitedApp.listen({ port: 3312, host: "127.0.0.1" });
 const trivial = Fastify({ logger: false, bodyLimit: config.bodyLimitBytes });
 trivial.post("/noop", async (request) => ({

@@ -128,4 +128,64 @@ describe("rate limits when their PostgreSQL goes down", () => {
     expect(texts).toEqual([...Array.from({ length: total }, (_, i) => `m${i}`), "later"]);
     expect(new Set(history.map((m) => m.seq)).size).toBe(history.length);
   });
+
+  it("concurrent senders across a crash mid-batch: every retried message arrives once, each sender's in order", async () => {
+    const [ana, ben] = await Promise.all([h.login("ana"), h.login("ben")]);
+    const created = await app.inject({
+      method: "POST",
+      url: "/v1/conversations",
+      headers: { authorization: `Bearer ${ana}` },
+      payload: { kind: "group", members: ["ben"] },
+    });
+    expect(created.statusCode).toBe(202);
+    const conversation = created.json().conversationId as string;
+    const projection = createProjectionReader(h.schema.pool);
+    await eventually("the group", () => projection.isMember(conversation, "ben"));
+
+    // Eight senders at once keep a batch in flight and the next one queued, so the
+    // crash lands on batches of several writes.
+    const senders = 8;
+    const each = 6;
+    let admitted = 0;
+    let refused = 0;
+    const sender = async (s: number) => {
+      for (let m = 0; m < each; m++) {
+        for (let attempt = 0; ; attempt++) {
+          const res = await app.inject({
+            method: "POST",
+            url: `/v1/conversations/${conversation}/messages`,
+            headers: { authorization: `Bearer ${s % 2 === 0 ? ana : ben}` },
+            payload: { content: { type: "text", text: `s${s}-${m}` }, clientMsgId: `s${s}-${m}` },
+          });
+          if (res.statusCode === 202) break;
+          expect(res.statusCode, res.body).toBe(503);
+          refused++;
+          if (attempt > 100) throw new Error(`s${s}-${m} was refused 100 times`);
+          await new Promise((resolve) => setTimeout(resolve, 50));
+        }
+        admitted++;
+      }
+    };
+    const crash = async () => {
+      while (admitted < 12) await new Promise((resolve) => setImmediate(resolve));
+      limitsDb!.stop("immediate");
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      limitsDb!.start();
+    };
+    await Promise.all([...Array.from({ length: senders }, (_, s) => sender(s)), crash()]);
+    expect(refused).toBeGreaterThan(senders / 2); // the senders in flight or queued at the crash
+
+    const history = await eventually("every message materialised", async () => {
+      const messages = await projection.history(conversation, { limit: 100, after: 0 });
+      return messages.length >= senders * each ? messages : undefined;
+    });
+    const texts = history.map((m) => (m.content as { text: string }).text);
+    expect(texts).toHaveLength(senders * each);
+    expect(new Set(texts).size).toBe(senders * each);
+    for (let s = 0; s < senders; s++) {
+      expect(texts.filter((t) => t.startsWith(`s${s}-`))).toEqual(
+        Array.from({ length: each }, (_, m) => `s${s}-${m}`),
+      );
+    }
+  });
 });

@@ -218,7 +218,11 @@ export async function buildBaseApp(deps: ApiDeps): Promise<ApiApp> {
     secret: config.jwtSecret,
     // @fastify/jwt reads a numeric expiresIn as seconds (×1000 made 1 h tokens last 41 days).
     sign: { algorithm: "HS256", expiresIn: config.tokenTtlSeconds },
-    verify: { algorithms: ["HS256"] },
+    // Remember verified tokens (fast-jwt's LRU, keyed by the token's SHA-256): a client
+    // sends the same token on every request, and the HMAC and JSON decode were the
+    // auth hook's largest cost on the send path. An entry never outlives the token's
+    // `exp` (nor 10 minutes); refusals are remembered too, so a bad token stays bad.
+    verify: { algorithms: ["HS256"], cache: 10_000 },
   });
   installAuth(app, config);
 

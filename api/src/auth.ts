@@ -42,9 +42,8 @@ function digest(value: string): Buffer {
   return createHash("sha256").update(value).digest();
 }
 
-/** Constant-time membership test against a list of secrets. */
-function matchKey(candidate: string, keys: Buffer[]): number {
-  const d = digest(candidate);
+/** Constant-time membership test of a credential's digest against a list of secrets'. */
+function matchKey(d: Buffer, keys: Buffer[]): number {
   let found = -1;
   keys.forEach((key, index) => {
     if (timingSafeEqual(d, key)) found = index;
@@ -90,8 +89,9 @@ export function installAuth(app: FastifyInstance, config: ApiConfig): void {
     if (!token) {
       throw unauthorized("this route needs credentials: send `Authorization: Bearer <token>`.");
     }
-    const operator = matchKey(token, operatorKeys) >= 0;
-    const service = matchKey(token, serviceKeys);
+    const tokenDigest = digest(token); // once: both key lists compare digests
+    const operator = matchKey(tokenDigest, operatorKeys) >= 0;
+    const service = matchKey(tokenDigest, serviceKeys);
     if (access === "operator") {
       if (operator) {
         request.principal = { kind: "operator", name: operatorName(request) };

@@ -127,6 +127,24 @@ describe("auth", () => {
     expect(sent).toHaveLength(0);
   });
 
+  it("refuses a token once it expires, although it was accepted (and remembered) before", async () => {
+    const { app } = await makeApp();
+    const token = app.jwt.sign({ sub: "ana" }, { expiresIn: "2s" });
+    const send = () =>
+      app.inject({
+        method: "POST",
+        url: "/v1/conversations/conv-1/messages",
+        headers: { authorization: `Bearer ${token}` },
+        payload: { content: text },
+      });
+    expect((await send()).statusCode).toBe(202);
+    // `exp` has whole seconds: the token ends 1 to 2 s after signing.
+    await new Promise((resolve) => setTimeout(resolve, 2100));
+    const late = await send();
+    expect(late.statusCode).toBe(401);
+    expect(late.json().error.code).toBe("CHATBUS_TOKEN_EXPIRED");
+  });
+
   it("answers a non-member with the same 403 whether or not the conversation exists", async () => {
     const { app, sent } = await makeApp();
     const token = await login(app, "eve");

@@ -42,6 +42,9 @@ BEGIN
      ORDER BY u.key COLLATE "C"
     ON CONFLICT (key) DO NOTHING;
   PERFORM 1 FROM api_rate_buckets b WHERE b.key = ANY (keys) ORDER BY b.key COLLATE "C" FOR UPDATE;
+  -- The time once the rows are ours: a writer we waited for may have stamped them later
+  -- than our start, and refilling from an earlier time would hand out tokens twice.
+  now_at := clock_timestamp();
   -- The rows are ours until the end of the statement that called us: refill them once.
   SELECT array_agg(
            least(u.capacity, b.tokens + greatest(0, extract(epoch FROM now_at - b.updated_at)) * u.rate)

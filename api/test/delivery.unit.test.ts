@@ -1,6 +1,6 @@
 /** `deliveryOf`, the one computation behind the history route's and the chat page's delivery state. */
 import { describe, expect, it } from "vitest";
-import { deliveryOf } from "../src/delivery.ts";
+import { deliveriesOf, deliveryOf } from "../src/delivery.ts";
 
 const member = (userId: string, lastDeliveredSeq: number, lastReadSeq: number) => ({
   userId,
@@ -40,5 +40,42 @@ describe("deliveryOf", () => {
       readBy: 0,
       recipients: 0,
     });
+  });
+});
+
+describe("deliveriesOf (a history page at once)", () => {
+  it("answers exactly as deliveryOf for each message, on random groups and pages", () => {
+    // A small deterministic generator: the same cases on every run.
+    let state = 42;
+    const next = (n: number) => {
+      state = (state * 1_103_515_245 + 12_345) % 2 ** 31;
+      return state % n;
+    };
+    for (let round = 0; round < 300; round++) {
+      const users = 1 + next(12);
+      // Positions around the page's seqs, ties included; now and then a user listed twice.
+      const members = Array.from({ length: next(25) }, () =>
+        member(`u${next(users)}`, next(30), next(2) === 0 ? 0 : next(30)),
+      );
+      const page = Array.from({ length: 1 + next(20) }, () => ({
+        seq: 1 + next(30),
+        senderId: `u${next(users + 2)}`,
+      }));
+      expect(deliveriesOf(page, members)).toEqual(page.map((message) => deliveryOf(message, members)));
+    }
+  });
+
+  it("counts a 15,000-member group's positions right at the edges", () => {
+    const members = Array.from({ length: 15_000 }, (_, i) => member(`u${i}`, i, i - 1));
+    const [first, last] = deliveriesOf(
+      [
+        { seq: 1, senderId: "u0" },
+        { seq: 14_999, senderId: "nobody" },
+      ],
+      members,
+    );
+    // Every other member has received seq 1 (u1 exactly), all but u1 have read it.
+    expect(first).toEqual({ status: "delivered", deliveredTo: 14_999, readBy: 14_998, recipients: 14_999 });
+    expect(last).toEqual({ status: "sent", deliveredTo: 1, readBy: 0, recipients: 15_000 });
   });
 });

@@ -1,7 +1,7 @@
 import type { MessageView, ProjectionReader } from "@chatbus/consumer-runtime/materialiser";
 import { Type } from "@sinclair/typebox";
 import type { ApiApp } from "../app.ts";
-import { type DeliveryPosition, deliveryOf } from "../delivery.ts";
+import { type Delivery, deliveriesOf } from "../delivery.ts";
 import { invalidField } from "../errors.ts";
 import type { Membership } from "../membership-cache.ts";
 import { actingUser, requireMember } from "./conversations.ts";
@@ -27,7 +27,7 @@ function pageSize(requested: number | undefined, fallback: number, max: number, 
   return requested ?? Math.min(fallback, max);
 }
 
-function messageJson(message: MessageView, members: readonly DeliveryPosition[]): MessageResponse {
+function messageJson(message: MessageView, delivery: Delivery): MessageResponse {
   return {
     id: message.eventId,
     seq: message.seq,
@@ -40,7 +40,7 @@ function messageJson(message: MessageView, members: readonly DeliveryPosition[])
     editCount: message.editCount,
     recalledAt: message.recalledAt?.toISOString() ?? null,
     recalledBy: message.recalledBy,
-    delivery: deliveryOf(message, members),
+    delivery,
   };
 }
 
@@ -120,7 +120,7 @@ export function registerReadRoutes(
         ...(before === undefined ? {} : { before }),
       });
       return {
-        messages: messages.map((m) => messageJson(m, positions)),
+        messages: deliveriesOf(messages, positions).map((delivery, i) => messageJson(messages[i]!, delivery)),
         limit,
         nextAfter: messages.length > 0 ? messages[messages.length - 1]!.seq : (after ?? null),
         prevBefore: messages.length > 0 ? messages[0]!.seq : (before ?? null),

@@ -153,12 +153,15 @@ export function createWriteLimiter(
             { err: error, writes: batch.length },
             "the rate-limit check failed: PostgreSQL is down, or migration 009 (chatbus_take_tokens_batch) is not applied yet (start the runtime or run migrate)",
           );
-          const refused = unavailable(
-            "CHATBUS_POSTGRES_UNAVAILABLE",
-            "the rate limits (kept in PostgreSQL) could not be checked; retry shortly.",
-            error,
-          );
-          for (const write of batch) write.reject(refused);
+          for (const write of batch) {
+            write.reject(
+              unavailable(
+                "CHATBUS_POSTGRES_UNAVAILABLE",
+                "the rate limits (kept in PostgreSQL) could not be checked; retry shortly.",
+                error,
+              ),
+            );
+          }
         },
       )
       .finally(() => {

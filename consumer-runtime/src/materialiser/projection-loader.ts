@@ -118,8 +118,11 @@ export async function loadBatchState(
           UNION
           SELECT ${memberColumns}
             FROM unnest($12::text[]) AS k(id)
-            JOIN conversations c ON c.conversation_id = k.id AND c.kind = 'direct'
-            CROSS JOIN LATERAL (SELECT * FROM members WHERE conversation_id = k.id OFFSET 0) m) m) AS members,
+            CROSS JOIN LATERAL (
+              SELECT * FROM members
+               WHERE conversation_id = k.id
+                 AND EXISTS (SELECT 1 FROM conversations c WHERE c.conversation_id = k.id AND c.kind = 'direct')
+              OFFSET 0) m) m) AS members,
        (SELECT coalesce(json_agg(g), '[]') FROM (
           SELECT g.conversation_id, g.seq, g.event_id, g.sender_id, g.client_msg_id, g.content, g.priority,
                  g.sent_at, g.edited_at, g.edit_count, g.recalled_at, g.recalled_by, g."offset"

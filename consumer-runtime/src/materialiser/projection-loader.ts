@@ -98,6 +98,8 @@ export async function loadBatchState(
     // the planner chose sequential scans of event_log and members while their
     // statistics were stale (a fresh projection, a rebuild), which made each batch scan
     // the whole table; planning `= ANY` over hundreds of constants also cost ms per batch.
+    // Members: UNION ALL, no sort of the rows: a row found twice (a named owner who is
+    // also an active owner) is the same row, and addMember keeps one.
     text: `SELECT
        (SELECT coalesce(json_agg(c), '[]') FROM (
           SELECT c.conversation_id, c.kind, c.title, c.created_by, c.created_at, c.created_event_id, c.last_seq,
@@ -109,13 +111,13 @@ export async function loadBatchState(
             FROM unnest($9::text[], $10::text[]) AS k(conversation_id, user_id)
             CROSS JOIN LATERAL (
               SELECT * FROM members WHERE conversation_id = k.conversation_id AND user_id = k.user_id OFFSET 0) m
-          UNION
+          UNION ALL
           SELECT ${memberColumns}
             FROM unnest($11::text[]) AS k(id)
             CROSS JOIN LATERAL (
               SELECT * FROM members
                WHERE conversation_id = k.id AND role = 'owner' AND left_at IS NULL OFFSET 0) m
-          UNION
+          UNION ALL
           SELECT ${memberColumns}
             FROM unnest($12::text[]) AS k(id)
             CROSS JOIN LATERAL (

@@ -5,7 +5,7 @@
  */
 import type { ChatEvent, ChatEventInput } from "@chatbus/producer-sdk";
 import { describe, expect, it } from "vitest";
-import { type Changes, evolve, ProjectionState } from "../src/materialiser/evolve.ts";
+import { type Changes, evolve, ProjectionState, unreadOf } from "../src/materialiser/evolve.ts";
 
 let counter = 0;
 const base = Date.UTC(2026, 5, 1);
@@ -343,25 +343,73 @@ describe("receipts", () => {
   });
 });
 
-describe("unread counts", () => {
+describe("unread counts (derived: unreadOf)", () => {
+  const unread = (world: { state: ProjectionState }, c: string, userId: string) =>
+    unreadOf(world.state.member(c, userId)!, world.state.conversations.get(c)!);
+  const left = (c: string, userId: string) => event(c, { type: "chat.member.left", userId });
+  const joined = (c: string, userId: string) => event(c, { type: "chat.member.joined", userId });
+
   it("when others send, then each member's unread grows, never the sender's", () => {
     const world = given(created("c", ["ana", "bob", "cy"]));
     world.when(sent("c", "ana"), sent("c", "ana"), sent("c", "bob"));
-    expect(world.state.member("c", "ana")!.unreadCount).toBe(1);
-    expect(world.state.member("c", "bob")!.unreadCount).toBe(2);
-    expect(world.state.member("c", "cy")!.unreadCount).toBe(3);
+    expect(unread(world, "c", "ana")).toBe(1);
+    expect(unread(world, "c", "bob")).toBe(2);
+    expect(unread(world, "c", "cy")).toBe(3);
+  });
+
+  it("when a message is sent to a group, then only the sender's member row changes", () => {
+    const world = given(created("c", ["ana", "bob", "cy", "dan"]));
+    // As after a write and a fresh load: nothing is dirty yet.
+    for (const m of world.state.members.values()) m.dirty = false;
+    const changes = world.when(sent("c", "bob"));
+    expect(changes.members.map((m) => m.userId)).toEqual(["bob"]);
+    expect(world.state.member("c", "bob")!.ownAfterRead).toBe(1);
   });
 
   it("when a member reads up to a seq in the same batch, then unread counts only later messages of others", () => {
     const world = given(created("c", ["ana", "bob"]));
     world.when(sent("c", "ana"), sent("c", "ana"), read("c", "bob", 1), sent("c", "ana"), sent("c", "bob"));
-    const bob = world.state.member("c", "bob")!;
-    expect(bob.unreadCount).toBe(2);
+    expect(unread(world, "c", "bob")).toBe(2);
     // Nothing stored before this batch, so SQL counts nothing extra.
-    expect(bob.dbUpTo).toBe(0);
+    expect(world.state.member("c", "bob")!.dbUpTo).toBe(0);
   });
 
-  it("given stored messages, when a read receipt comes, then SQL is asked to count the stored remainder", () => {
+  it("when a member reads past their own messages, then those no longer count against their unread", () => {
+    const world = given(created("c", ["ana", "bob"]));
+    world.when(sent("c", "bob"), sent("c", "ana"), sent("c", "bob"), sent("c", "ana"));
+    expect(unread(world, "c", "bob")).toBe(2);
+    world.when(read("c", "bob", 2));
+    expect(world.state.member("c", "bob")).toMatchObject({ lastReadSeq: 2, ownAfterRead: 1 });
+    expect(unread(world, "c", "bob")).toBe(1);
+    world.when(read("c", "bob", 4));
+    expect(unread(world, "c", "bob")).toBe(0);
+  });
+
+  it("when a receipt reaches beyond the last message, then nothing is unread", () => {
+    const world = given(created("c", ["ana", "bob"]), sent("c", "ana"), sent("c", "bob"));
+    world.when(read("c", "bob", 99));
+    expect(unread(world, "c", "bob")).toBe(0);
+    expect(world.state.member("c", "bob")).toMatchObject({ lastReadSeq: 2, ownAfterRead: 0 });
+  });
+
+  it("when a message is recalled or edited, then unread does not change (a recalled message still counts)", () => {
+    const world = given(created("c", ["ana", "bob"]));
+    const message = sent("c", "ana");
+    world.when(message, sent("c", "ana"));
+    world.when(
+      event("c", {
+        type: "chat.message.edited",
+        messageId: message.id,
+        editorId: "ana",
+        content: { type: "text", text: "x" },
+      }),
+      event("c", { type: "chat.message.recalled", messageId: message.id, recalledBy: "ana" }),
+    );
+    expect(unread(world, "c", "bob")).toBe(2);
+    expect(unread(world, "c", "ana")).toBe(0);
+  });
+
+  it("given stored messages and own ones among them, when a read receipt comes, then SQL is asked to count the stored remainder", () => {
     const state = new ProjectionState();
     state.addConversation({
       id: "c",
@@ -378,7 +426,7 @@ describe("unread counts", () => {
       isNew: false,
       dirty: false,
     });
-    for (const userId of ["ana", "bob"])
+    for (const userId of ["ana", "bob", "cy"])
       state.addMember({
         conversationId: "c",
         userId,
@@ -388,28 +436,51 @@ describe("unread counts", () => {
         joinedSeq: 0,
         leftAt: null,
         leftOffset: null,
+        leftSeq: null,
         lastDeliveredSeq: 0,
         lastReadSeq: 0,
-        unreadCount: 10,
+        ownAfterRead: userId === "bob" ? 3 : 0,
         isNew: false,
         dirty: false,
         readFrom: 0,
         dbUpTo: 0,
       });
-    evolve(state, 0, [{ offset: "100", event: read("c", "bob", 4) }]);
+    evolve(state, 0, [
+      { offset: "100", event: read("c", "bob", 4) },
+      { offset: "101", event: read("c", "cy", 4) },
+    ]);
     expect(state.member("c", "bob")).toMatchObject({
       lastReadSeq: 4,
       readFrom: 4,
       dbUpTo: 10,
-      unreadCount: 0,
+      ownAfterRead: 0,
     });
+    // cy sent nothing after their old position, so none after the new one: no count.
+    expect(state.member("c", "cy")).toMatchObject({ lastReadSeq: 4, dbUpTo: 0, ownAfterRead: 0 });
   });
 
   it("when a member leaves, then their unread count is frozen; a rejoin starts from zero at the join", () => {
-    const world = given(created("c", ["ana", "bob"]), sent("c", "ana"));
-    world.when(event("c", { type: "chat.member.left", userId: "bob" }), sent("c", "ana"));
-    expect(world.state.member("c", "bob")!.unreadCount).toBe(1);
-    world.when(event("c", { type: "chat.member.joined", userId: "bob" }), sent("c", "ana"));
-    expect(world.state.member("c", "bob")).toMatchObject({ unreadCount: 1, joinedSeq: 2 });
+    const world = given(created("c", ["ana", "bob"]), sent("c", "ana"), sent("c", "bob"));
+    world.when(left("c", "bob"), sent("c", "ana"));
+    expect(world.state.member("c", "bob")).toMatchObject({ leftSeq: 2 });
+    expect(unread(world, "c", "bob")).toBe(1);
+    world.when(joined("c", "bob"));
+    expect(unread(world, "c", "bob")).toBe(0);
+    world.when(sent("c", "ana"), sent("c", "bob"));
+    expect(world.state.member("c", "bob")).toMatchObject({ joinedSeq: 3, leftSeq: null, ownAfterRead: 1 });
+    expect(unread(world, "c", "bob")).toBe(1);
+  });
+
+  it("when a member joins, then earlier messages are never unread, and a read position before the join counts from the join", () => {
+    const world = given(
+      created("c", ["ana", "bob"]),
+      sent("c", "ana"),
+      sent("c", "ana"),
+      read("c", "bob", 1),
+    );
+    world.when(left("c", "bob"), sent("c", "ana"), joined("c", "bob"), joined("c", "dan"), sent("c", "ana"));
+    expect(world.state.member("c", "bob")).toMatchObject({ lastReadSeq: 1, joinedSeq: 3 });
+    expect(unread(world, "c", "bob")).toBe(1);
+    expect(unread(world, "c", "dan")).toBe(1);
   });
 });

@@ -55,6 +55,24 @@ describe("loadBatchState", () => {
           data: { senderId: "u0", clientMsgId: `k${i * 7 + 1}`, content: { type: "text", text: "x" } },
         }) as unknown as ChatEvent,
     );
+    // A leave reads the conversation's active owners, a repeated creation its direct members.
+    for (let i = 0; i < 20; i++)
+      events.push(
+        {
+          id: `left-${i}`,
+          type: "chat.member.left",
+          conversationId: `c${i * 7 + 1}`,
+          time: new Date(),
+          data: { userId: "u0" },
+        } as unknown as ChatEvent,
+        {
+          id: `created-${i}`,
+          type: "chat.conversation.created",
+          conversationId: `c${i * 7 + 1}`,
+          time: new Date(),
+          data: { kind: "direct", createdBy: "u0", members: ["u0", "u9"] },
+        } as unknown as ChatEvent,
+      );
     const client = await db.pool.connect();
     try {
       const plans: string[] = [];
@@ -76,7 +94,7 @@ describe("loadBatchState", () => {
       );
       expect(plans).toHaveLength(1);
       expect(plans[0]).not.toContain("Seq Scan");
-      // The same rows as before: 500 conversations, their members, the clientMsgId repeats.
+      // 500 conversations, the members the events name (each conversation's u0), the clientMsgId repeats.
       expect(state.conversations.size).toBe(500);
       expect([...state.membersOf.values()].flat()).toHaveLength(500);
       expect(state.messages.size).toBe(500);

@@ -6,7 +6,7 @@
  *    records below the offset are skipped (applied before a crash, a rebalance or a
  *    redelivery);
  * 2. the events are folded in memory in log order (business rules, sequence numbers,
- *    unread counts);
+ *    the senders' own-message counts that unread is derived from);
  * 3. ONE statement of data-modifying CTEs writes the final state with one set-based
  *    `INSERT/UPDATE … FROM unnest(…)` per table (not one per event), guarded by the
  *    offset: `guard` moves `next_offset` only if it still is what step 1 saw (taking

@@ -6,8 +6,10 @@
  * `Record<ChatEventType, …>`: a new event type does not compile until it is handled.
  *
  * The state objects are mutated in place and flagged `dirty`; the writer writes the dirty
- * ones. Unread counts after a read receipt are partly counted by SQL (messages already
- * stored): see `MemberState.readFrom`/`dbUpTo`.
+ * ones. Unread counts are derived, not stored (see `unreadOf`): a message changes only
+ * its sender's member row, so a group message costs the same whatever the group's size.
+ * A member's own messages after a read receipt are partly counted by SQL (messages
+ * already stored): see `MemberState.readFrom`/`dbUpTo`.
  */
 import type { ChatEvent, ChatEventType } from "@chatbus/producer-sdk";
 
@@ -40,19 +42,35 @@ export interface MemberState {
   joinedSeq: number;
   leftAt: Date | null;
   leftOffset: string | null;
+  /** The conversation's last seq when the member left (null while a member): unread stops there. */
+  leftSeq: number | null;
   lastDeliveredSeq: number;
   lastReadSeq: number;
-  unreadCount: number;
+  /** The member's own messages with seq > greatest(lastReadSeq, joinedSeq); see `unreadOf`. */
+  ownAfterRead: number;
   /** No row yet (first join of this user in this conversation). */
   isNew: boolean;
   dirty: boolean;
   /**
-   * After a read receipt in this batch: messages of others already stored with
-   * readFrom < seq <= dbUpTo are counted by SQL and added to `unreadCount` (which then
+   * After a read receipt in this batch: the member's own messages already stored with
+   * readFrom < seq <= dbUpTo are counted by SQL and added to `ownAfterRead` (which then
    * holds the batch's own messages after the receipt's position). dbUpTo 0: no count.
    */
   readFrom: number;
   dbUpTo: number;
+}
+
+/**
+ * A member's unread count: messages of other senders with
+ * seq > greatest(lastReadSeq, joinedSeq), up to the seq when they left. Seqs are 1..lastSeq
+ * without gaps (every applied message takes the next one; nothing deletes a message,
+ * a recall keeps its row), so the messages after the position number
+ * `end - position`, of which `ownAfterRead` are the member's own. The readers compute
+ * the same in SQL (projection-reader.ts). Exact only without a pending SQL count
+ * (`dbUpTo` 0), i.e. after the batch is written and loaded again.
+ */
+export function unreadOf(m: MemberState, c: ConversationState): number {
+  return (m.leftSeq ?? c.lastSeq) - Math.max(m.lastReadSeq, m.joinedSeq) - m.ownAfterRead;
 }
 
 /** A message row. */
@@ -122,6 +140,11 @@ const clientKey = (conversationId: string, senderId: string, clientMsgId: string
 /** The loaded state of a batch's conversations, indexed the ways the rules look it up. */
 export class ProjectionState {
   readonly conversations = new Map<string, ConversationState>();
+  /**
+   * Only the member rows the batch's rules look at (projection-loader.ts: the users its
+   * events name, a conversation's active owners when someone leaves, every member of a
+   * direct conversation created again), plus the batch's joins: not a whole group.
+   */
   readonly members = new Map<string, MemberState>();
   readonly membersOf = new Map<string, MemberState[]>();
   /** By event id: the batch's targets (edits, recalls) and its own new messages. */
@@ -265,9 +288,11 @@ function join(step: Step<ChatEventType>, c: ConversationState, userId: string, r
     joinedSeq: c.lastSeq,
     leftAt: null,
     leftOffset: null,
+    leftSeq: null,
     lastDeliveredSeq: previous?.lastDeliveredSeq ?? 0,
     lastReadSeq: previous?.lastReadSeq ?? 0,
-    unreadCount: 0,
+    // Nothing after the join is anyone's yet.
+    ownAfterRead: 0,
     isNew: previous ? previous.isNew : true,
     dirty: true,
     readFrom: 0,
@@ -310,12 +335,15 @@ function receipt(step: Step<"chat.receipt.delivered" | "chat.receipt.read">, kin
   const upTo = Math.min(event.data.upToSeq, c.lastSeq);
   if (kind === "read" && upTo > m.lastReadSeq) {
     m.lastReadSeq = upTo;
-    // Unread from scratch: stored messages by SQL, the batch's own here.
+    // Own messages after the new position, from scratch: stored ones by SQL, the
+    // batch's here. None after the old position (known exactly: no count pending)
+    // means none after the new one, and no count at all (the common case).
+    const ownBefore = m.ownAfterRead > 0 || m.dbUpTo > 0;
     m.readFrom = Math.max(upTo, m.joinedSeq);
-    m.dbUpTo = m.readFrom < c.loadedLastSeq ? c.loadedLastSeq : 0;
+    m.dbUpTo = ownBefore && m.readFrom < c.loadedLastSeq ? c.loadedLastSeq : 0;
     const from = Math.max(m.readFrom, c.loadedLastSeq);
-    m.unreadCount = (state.newMessagesOf.get(c.id) ?? []).filter(
-      (g) => g.seq > from && g.senderId !== m.userId,
+    m.ownAfterRead = (state.newMessagesOf.get(c.id) ?? []).filter(
+      (g) => g.seq > from && g.senderId === m.userId,
     ).length;
   }
   // A read receipt implies delivery.
@@ -451,6 +479,8 @@ const handlers: { [T in ChatEventType]: Handler<T> } = {
     checkRemove(step, c, m, step.event.data.removedBy);
     m.leftAt = step.event.time;
     m.leftOffset = step.offset;
+    // Unread is frozen here: later messages are not the former member's.
+    m.leftSeq = c.lastSeq;
     m.dirty = true;
     touch(c, step.event.time);
     return null;
@@ -458,7 +488,7 @@ const handlers: { [T in ChatEventType]: Handler<T> } = {
   "chat.message.sent": (step) => {
     const { event, state } = step;
     const c = needConversation(step);
-    needMember(step, event.data.senderId, "send");
+    const sender = needMember(step, event.data.senderId, "send");
     const cmid = event.data.clientMsgId;
     const original = cmid ? state.byClientMessageId(c.id, event.data.senderId, cmid) : undefined;
     if (original) {
@@ -484,12 +514,10 @@ const handlers: { [T in ChatEventType]: Handler<T> } = {
       dirty: true,
     });
     if (c.lastMessageAt === null || event.time > c.lastMessageAt) c.lastMessageAt = event.time;
-    for (const m of state.membersOf.get(c.id) ?? []) {
-      if (m.leftAt === null && m.userId !== event.data.senderId) {
-        m.unreadCount += 1;
-        m.dirty = true;
-      }
-    }
+    // Every other member's unread grows with lastSeq (derived, see unreadOf); only the
+    // sender's row changes: their own message is not unread for them.
+    sender.ownAfterRead += 1;
+    sender.dirty = true;
     touch(c, event.time);
     return c.lastSeq;
   },

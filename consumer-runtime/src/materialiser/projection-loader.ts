@@ -1,10 +1,11 @@
 /**
  * Loads, in one statement (JSON keeps it one row), the partition's stored offset and
- * everything `evolve` needs for a batch: its conversations, their members, the messages
- * its edits and recalls target, the messages its clientMsgIds may repeat, and which of
- * its event ids were applied before.
+ * everything `evolve` needs for a batch: its conversations, the member rows its rules
+ * look at (not every member of a group: see `memberKeys`), the messages its edits and
+ * recalls target, the messages its clientMsgIds may repeat, and which of its event ids
+ * were applied before.
  */
-import type { ChatEvent } from "@chatbus/producer-sdk";
+import type { ChatEvent, ChatEventType } from "@chatbus/producer-sdk";
 import type pg from "pg";
 import type { ApplyContext } from "./apply-batch.ts";
 import { ProjectionState } from "./evolve.ts";
@@ -17,6 +18,49 @@ export interface Loaded {
 
 type Row = Record<string, unknown>;
 const date = (v: unknown) => (v === null || v === undefined ? null : new Date(v as string));
+
+/**
+ * The users each event type's rules look up in its conversation. A new event type does
+ * not compile until it says which members it needs.
+ */
+const usersNamed: { [T in ChatEventType]: (event: ChatEvent<T>) => (string | undefined)[] } = {
+  "chat.conversation.created": (e) => e.data.members,
+  "chat.member.joined": (e) => [e.data.userId, e.data.addedBy],
+  "chat.member.left": (e) => [e.data.userId, e.data.removedBy],
+  "chat.message.sent": (e) => [e.data.senderId],
+  "chat.message.edited": (e) => [e.data.editorId],
+  "chat.message.recalled": (e) => [e.data.recalledBy],
+  "chat.receipt.delivered": (e) => [e.data.userId],
+  "chat.receipt.read": (e) => [e.data.userId],
+};
+
+/** Which member rows the batch needs: named (conversation, user) pairs and whole-conversation reads. */
+function memberKeys(events: ChatEvent[]) {
+  const pairs = new Map<string, [string, string]>();
+  const ownersOf = new Set<string>();
+  const allOf = new Set<string>();
+  for (const event of events) {
+    const named = (usersNamed[event.type] as (e: ChatEvent) => (string | undefined)[])(event);
+    for (const userId of named)
+      if (userId !== undefined)
+        pairs.set(`${event.conversationId}\u0000${userId}`, [event.conversationId, userId]);
+    // Leaving checks that an owner remains: the active owners (few, a partial index).
+    if (event.type === "chat.member.left") ownersOf.add(event.conversationId);
+    // A direct conversation created again is a benign repeat only with the same member
+    // rows (isSameDirect): all of them, which for a direct one are two or so.
+    if (event.type === "chat.conversation.created") allOf.add(event.conversationId);
+  }
+  const list = [...pairs.values()];
+  return {
+    conversations: list.map(([c]) => c),
+    users: list.map(([, u]) => u),
+    ownersOf: [...ownersOf],
+    allOf: [...allOf],
+  };
+}
+
+const memberColumns = `m.conversation_id, m.user_id, m.role, m.joined_at, m.joined_offset, m.joined_seq, m.left_at,
+                 m.left_offset, m.left_seq, m.last_delivered_seq, m.last_read_seq, m.own_after_read`;
 
 /** Loads what `events` touch. */
 export async function loadBatchState(
@@ -40,6 +84,7 @@ export async function loadBatchState(
       }
     }
   }
+  const keys = memberKeys(events);
   const { rows } = await client.query<{
     conversations: Row[];
     members: Row[];
@@ -53,6 +98,8 @@ export async function loadBatchState(
     // the planner chose sequential scans of event_log and members while their
     // statistics were stale (a fresh projection, a rebuild), which made each batch scan
     // the whole table; planning `= ANY` over hundreds of constants also cost ms per batch.
+    // Members: UNION ALL, no sort of the rows: a row found twice (a named owner who is
+    // also an active owner) is the same row, and addMember keeps one.
     text: `SELECT
        (SELECT coalesce(json_agg(c), '[]') FROM (
           SELECT c.conversation_id, c.kind, c.title, c.created_by, c.created_at, c.created_event_id, c.last_seq,
@@ -60,10 +107,24 @@ export async function loadBatchState(
             FROM unnest($1::text[]) AS k(id)
             CROSS JOIN LATERAL (SELECT * FROM conversations WHERE conversation_id = k.id OFFSET 0) c) c) AS conversations,
        (SELECT coalesce(json_agg(m), '[]') FROM (
-          SELECT m.conversation_id, m.user_id, m.role, m.joined_at, m.joined_offset, m.joined_seq, m.left_at,
-                 m.left_offset, m.last_delivered_seq, m.last_read_seq, m.unread_count
-            FROM unnest($1::text[]) AS k(id)
-            CROSS JOIN LATERAL (SELECT * FROM members WHERE conversation_id = k.id OFFSET 0) m) m) AS members,
+          SELECT ${memberColumns}
+            FROM unnest($9::text[], $10::text[]) AS k(conversation_id, user_id)
+            CROSS JOIN LATERAL (
+              SELECT * FROM members WHERE conversation_id = k.conversation_id AND user_id = k.user_id OFFSET 0) m
+          UNION ALL
+          SELECT ${memberColumns}
+            FROM unnest($11::text[]) AS k(id)
+            CROSS JOIN LATERAL (
+              SELECT * FROM members
+               WHERE conversation_id = k.id AND role = 'owner' AND left_at IS NULL OFFSET 0) m
+          UNION ALL
+          SELECT ${memberColumns}
+            FROM unnest($12::text[]) AS k(id)
+            CROSS JOIN LATERAL (
+              SELECT * FROM members
+               WHERE conversation_id = k.id
+                 AND EXISTS (SELECT 1 FROM conversations c WHERE c.conversation_id = k.id AND c.kind = 'direct')
+              OFFSET 0) m) m) AS members,
        (SELECT coalesce(json_agg(g), '[]') FROM (
           SELECT g.conversation_id, g.seq, g.event_id, g.sender_id, g.client_msg_id, g.content, g.priority,
                  g.sent_at, g.edited_at, g.edit_count, g.recalled_at, g.recalled_by, g."offset"
@@ -89,6 +150,10 @@ export async function loadBatchState(
       events.map((e) => e.id),
       context.topic,
       context.partition,
+      keys.conversations,
+      keys.users,
+      keys.ownersOf,
+      keys.allOf,
     ],
   });
   const loaded = rows[0]!;
@@ -119,9 +184,10 @@ export async function loadBatchState(
       joinedSeq: Number(r.joined_seq),
       leftAt: date(r.left_at),
       leftOffset: r.left_offset === null ? null : String(r.left_offset),
+      leftSeq: r.left_seq === null ? null : Number(r.left_seq),
       lastDeliveredSeq: Number(r.last_delivered_seq),
       lastReadSeq: Number(r.last_read_seq),
-      unreadCount: Number(r.unread_count),
+      ownAfterRead: Number(r.own_after_read),
       isNew: false,
       dirty: false,
       readFrom: 0,

@@ -81,7 +81,7 @@ interface MemberRow {
   left_at: Date | null;
   last_delivered_seq: string;
   last_read_seq: string;
-  unread_count: number;
+  unread_count: string;
 }
 interface MessageRow {
   conversation_id: string;
@@ -114,8 +114,16 @@ interface EventRow {
 
 const conversationColumns =
   "c.conversation_id, c.kind, c.title, c.created_by, c.created_at, c.partition, c.last_seq, c.last_message_at, c.last_activity_at";
-const memberColumns =
-  "m.conversation_id, m.user_id, m.role, m.joined_at, m.left_at, m.last_delivered_seq, m.last_read_seq, m.unread_count";
+/**
+ * A member's unread count, derived (nothing bumps a counter per member per message):
+ * messages after greatest(last_read_seq, joined_seq) up to the conversation's last seq
+ * (or the seq when they left) number the difference, seqs having no gaps; minus their
+ * own among them. See `unreadOf` in evolve.ts. Needs `conversations c` joined.
+ */
+const unreadExpression =
+  "coalesce(m.left_seq, c.last_seq) - greatest(m.last_read_seq, m.joined_seq) - m.own_after_read";
+const memberColumns = `m.conversation_id, m.user_id, m.role, m.joined_at, m.left_at, m.last_delivered_seq, m.last_read_seq,
+  ${unreadExpression} AS unread_count`;
 const messageColumns =
   'g.conversation_id, g.seq, g.event_id, g.sender_id, g.client_msg_id, g.content, g.priority, g.sent_at, g.materialised_at, g.edited_at, g.edit_count, g.recalled_at, g.recalled_by, g.partition, g."offset"';
 // A message's content is stored once, in messages: chat.message.sent events get it
@@ -149,7 +157,7 @@ function toMember(r: MemberRow): MemberView {
     leftAt: r.left_at,
     lastDeliveredSeq: Number(r.last_delivered_seq),
     lastReadSeq: Number(r.last_read_seq),
-    unreadCount: r.unread_count,
+    unreadCount: Number(r.unread_count),
   };
 }
 function toMessage(r: MessageRow): MessageView {
@@ -247,9 +255,10 @@ export function createProjectionReader(pool: pg.Pool): ProjectionReader {
 
     async members(conversationId, options = {}) {
       const { rows } = await pool.query<MemberRow>(
-        `SELECT ${memberColumns} FROM members m WHERE m.conversation_id = $1 ${
-          options.includeFormer ? "" : "AND m.left_at IS NULL"
-        } ORDER BY m.user_id`,
+        `SELECT ${memberColumns} FROM members m JOIN conversations c ON c.conversation_id = m.conversation_id
+          WHERE m.conversation_id = $1 ${
+            options.includeFormer ? "" : "AND m.left_at IS NULL"
+          } ORDER BY m.user_id`,
         [conversationId],
       );
       return rows.map(toMember);
@@ -286,7 +295,8 @@ export function createProjectionReader(pool: pg.Pool): ProjectionReader {
       const { rows } = await pool.query<
         ConversationRow & { member: MemberRow; last_message: MessageRow | null }
       >(
-        `SELECT ${conversationColumns}, to_jsonb(m) AS member, to_jsonb(g) AS last_message
+        `SELECT ${conversationColumns}, to_jsonb(m) || jsonb_build_object('unread_count', ${unreadExpression}) AS member,
+                to_jsonb(g) AS last_message
            FROM members m
            JOIN conversations c ON c.conversation_id = m.conversation_id
            LEFT JOIN messages g ON g.conversation_id = c.conversation_id AND g.seq = c.last_seq

@@ -183,32 +183,33 @@ function memberWrites(p: SqlParams, changes: Changes): string[] {
     [list.map((m) => m.joinedSeq), "bigint"],
     [list.map((m) => iso(m.leftAt)), "timestamptz"],
     [list.map((m) => m.leftOffset), "bigint"],
+    [list.map((m) => m.leftSeq), "bigint"],
     [list.map((m) => m.lastDeliveredSeq), "bigint"],
     [list.map((m) => m.lastReadSeq), "bigint"],
-    [list.map((m) => m.unreadCount), "int"],
+    [list.map((m) => m.ownAfterRead), "int"],
   ];
   const joined = changes.members.filter((m) => m.isNew);
   if (joined.length > 0)
     ctes.push(`INSERT INTO members (conversation_id, user_id, role, joined_at, joined_offset, joined_seq, left_at,
-                            left_offset, last_delivered_seq, last_read_seq, unread_count)
+                            left_offset, left_seq, last_delivered_seq, last_read_seq, own_after_read)
        SELECT * FROM ${p.unnest(columns(joined))} WHERE ${guarded}`);
   const updated = changes.members.filter((m) => !m.isNew);
   if (updated.length > 0)
     // A plain UPDATE (not an upsert): cheaper, and HOT when no indexed column changes.
     ctes.push(`UPDATE members m SET role = x.role, joined_at = x.joined_at, joined_offset = x.joined_offset,
-              joined_seq = x.joined_seq, left_at = x.left_at, left_offset = x.left_offset,
+              joined_seq = x.joined_seq, left_at = x.left_at, left_offset = x.left_offset, left_seq = x.left_seq,
               last_delivered_seq = x.last_delivered_seq, last_read_seq = x.last_read_seq,
-              unread_count = x.unread_count + CASE WHEN x.db_up_to > x.read_from THEN (
+              own_after_read = x.own_after_read + CASE WHEN x.db_up_to > x.read_from THEN (
                 SELECT count(*) FROM messages g
                  WHERE g.conversation_id = m.conversation_id AND g.seq > x.read_from AND g.seq <= x.db_up_to
-                   AND g.sender_id <> m.user_id) ELSE 0 END
+                   AND g.sender_id = m.user_id) ELSE 0 END
          FROM ${p.unnest([
            ...columns(updated),
            [updated.map((m) => m.readFrom), "bigint"],
            [updated.map((m) => m.dbUpTo), "bigint"],
          ])}
            AS x(conversation_id, user_id, role, joined_at, joined_offset, joined_seq, left_at, left_offset,
-                last_delivered_seq, last_read_seq, unread_count, read_from, db_up_to)
+                left_seq, last_delivered_seq, last_read_seq, own_after_read, read_from, db_up_to)
         WHERE m.conversation_id = x.conversation_id AND m.user_id = x.user_id AND ${guarded}`);
   return ctes;
 }

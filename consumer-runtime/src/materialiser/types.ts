@@ -31,7 +31,10 @@ export interface MemberView {
   leftAt: Date | null;
   lastDeliveredSeq: number;
   lastReadSeq: number;
-  /** Messages of other senders after `greatest(lastReadSeq, seq when they joined)`. */
+  /**
+   * Messages of other senders after `greatest(lastReadSeq, seq when they joined)`, up to
+   * when they left (derived when read, see docs/materialiser.md "Unread counts").
+   */
   unreadCount: number;
 }
 

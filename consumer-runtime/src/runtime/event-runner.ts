@@ -232,7 +232,7 @@ export class EventRunner {
       const startedAt = performance.now();
       let outcome: CallOutcome;
       try {
-        outcome = await this.#callOnce(item, registration, attempt);
+        outcome = this.#judged(await this.#callOnce(item, registration, attempt));
       } catch (error) {
         duration.observe((performance.now() - startedAt) / 1000);
         if (failureKind(error) === "hold") {
@@ -285,29 +285,35 @@ export class EventRunner {
   }
 
   /**
-   * Runs one handler call through the breaker, with its deadline and its own signal.
-   * The breaker is told synchronously (enter, then succeeded or failed): no promise
-   * of its own per call. A call refused by the breaker rejects with BreakerOpenError.
+   * Starts one handler call through the breaker, with its deadline and its own
+   * signal; throws BreakerOpenError (synchronously) when the breaker refuses it. The
+   * caller awaits the outcome and passes it to `#judged`. Not an async function: the
+   * outcome is the call's one promise, no second one wraps it.
    */
-  async #callOnce(item: Item, registration: Registration, attempt: number): Promise<CallOutcome> {
+  #callOnce(item: Item, registration: Registration, attempt: number): Promise<CallOutcome> {
     const { breaker, calls } = this.#o;
     breaker.enter();
     const event = (item.decoded as { event: ChatEvent }).event;
-    const { outcome } = calls.start(
+    return calls.start(
       item.work.partition,
       item.key,
       registration.handlerTimeoutMs,
       (call) => callHandler(registration.handler, event, this.#context(item, attempt, call)),
       (how, reason) => this.#lateCall(item, how, reason),
-    );
-    const result = await outcome;
-    // Failures and timeouts reject, so that the runner's failure path sees them; an
-    // aborted call is not a failure of the dependency (nor was it with opossum).
+    ).outcome;
+  }
+
+  /**
+   * Tells the breaker how a call entered by `#callOnce` ended. Failures and timeouts
+   * are thrown, so that the runner's failure path sees them; an aborted call is not a
+   * failure of the dependency (nor was it with opossum).
+   */
+  #judged(result: CallOutcome): CallOutcome {
     if (result.kind === "failed" || result.kind === "timeout") {
-      breaker.failed(result.error);
+      this.#o.breaker.failed(result.error);
       throw result.error;
     }
-    breaker.succeeded();
+    this.#o.breaker.succeeded();
     return result;
   }
 
@@ -642,7 +648,7 @@ export class EventRunner {
       const attempt = ++item.attempts;
       let outcome: CallOutcome;
       try {
-        outcome = await this.#callOnce(item, registration, attempt);
+        outcome = this.#judged(await this.#callOnce(item, registration, attempt));
       } catch (error) {
         const kind = failureKind(error);
         if (kind === "hold") return { step: this.#later(50) };

@@ -7,11 +7,22 @@
  *    kafkajs one-at-a-time per partition (`eachMessage`, partitionsConsumedConcurrently
  *    = partitions) and kafkajs's default (one partition at a time).
  *
- *   npx tsx --conditions=@chatbus/source bench/consumer/run.ts [--events 100000] [--seconds 10] [--only noop]
+ *   npx tsx --conditions=@chatbus/source bench/consumer/run.ts [--events 100000] [--seconds 10] [--only noop|runtime]
+ *
+ * `--only runtime` runs the chatbus no-op handler alone (twice); with `--profile <dir>`
+ * each round is CPU-profiled (node:inspector) from the runtime's start to its stop, so
+ * that producing the topic and the raw consumers are not in the profile:
+ *   npx tsx bench/consumer/run.ts --only runtime --profile /tmp/prof
+ *   npx tsx bench/producer/profile-top.ts /tmp/prof/runtime-1.cpuprofile
+ * Without `--conditions=@chatbus/source` the packages load from their built dist/
+ * (`npm run prepare` builds them): no esbuild `__name` wrappers, the code users run.
  *
  * Uses KAFKA_BROKERS (default 127.0.0.1:9092) and DATABASE_URL; makes its own topic and schema.
  */
+import { mkdir, writeFile } from "node:fs/promises";
+import { Session } from "node:inspector/promises";
 import { loadavg } from "node:os";
+import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { createRuntime, type Runtime } from "@chatbus/consumer-runtime";
 import { decodeRecord, encodeEvent } from "@chatbus/producer-sdk";
@@ -26,6 +37,7 @@ const { values } = parseArgs({
     seconds: { type: "string", default: "10" },
     partitions: { type: "string", default: "12" },
     only: { type: "string", default: "" },
+    profile: { type: "string", default: "" },
   },
 });
 const events = Number(values.events);
@@ -78,6 +90,9 @@ async function measure(
   let handled = 0;
   let first = 0;
   let last = 0;
+  // CPU time of this process from the first event to the end: on a shared machine
+  // wall time mostly measures the neighbours, CPU per event much less so.
+  let cpuAtFirst = process.cpuUsage();
   let resolve!: () => void;
   const done = new Promise<void>((r) => {
     resolve = r;
@@ -86,6 +101,7 @@ async function measure(
     const now = Date.now();
     if (handled === 0) {
       first = now;
+      cpuAtFirst = process.cpuUsage();
       setTimeout(resolve, limitMs);
     }
     handled++;
@@ -93,10 +109,11 @@ async function measure(
     if (handled >= target) resolve();
   });
   await done;
+  const cpu = process.cpuUsage(cpuAtFirst);
   const result = { name, handled, ms: Math.max(1, last - first) };
   await stop();
   say(
-    `  ${name}: ${handled} events in ${(result.ms / 1000).toFixed(2)} s = ${rate(result).toFixed(0)} events/s`,
+    `  ${name}: ${handled} events in ${(result.ms / 1000).toFixed(2)} s = ${rate(result).toFixed(0)} events/s, ${((cpu.user + cpu.system) / handled).toFixed(1)} µs CPU per event`,
   );
   return result;
 }
@@ -154,6 +171,23 @@ function chatbus(topic: string, pool: import("pg").Pool, waitMs: number, concurr
   };
 }
 
+/** Runs `task` under the V8 CPU profiler and writes the profile to `file`. */
+async function profiled<T>(file: string, task: () => Promise<T>): Promise<T> {
+  const session = new Session();
+  session.connect();
+  await session.post("Profiler.enable");
+  await session.post("Profiler.start");
+  try {
+    return await task();
+  } finally {
+    const { profile } = await session.post("Profiler.stop");
+    await mkdir(values.profile, { recursive: true });
+    await writeFile(file, JSON.stringify(profile));
+    session.disconnect();
+    say(`  profile: ${file}`);
+  }
+}
+
 async function main(): Promise<void> {
   say(`consumer bench: load average ${load()}`);
   const schema = await createTestSchema("bench_consumer");
@@ -163,6 +197,18 @@ async function main(): Promise<void> {
     const limit = seconds * 1000;
     say(`\nno-op handler (${events} events, ${partitions} partitions, ${conversations} conversations):`);
     const noop: Result[] = [];
+    if (values.only === "runtime") {
+      for (let round = 1; round <= 2; round++) {
+        const run = () =>
+          measure("chatbus no-op handler", events, limit * 3, chatbus(topic, schema.pool, 0, 64));
+        noop.push(
+          values.profile
+            ? await profiled(join(values.profile, `runtime-${round}.cpuprofile`), run)
+            : await run(),
+        );
+      }
+      return;
+    }
     for (let round = 0; round < 2; round++) {
       noop.push(await measure("raw kafkajs eachBatch", events, limit * 3, rawEachBatch(topic)));
       noop.push(

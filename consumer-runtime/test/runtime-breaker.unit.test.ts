@@ -53,4 +53,41 @@ describe("circuit breaker", () => {
     }
     expect(breaker.state).toBe("closed");
   });
+
+  it("stays closed below the volume threshold and at exactly the threshold share", async () => {
+    breaker = createCircuitBreaker("test", options);
+    for (let i = 0; i < 3; i++) await breaker.fire(fail).catch(() => {});
+    expect(breaker.state).toBe("closed"); // 3 calls < volumeThreshold 4
+    breaker.shutdown();
+    breaker = createCircuitBreaker("test", options);
+    await breaker.fire(ok);
+    await breaker.fire(ok);
+    await breaker.fire(fail).catch(() => {});
+    await breaker.fire(fail).catch(() => {});
+    expect(breaker.state).toBe("closed"); // 2 of 4 = 50 %, not more than 50 %
+    await breaker.fire(fail).catch(() => {});
+    expect(breaker.state).toBe("open"); // 3 of 5 = 60 %
+  });
+
+  it("forgets calls that left the rolling window", async () => {
+    breaker = createCircuitBreaker("test", { ...options, rollingWindowMs: 200, rollingBuckets: 2 });
+    for (let i = 0; i < 3; i++) await breaker.fire(fail).catch(() => {});
+    await new Promise((r) => setTimeout(r, 350));
+    await breaker.fire(fail).catch(() => {});
+    expect(breaker.state).toBe("closed"); // the window holds one call, not four
+  });
+
+  it("lets exactly one probe through when half-open; a business failure of the probe closes it", async () => {
+    breaker = createCircuitBreaker("test", options);
+    for (let i = 0; i < 4; i++) await breaker.fire(fail).catch(() => {});
+    expect(() => breaker!.enter()).toThrow(BreakerOpenError);
+    await breaker.nextTransition();
+    breaker.enter(); // the probe
+    expect(() => breaker!.enter()).toThrow(BreakerOpenError);
+    expect(breaker.state).toBe("halfOpen");
+    breaker.failed(new BusinessError("refused"));
+    expect(breaker.state).toBe("closed");
+    breaker.enter();
+    breaker.succeeded();
+  });
 });

@@ -36,7 +36,16 @@ import type { RuntimeMetrics, TypeMetrics } from "./metrics.ts";
 import type { ResolvedRuntimeOptions } from "./options.ts";
 import { systemRetryDelay } from "./retry.ts";
 import { sleep } from "./sleep.ts";
-import { type Handler, type HandlerContext, type Item, newItem, noKey, type Registration } from "./types.ts";
+import {
+  type Handler,
+  type HandlerContext,
+  headSucceeded,
+  type Item,
+  newItem,
+  noKey,
+  type Registration,
+  totalAttempts,
+} from "./types.ts";
 
 /** What the runner needs from its runtime. */
 export interface EventRunnerOptions {
@@ -105,13 +114,14 @@ class Context implements HandlerContext {
   }
 }
 
-/** Calls a handler so that a synchronous throw becomes a rejection. */
-async function callHandler(
-  handler: Handler<ChatEventType>,
-  event: ChatEvent,
-  ctx: HandlerContext,
-): Promise<void> {
-  await handler(event, ctx);
+/**
+ * Calls a handler and returns its promise (a handler may return nothing). A
+ * synchronous throw is turned into a rejection by `RunningCalls.start`; no async
+ * wrapper here, which cost one more promise per event.
+ */
+function callHandler(handler: Handler<ChatEventType>, event: ChatEvent, ctx: HandlerContext): Promise<void> {
+  const result = handler(event, ctx);
+  return result instanceof Promise ? result : Promise.resolve(result);
 }
 
 function headersAsStrings(headers: Item["message"]["headers"]): Record<string, string> {
@@ -129,6 +139,8 @@ export class EventRunner {
   #subscription: string;
   #topic: string;
   #probeInFlight = false;
+  /** handlersFor's answers: registrations are fixed once the runtime started. */
+  #handlersByType = new Map<string, Registration[]>();
   #endToEnd: ReturnType<RuntimeMetrics["endToEndLatency"]["labels"]>;
   /** Events that started running and are not finished (oldest in-flight age, stuck, skips). */
   readonly held = new Set<Item>();
@@ -141,9 +153,14 @@ export class EventRunner {
     this.#endToEnd = options.metrics.endToEndLatency.labels({ subscription: this.#subscription });
   }
 
-  /** The registrations that handle `type`, in registration order. */
-  handlersFor(type: ChatEventType): Registration[] {
-    return this.#o.registrations.filter((r) => r.type === type || r.type === "*");
+  /** The registrations that handle `type`, in registration order (shared: copy before changing it). */
+  handlersFor(type: ChatEventType): readonly Registration[] {
+    let found = this.#handlersByType.get(type);
+    if (!found) {
+      found = this.#o.registrations.filter((r) => r.type === type || r.type === "*");
+      this.#handlersByType.set(type, found);
+    }
+    return found;
   }
 
   /** An item left its queue (done, or dropped with it): its offset may be committed. */
@@ -182,7 +199,7 @@ export class EventRunner {
       return this.#writeDeadLetter(item);
     }
     const event = decoded.event;
-    item.remaining ??= this.handlersFor(event.type);
+    item.remaining ??= this.handlersFor(event.type).slice();
     if (item.remaining.length === 0) return { kind: "done" };
 
     if (breaker.state === "open") return { kind: "later", when: breaker.nextTransition() };
@@ -210,18 +227,16 @@ export class EventRunner {
     const { breaker } = this.#o;
     while (remaining.length > 0) {
       const registration = remaining[0]!;
-      item.attempts ??= new Map();
-      const attempt = (item.attempts.get(registration) ?? 0) + 1;
-      item.attempts.set(registration, attempt);
+      const attempt = ++item.attempts;
       const duration = this.#o.typeMetrics(event.type).duration;
       const startedAt = performance.now();
       let outcome: CallOutcome;
       try {
-        outcome = await this.#callOnce(item, registration, attempt);
+        outcome = this.#judged(await this.#callOnce(item, registration, attempt));
       } catch (error) {
         duration.observe((performance.now() - startedAt) / 1000);
         if (failureKind(error) === "hold") {
-          item.attempts.set(registration, attempt - 1);
+          item.attempts = attempt - 1;
           return breaker.state === "closed"
             ? this.#later(50)
             : { kind: "later", when: breaker.nextTransition() };
@@ -233,7 +248,7 @@ export class EventRunner {
       duration.observe((performance.now() - startedAt) / 1000);
       // Aborted by a fence or a stop: whatever it did, it is not counted as handled.
       if (outcome.kind === "aborted") return { kind: "abandon" };
-      remaining.shift();
+      headSucceeded(item);
       item.systemFailures = 0;
       item.systemSince = null;
     }
@@ -269,22 +284,37 @@ export class EventRunner {
     };
   }
 
-  /** Runs one handler call through the breaker, with its deadline and its own signal. */
-  async #callOnce(item: Item, registration: Registration, attempt: number): Promise<CallOutcome> {
+  /**
+   * Starts one handler call through the breaker, with its deadline and its own
+   * signal; throws BreakerOpenError (synchronously) when the breaker refuses it. The
+   * caller awaits the outcome and passes it to `#judged`. Not an async function: the
+   * outcome is the call's one promise, no second one wraps it.
+   */
+  #callOnce(item: Item, registration: Registration, attempt: number): Promise<CallOutcome> {
+    const { breaker, calls } = this.#o;
+    breaker.enter();
     const event = (item.decoded as { event: ChatEvent }).event;
-    return this.#o.breaker.fire(async () => {
-      const { outcome } = this.#o.calls.start(
-        item.work.partition,
-        item.key,
-        registration.handlerTimeoutMs,
-        (call) => callHandler(registration.handler, event, this.#context(item, attempt, call)),
-        (how, reason) => this.#lateCall(item, how, reason),
-      );
-      const result = await outcome;
-      // Failures and timeouts reject, so that the breaker counts them.
-      if (result.kind === "failed" || result.kind === "timeout") throw result.error;
-      return result;
-    });
+    return calls.start(
+      item.work.partition,
+      item.key,
+      registration.handlerTimeoutMs,
+      (call) => callHandler(registration.handler, event, this.#context(item, attempt, call)),
+      (how, reason) => this.#lateCall(item, how, reason),
+    ).outcome;
+  }
+
+  /**
+   * Tells the breaker how a call entered by `#callOnce` ended. Failures and timeouts
+   * are thrown, so that the runner's failure path sees them; an aborted call is not a
+   * failure of the dependency (nor was it with opossum).
+   */
+  #judged(result: CallOutcome): CallOutcome {
+    if (result.kind === "failed" || result.kind === "timeout") {
+      this.#o.breaker.failed(result.error);
+      throw result.error;
+    }
+    this.#o.breaker.succeeded();
+    return result;
   }
 
   /** Logs once that a given-up call finished after all (its result was ignored). */
@@ -420,8 +450,7 @@ export class EventRunner {
   ): DeadLetterInput {
     const now = new Date();
     const event = item.decoded.ok ? item.decoded.event : null;
-    let attempts = 0;
-    for (const n of item.attempts?.values() ?? []) attempts += n;
+    const attempts = totalAttempts(item);
     return {
       subscription: this.#subscription,
       topic: this.#topic,
@@ -616,12 +645,10 @@ export class EventRunner {
     if (breaker.state === "open") return { step: { kind: "later", when: breaker.nextTransition() } };
     while (item.remaining.length > 0) {
       const registration = item.remaining[0]!;
-      item.attempts ??= new Map();
-      const attempt = (item.attempts.get(registration) ?? 0) + 1;
-      item.attempts.set(registration, attempt);
+      const attempt = ++item.attempts;
       let outcome: CallOutcome;
       try {
-        outcome = await this.#callOnce(item, registration, attempt);
+        outcome = this.#judged(await this.#callOnce(item, registration, attempt));
       } catch (error) {
         const kind = failureKind(error);
         if (kind === "hold") return { step: this.#later(50) };
@@ -638,7 +665,7 @@ export class EventRunner {
         return { step: this.#later(systemRetryDelay(item.systemFailures, config.systemRetry), item) };
       }
       if (outcome.kind === "aborted") return { step: { kind: "abandon" } };
-      item.remaining.shift();
+      headSucceeded(item);
       item.systemFailures = 0;
       item.systemSince = null;
     }

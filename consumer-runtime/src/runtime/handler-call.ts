@@ -50,17 +50,24 @@ export type CallOutcome =
   /** The call was aborted by a fence or a stop: its result, whatever it is, is discarded. */
   | { kind: "aborted"; reason: AbortReason };
 
+/** The outcome of every call that succeeded: one shared object (nobody changes it). */
+const ok: CallOutcome = Object.freeze({ kind: "ok" });
+
 class Call implements RunningCall {
   abortedFor: AbortReason | null = null;
-  settled: Promise<void> = Promise.resolve();
+  /** Set by `RunningCalls.start` (no placeholder promise per call). */
+  settled!: Promise<void>;
   #controller: AbortController | undefined;
   #abortError: Error | undefined;
-  /** Ends the call's outcome (set by `RunningCalls.start`). */
-  onAbort: (reason: AbortReason) => void = () => {};
+  #done = false;
+  #timer: NodeJS.Timeout | undefined;
+  /** Resolves the call's outcome (set by `RunningCalls.start`). */
+  finish: (outcome: CallOutcome) => void = () => {};
 
   constructor(
     readonly partition: number,
     readonly key: string,
+    readonly timeoutMs: number,
   ) {}
 
   get signal(): AbortSignal {
@@ -71,11 +78,31 @@ class Call implements RunningCall {
     return this.#controller.signal;
   }
 
+  /** Starts the deadline: a static callback with the call as its argument, no closure per call. */
+  startDeadline(): void {
+    this.#timer = setTimeout(Call.#deadlinePassed, this.timeoutMs, this);
+  }
+
+  static #deadlinePassed(call: Call): void {
+    if (call.#done || call.abortedFor) return;
+    const error = new HandlerTimeoutError(call.timeoutMs);
+    call.abort("timeout", error);
+    call.settle({ kind: "timeout", error });
+  }
+
+  /** Ends the outcome once (later settlements are ignored) and clears the deadline. */
+  settle(result: CallOutcome): void {
+    if (this.#done) return;
+    this.#done = true;
+    clearTimeout(this.#timer);
+    this.finish(result);
+  }
+
   abort(reason: AbortReason, error: Error): void {
     this.abortedFor = reason;
     this.#abortError = error;
     this.#controller?.abort(error);
-    this.onAbort(reason);
+    if (reason !== "timeout") this.settle({ kind: "aborted", reason });
   }
 }
 
@@ -107,27 +134,11 @@ export class RunningCalls {
     invoke: (call: RunningCall) => Promise<void>,
     onLate: (outcome: "resolved" | "rejected", reason: AbortReason) => void,
   ): { call: RunningCall; outcome: Promise<CallOutcome> } {
-    const call = new Call(partition, key);
-    let finish!: (outcome: CallOutcome) => void;
+    const call = new Call(partition, key, timeoutMs);
     const outcome = new Promise<CallOutcome>((resolve) => {
-      finish = resolve;
+      call.finish = resolve;
     });
-    let done = false;
-    const settle = (result: CallOutcome) => {
-      if (done) return;
-      done = true;
-      clearTimeout(timer);
-      finish(result);
-    };
-    call.onAbort = (reason) => {
-      if (reason !== "timeout") settle({ kind: "aborted", reason });
-    };
-    const timer = setTimeout(() => {
-      if (done || call.abortedFor) return;
-      const error = new HandlerTimeoutError(timeoutMs);
-      call.abort("timeout", error);
-      settle({ kind: "timeout", error });
-    }, timeoutMs);
+    call.startDeadline();
     let handler: Promise<void>;
     try {
       handler = invoke(call);
@@ -139,12 +150,12 @@ export class RunningCalls {
       () => {
         this.#forget(call);
         if (call.abortedFor) onLate("resolved", call.abortedFor);
-        else settle({ kind: "ok" });
+        else call.settle(ok);
       },
       (error: unknown) => {
         this.#forget(call);
         if (call.abortedFor) onLate("rejected", call.abortedFor);
-        else settle({ kind: "failed", error });
+        else call.settle({ kind: "failed", error });
       },
     );
     return { call, outcome };

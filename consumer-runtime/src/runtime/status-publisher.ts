@@ -20,7 +20,7 @@ import {
 import type { Assignment } from "./assignment.ts";
 import type { BreakerState } from "./circuit-breaker.ts";
 import type { RuntimeMetrics } from "./metrics.ts";
-import type { Item } from "./types.ts";
+import { type Item, totalAttempts } from "./types.ts";
 
 /** What the publisher needs from its runtime. */
 export interface StatusPublisherOptions {
@@ -173,8 +173,7 @@ export class StatusPublisher {
 
 function stuckRecord(item: Item): StuckRecord {
   const event = item.decoded.ok ? item.decoded.event : null;
-  let attempts = 0;
-  for (const n of item.attempts?.values() ?? []) attempts += n;
+  const attempts = totalAttempts(item);
   return {
     partition: item.work.partition,
     offset: item.message.offset,

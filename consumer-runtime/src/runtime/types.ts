@@ -84,8 +84,13 @@ export interface Item {
   decoded: DecodeResult;
   /** Handlers still to succeed for this event (null until first run). */
   remaining: Registration[] | null;
-  /** Runs per handler (created on first run: most events have one handler and no failure). */
-  attempts: Map<Registration, number> | null;
+  /**
+   * Runs of the handler at the head of `remaining` (handlers run in order, and only
+   * the head runs): plain numbers, not a Map per event.
+   */
+  attempts: number;
+  /** Runs of the handlers that already succeeded for this event. */
+  earlierAttempts: number;
   businessFailures: Map<Registration, number> | null;
   /** Consecutive system failures of this event; reset by a success (kafkajs #1592). */
   systemFailures: number;
@@ -124,6 +129,18 @@ export interface PartitionWork {
 /** The queue key of a poison record without a record key. */
 export const noKey = "\u0000no-key";
 
+/** Every handler run for the item so far (dead letters, stuck records). */
+export function totalAttempts(item: Item): number {
+  return item.earlierAttempts + item.attempts;
+}
+
+/** The head handler of `item.remaining` succeeded: its runs move to `earlierAttempts`. */
+export function headSucceeded(item: Item): void {
+  item.remaining!.shift();
+  item.earlierAttempts += item.attempts;
+  item.attempts = 0;
+}
+
 /** A fresh item for a record of `work`'s partition. */
 export function newItem(
   work: PartitionWork,
@@ -139,7 +156,8 @@ export function newItem(
     message,
     decoded,
     remaining: null,
-    attempts: null,
+    attempts: 0,
+    earlierAttempts: 0,
     businessFailures: null,
     systemFailures: 0,
     firstFailedAt: null,

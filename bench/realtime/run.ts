@@ -16,7 +16,7 @@
  *    `chatbus_sse_delivery_latency_seconds`) and each client process's event-loop
  *    delay (a late client shows there, not as server time).
  *
- *   npm run bench:realtime -- [--members 15000] [--rounds 3] [--clients 2]
+ *   npm run bench:realtime -- [--members 15000] [--rounds 3] [--clients 2] [--cpu-prof-dir DIR]
  *
  * Needs nginx (installed like the test packages), `ulimit -n` above members + 2,560
  * (each stream is a socket in the client process, two in one of nginx's two workers
@@ -49,6 +49,7 @@ const { values } = parseArgs({
     members: { type: "string", default: "15000" },
     rounds: { type: "string", default: "3" },
     clients: { type: "string", default: "2" },
+    "cpu-prof-dir": { type: "string" },
   },
 });
 const MEMBERS = Number(values.members);
@@ -117,6 +118,8 @@ for (const port of ports) {
       topic,
       brokers,
       env: { CHATBUS_PARTITIONS: String(PARTITIONS), LOG_LEVEL: "warn" },
+      // Profiles of the API processes, written when they exit at the end of the run.
+      nodeArgs: values["cpu-prof-dir"] ? ["--cpu-prof", `--cpu-prof-dir=${values["cpu-prof-dir"]}`] : [],
     }),
   );
 }

@@ -23,6 +23,11 @@ export const SseConfigSchema = Type.Object(
         "Presence and other members' receipts are streamed only in conversations with at most this many open streams here.",
     }),
     deliveredFlushMs: Type.Integer({ minimum: 10, description: "Batch window of delivered receipts, ms." }),
+    deliveredReceiptsMaxMembers: Type.Integer({
+      minimum: 0,
+      description:
+        "Delivered receipts are recorded per member only in conversations with at most this many members (CHATBUS_SSE_DELIVERED_RECEIPTS_MAX_MEMBERS).",
+    }),
     resumeMaxEvents: Type.Integer({
       minimum: 1,
       description: "A Last-Event-ID further behind than this many events gets a reset event.",
@@ -144,6 +149,7 @@ export const configDefaults = {
     presenceGraceMs: 5_000, // 5 s: a reconnect within this does not flap
     roomBroadcastMaxStreams: 200, // streams: in bigger rooms presence and receipts would cost streams² writes
     deliveredFlushMs: 1_000, // 1 s batch window for chat.receipt.delivered
+    deliveredReceiptsMaxMembers: 1_000, // bigger groups: no per-member delivered receipts (docs/decisions.md)
     resumeMaxEvents: 10_000, // further behind than this → reset event
     streamsPerUser: 10, // streams per user per process; the 11th closes the oldest
     streamConversationsMax: 1000, // conversations one stream follows, most recent first
@@ -266,6 +272,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): { config: ApiC
     sse: {
       ...configDefaults.sse,
       streamsPerUser: integer(env, "CHATBUS_SSE_STREAMS_PER_USER", configDefaults.sse.streamsPerUser),
+      deliveredReceiptsMaxMembers: integer(
+        env,
+        "CHATBUS_SSE_DELIVERED_RECEIPTS_MAX_MEMBERS",
+        configDefaults.sse.deliveredReceiptsMaxMembers,
+      ),
       streamConversationsMax: integer(
         env,
         "CHATBUS_SSE_STREAM_CONVERSATIONS_MAX",

@@ -15,6 +15,7 @@ export interface ApiMetrics {
   sseDeliveryLatency: Histogram;
   sseDisconnects: Counter<"reason">;
   deliveredReceipts: Counter;
+  deliveredReceiptsSkipped: Counter;
 }
 
 /** Creates the API's metrics on `registry` (call once per registry). */
@@ -57,6 +58,11 @@ export function createApiMetrics(registry: Registry): ApiMetrics {
     deliveredReceipts: new Counter({
       name: "chatbus_delivered_receipts_sent_total",
       help: "chat.receipt.delivered events sent for SSE deliveries (batched per user and conversation).",
+      registers,
+    }),
+    deliveredReceiptsSkipped: new Counter({
+      name: "chatbus_delivered_receipts_skipped_total",
+      help: "Delivered receipts not sent because the conversation has more members than sse.deliveredReceiptsMaxMembers.",
       registers,
     }),
   };

@@ -46,10 +46,18 @@ export async function startApiProcess(settings: {
   topic: string;
   brokers: string[];
   env?: Record<string, string>;
+  /** Extra node flags (a benchmark's `--cpu-prof`). */
+  nodeArgs?: string[];
 }): Promise<ApiProcess> {
   const child = spawn(
     process.execPath,
-    ["--import", "tsx", "--conditions=@chatbus/source", join(root, "api", "src", "main.ts")],
+    [
+      ...(settings.nodeArgs ?? []),
+      "--import",
+      "tsx",
+      "--conditions=@chatbus/source",
+      join(root, "api", "src", "main.ts"),
+    ],
     {
       cwd: root,
       env: {

@@ -3,11 +3,14 @@
  * JSON file named in argv[2]) against argv[3], in batches of 100, then:
  *   prints `open <n>` once every stream has its response headers;
  *   on stdin `watch <marker>`, prints `got <json epoch-ms list>` once every stream
- *   received a chunk containing the marker (or on `report`, with what arrived).
+ *   received a chunk containing the marker (or on `report`, with what arrived),
+ *   preceded by `lag {"p99":ms,"max":ms}`: this process's event-loop delay since the
+ *   `watch`, so that a run can tell its own client's lateness from the server's.
  * Kept out of the server's process so that the server's memory per stream is its own.
  */
 import { readFileSync } from "node:fs";
 import http from "node:http";
+import { monitorEventLoopDelay } from "node:perf_hooks";
 import { createInterface } from "node:readline";
 
 const [tokensFile, baseUrl] = process.argv.slice(2) as [string, string];
@@ -17,7 +20,13 @@ const now = () => performance.timeOrigin + performance.now();
 let opened = 0;
 let marker: string | undefined;
 let received: number[] = [];
-const report = () => process.stdout.write(`got ${JSON.stringify(received)}\n`);
+const loopDelay = monitorEventLoopDelay({ resolution: 10 });
+loopDelay.enable();
+const report = () => {
+  const ms = (ns: number) => Math.round(ns / 1e5) / 10;
+  const lag = { p99: ms(loopDelay.percentile(99)), max: ms(loopDelay.max) };
+  process.stdout.write(`lag ${JSON.stringify(lag)}\ngot ${JSON.stringify(received)}\n`);
+};
 
 function open(token: string): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -45,5 +54,6 @@ createInterface({ input: process.stdin }).on("line", (line) => {
   if (line.startsWith("watch ")) {
     marker = line.slice("watch ".length);
     received = [];
+    loopDelay.reset();
   } else if (line === "report") report();
 });

@@ -4,14 +4,19 @@
  * shipped `deploy/nginx/chatbus.conf`, the materialiser in this process.
  *
  * 1. One group of N members (default 15,000); one SSE stream per member, opened
- *    through nginx by a child process (`bench/api/sse-clients.ts`), so nginx spreads
- *    them over both processes.
+ *    through nginx by C child processes (default 2, `bench/api/sse-clients.ts`), so
+ *    nginx spreads them over both API processes and no one client process is the limit.
  * 2. Streams held per process (`chatbus_sse_streams` of each) and memory per stream
  *    (each process's RSS before and after, from /proc).
  * 3. R rounds (default 3): one message to the group; time from `send` until every
- *    stream has it: p50, p99, last, over all streams of both processes.
+ *    stream has it: p50, p99, last, over all streams of both processes; and per round
+ *    the stages: send → materialiser transaction start, the transaction (until this
+ *    run's own LISTEN sees its commit), commit → first stream, first → last stream,
+ *    the API processes' mean transaction start → stream write (their
+ *    `chatbus_sse_delivery_latency_seconds`) and each client process's event-loop
+ *    delay (a late client shows there, not as server time).
  *
- *   npm run bench:realtime -- [--members 15000] [--rounds 3]
+ *   npm run bench:realtime -- [--members 15000] [--rounds 3] [--clients 2] [--cpu-prof-dir DIR]
  *
  * Needs nginx (installed like the test packages), `ulimit -n` above members + 2,560
  * (each stream is a socket in the client process, two in one of nginx's two workers
@@ -25,8 +30,9 @@ import { cpus, loadavg, tmpdir, totalmem } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { parseArgs } from "node:util";
-import { startMaterialiser } from "@chatbus/consumer-runtime/materialiser";
+import { eventsChannel, startMaterialiser } from "@chatbus/consumer-runtime/materialiser";
 import { createChatBus, uuidv7 } from "@chatbus/producer-sdk";
+import pg from "pg";
 import pino from "pino";
 import { Registry } from "prom-client";
 import {
@@ -39,10 +45,16 @@ import {
 import { createTestSchema, createTestTopic, uniqueName } from "../../test/support/isolation.ts";
 
 const { values } = parseArgs({
-  options: { members: { type: "string", default: "15000" }, rounds: { type: "string", default: "3" } },
+  options: {
+    members: { type: "string", default: "15000" },
+    rounds: { type: "string", default: "3" },
+    clients: { type: "string", default: "2" },
+    "cpu-prof-dir": { type: "string" },
+  },
 });
 const MEMBERS = Number(values.members);
 const ROUNDS = Number(values.rounds);
+const CLIENTS = Number(values.clients);
 const PARTITIONS = 12;
 const openFiles = Number(/^Max open files\s+(\d+)/m.exec(readFileSync("/proc/self/limits", "utf8"))?.[1]);
 if (openFiles < MEMBERS + 2560) {
@@ -106,6 +118,8 @@ for (const port of ports) {
       topic,
       brokers,
       env: { CHATBUS_PARTITIONS: String(PARTITIONS), LOG_LEVEL: "warn" },
+      // Profiles of the API processes, written when they exit at the end of the run.
+      nodeArgs: values["cpu-prof-dir"] ? ["--cpu-prof", `--cpu-prof-dir=${values["cpu-prof-dir"]}`] : [],
     }),
   );
 }
@@ -142,30 +156,55 @@ for (;;) {
   if (rows[0].n === MEMBERS) break;
   await sleep(500);
 }
-const tokensFile = join(tmpdir(), `${uniqueName("bench-rt-tokens")}.json`);
-writeFileSync(tokensFile, JSON.stringify(members.map(token)));
-
+// Several client processes: one Node process for 15,000 streams on a busy machine
+// measured its own event-loop delay, not the server's fan-out.
+const tokens = members.map(token);
 const rssBefore = api.map((p) => rssOf(p.child.pid!));
-const child = spawn(
-  process.execPath,
-  [...process.execArgv, join(import.meta.dirname, "..", "api", "sse-clients.ts"), tokensFile, balancer.url],
-  {
-    stdio: ["pipe", "pipe", "inherit"],
-  },
-);
-const lines = createInterface({ input: child.stdout! });
-const nextLine = (prefix: string) =>
-  new Promise<string>((resolve) => {
-    const onLine = (line: string) => {
-      if (line.startsWith(prefix)) {
-        lines.off("line", onLine);
-        resolve(line.slice(prefix.length));
-      }
-    };
-    lines.on("line", onLine);
-  });
+const perClient = Math.ceil(MEMBERS / CLIENTS);
+const clients = Array.from({ length: CLIENTS }, (_, c) => {
+  const file = join(tmpdir(), `${uniqueName("bench-rt-tokens")}.json`);
+  writeFileSync(file, JSON.stringify(tokens.slice(c * perClient, (c + 1) * perClient)));
+  const child = spawn(
+    process.execPath,
+    [...process.execArgv, join(import.meta.dirname, "..", "api", "sse-clients.ts"), file, balancer.url],
+    { stdio: ["pipe", "pipe", "inherit"] },
+  );
+  const lines = createInterface({ input: child.stdout! });
+  const nextLine = (prefix: string) =>
+    new Promise<string>((resolve) => {
+      const onLine = (line: string) => {
+        if (line.startsWith(prefix)) {
+          lines.off("line", onLine);
+          resolve(line.slice(prefix.length));
+        }
+      };
+      lines.on("line", onLine);
+    });
+  return { child, file, nextLine };
+});
+// The bench's own LISTEN: when a notification covering the message arrives, its transaction has committed.
+const listener = new pg.Client({ connectionString: schema.url });
+await listener.connect();
+const notified: { partition: number; to: bigint; at: number }[] = [];
+listener.on("notification", (message) => {
+  const n = JSON.parse(message.payload ?? "{}") as { partition: number; to: string };
+  notified.push({ partition: n.partition, to: BigInt(n.to), at: performance.timeOrigin + performance.now() });
+});
+await listener.query(`LISTEN "${eventsChannel(schema.schema)}"`);
+/** Sum and count of `chatbus_sse_delivery_latency_seconds` (tx start → written) of a process. */
+async function writeLatencyOf(p: ApiProcess): Promise<{ sum: number; count: number }> {
+  const text = await (await fetch(`${p.url}/metrics`)).text();
+  const read = (suffix: string) =>
+    Number(
+      new RegExp(`^chatbus_sse_delivery_latency_seconds_${suffix} (\\S+)`, "m").exec(text)?.[1] ?? Number.NaN,
+    );
+  return { sum: read("sum"), count: read("count") };
+}
 const openStarted = Date.now();
-const opened = Number(await nextLine("open "));
+const opened = (await Promise.all(clients.map((c) => c.nextLine("open ")))).reduce(
+  (n, line) => n + Number(line),
+  0,
+);
 const openSeconds = (Date.now() - openStarted) / 1000;
 await sleep(3000);
 const held = await Promise.all(api.map(streamsOf));
@@ -179,10 +218,12 @@ const rounds: string[] = [];
 for (let round = 1; round <= ROUNDS; round++) {
   await sleep(3000); // the previous round's delivered receipts settle first
   const marker = `rt-${uuidv7()}`;
-  child.stdin!.write(`watch ${marker}\n`);
-  const gotLine = nextLine("got ");
+  for (const c of clients) c.child.stdin!.write(`watch ${marker}\n`);
+  const lagLines = Promise.all(clients.map((c) => c.nextLine("lag ")));
+  const gotLines = Promise.all(clients.map((c) => c.nextLine("got ")));
+  const writesBefore = await Promise.all(api.map(writeLatencyOf));
   const sentAt = performance.timeOrigin + performance.now();
-  const { eventId } = await bus.send(
+  const { eventId, partition, offset } = await bus.send(
     group,
     {
       type: "chat.message.sent",
@@ -192,10 +233,21 @@ for (let round = 1; round <= ROUNDS; round++) {
     },
     { kind: "group" },
   );
-  const timeout = setTimeout(() => child.stdin!.write("report\n"), 60_000);
-  const times = (JSON.parse(await gotLine) as number[]).map((t) => t - sentAt).sort((a, b) => a - b);
+  const timeout = setTimeout(() => {
+    for (const c of clients) c.child.stdin!.write("report\n");
+  }, 60_000);
+  const received = (await gotLines).flatMap((line) => JSON.parse(line) as number[]);
+  const times = received.map((t) => t - sentAt).sort((a, b) => a - b);
   clearTimeout(timeout);
+  const lags = (await lagLines).map((line) => JSON.parse(line) as { p99: number; max: number });
   all.push(...times);
+  const writesAfter = await Promise.all(api.map(writeLatencyOf));
+  // Server side, per process: mean time from the transaction's start to the stream write.
+  const serverWrite = writesAfter.map((a, i) => {
+    const b = writesBefore[i]!;
+    return ((a.sum - b.sum) / Math.max(1, a.count - b.count)) * 1000;
+  });
+  const committedAt = notified.find((n) => n.partition === partition && n.to >= BigInt(offset))?.at;
   // Where the time goes: until the materialiser's transaction for the message started
   // (materialised_at is its start), and the receipts the previous round left queued.
   const { rows } = await schema.pool.query<{ ms: number; receipts: number }>(
@@ -205,9 +257,13 @@ for (let round = 1; round <= ROUNDS; round++) {
        FROM event_log l WHERE l.event_id = $1`,
     [eventId, sentAt],
   );
-  const line = `round ${round}: send → materialiser transaction start ${Number(rows[0]?.ms ?? Number.NaN).toFixed(0)} ms (receipts applied in the 10 s before it: ${rows[0]?.receipts ?? "?"}); ${times.length}/${opened} streams; send → stream p50 ${pct(times, 50).toFixed(0)} ms, p99 ${pct(times, 99).toFixed(0)} ms, last ${times.at(-1)!.toFixed(0)} ms`;
-  rounds.push(line);
+  const txStart = Number(rows[0]?.ms ?? Number.NaN);
+  const commit = committedAt === undefined ? Number.NaN : committedAt - sentAt;
+  const line = `round ${round}: send → materialiser transaction start ${txStart.toFixed(0)} ms (receipts applied in the 10 s before it: ${rows[0]?.receipts ?? "?"}); ${times.length}/${opened} streams; send → stream p50 ${pct(times, 50).toFixed(0)} ms, p99 ${pct(times, 99).toFixed(0)} ms, last ${times.at(-1)!.toFixed(0)} ms`;
+  const stages = `round ${round} stages: send → tx start ${txStart.toFixed(0)} ms; tx (start → commit NOTIFY seen) ${(commit - txStart).toFixed(0)} ms; commit → first stream ${(times[0]! - commit).toFixed(0)} ms; first → last stream ${(times.at(-1)! - times[0]!).toFixed(0)} ms; server tx start → written, mean per process ${serverWrite.map((ms) => `${ms.toFixed(0)} ms`).join(", ")}; client event-loop delay p99/max per process ${lags.map((l) => `${l.p99}/${l.max} ms`).join(", ")}`;
+  rounds.push(line, stages);
   say(line);
+  say(stages);
 }
 all.sort((a, b) => a - b);
 
@@ -226,7 +282,11 @@ machine: ${cpus().length} cores, ${Math.round(totalmem() / 2 ** 30)} GiB; load a
 ${rounds.join("\n")}
 `);
 
-child.kill();
+for (const c of clients) {
+  c.child.kill();
+  rmSync(c.file, { force: true });
+}
+await listener.end();
 await balancer.stop();
 for (const p of api) {
   p.child.kill("SIGTERM");
@@ -235,4 +295,3 @@ for (const p of api) {
 await materialiser.stop();
 await bus.close();
 await schema.cleanup();
-rmSync(tokensFile, { force: true });

@@ -112,6 +112,8 @@ export class EventHub {
       logger: options.logger,
       metrics: options.metrics,
       flushMs: options.sse.deliveredFlushMs,
+      pool: options.pool,
+      maxMembers: options.sse.deliveredReceiptsMaxMembers,
     });
     this.#index = new StreamIndex({ roomBroadcastMaxStreams: options.sse.roomBroadcastMaxStreams });
     this.#follower = new LogFollower({

@@ -1,7 +1,8 @@
 /**
  * Writes what `evolve` decided, with the partition's offset, in ONE statement of
- * data-modifying CTEs: one set-based `INSERT/UPDATE … FROM unnest(…)` per table (not one
- * per event), guarded by the offset. `guard` moves `next_offset` only if it is still what
+ * data-modifying CTEs: one set-based `INSERT/UPDATE … FROM ROWS FROM (unnest(…), …)` per
+ * table (not one per event; JSON columns as one JSON array, see `SqlParams.unnest`),
+ * guarded by the offset. `guard` moves `next_offset` only if it is still what
  * the loader saw (taking the row lock); every other CTE writes only if the guard did; the
  * NOTIFY is selected from the guard. A single statement is atomic, so a crash leaves the
  * batch with its offset or neither; a concurrent writer of the same partition makes the

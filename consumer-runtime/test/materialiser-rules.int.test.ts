@@ -139,6 +139,9 @@ describe("materialiser business rules", () => {
       [2, "bob", { type: "text", text: "two" }],
     ]);
     expect(await reader.conversation("ghost")).toBeNull();
+    // No foreign key guards messages (migration 010): the rule above is what keeps them out.
+    const ghost = await db.pool.query("SELECT 1 FROM messages WHERE conversation_id = 'ghost'");
+    expect(ghost.rowCount).toBe(0);
     // SSE: the user's events in (partition, offset) order, the message content joined back.
     const { events: logged, cursor } = await reader.eventsAfter({}, "bob", 100);
     expect(logged.map((e) => [e.type, e.seq])).toEqual([

@@ -1,7 +1,8 @@
 /**
  * Writes what `evolve` decided, with the partition's offset, in ONE statement of
- * data-modifying CTEs: one set-based `INSERT/UPDATE … FROM unnest(…)` per table (not one
- * per event), guarded by the offset. `guard` moves `next_offset` only if it is still what
+ * data-modifying CTEs: one set-based `INSERT/UPDATE … FROM ROWS FROM (unnest(…), …)` per
+ * table (not one per event; JSON columns as one JSON array, see `SqlParams.unnest`),
+ * guarded by the offset. `guard` moves `next_offset` only if it is still what
  * the loader saw (taking the row lock); every other CTE writes only if the guard did; the
  * NOTIFY is selected from the guard. A single statement is atomic, so a crash leaves the
  * batch with its offset or neither; a concurrent writer of the same partition makes the
@@ -145,14 +146,12 @@ function tableWrites(
            // A message's content is stored once, in messages; readers join it back.
            [
              log.map((e) =>
-               JSON.stringify(
-                 // An edit of a message recalled in this batch keeps no text.
-                 e.event.type === "chat.message.sent" || e.scrub
-                   ? { ...e.event.data, content: undefined }
-                   : e.event.data,
-               ),
+               // An edit of a message recalled in this batch keeps no text.
+               e.event.type === "chat.message.sent" || e.scrub
+                 ? { ...e.event.data, content: undefined }
+                 : e.event.data,
              ),
-             "text",
+             "json",
            ],
            [log.map((e) => e.event.time.toISOString()), "timestamptz"],
          ])} AS x("offset", conversation_id, event_id, type, seq, payload, event_time)
@@ -228,7 +227,7 @@ function messageWrites(p: SqlParams, changes: Changes, partition: string): strin
            [fresh.map((g) => g.eventId), "text"],
            [fresh.map((g) => g.senderId), "text"],
            [fresh.map((g) => g.clientMsgId), "text"],
-           [fresh.map((g) => JSON.stringify(g.content)), "text"],
+           [fresh.map((g) => g.content), "json"],
            [fresh.map((g) => g.priority), "text"],
            [fresh.map((g) => g.sentAt.toISOString()), "timestamptz"],
            [fresh.map((g) => iso(g.editedAt)), "timestamptz"],
@@ -246,7 +245,7 @@ function messageWrites(p: SqlParams, changes: Changes, partition: string): strin
                              recalled_at = x.recalled_at, recalled_by = x.recalled_by
          FROM ${p.unnest([
            [edited.map((g) => g.eventId), "text"],
-           [edited.map((g) => JSON.stringify(g.content)), "text"],
+           [edited.map((g) => g.content), "json"],
            [edited.map((g) => iso(g.editedAt)), "timestamptz"],
            [edited.map((g) => g.editCount), "int"],
            [edited.map((g) => iso(g.recalledAt)), "timestamptz"],

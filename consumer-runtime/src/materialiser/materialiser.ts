@@ -1,8 +1,9 @@
 /**
  * The live materialiser: the built-in subscription `materialiser`, with its own
- * kafkajs consumption loop because it needs more than at-least-once. Each partition
- * batch goes through `applyBatch` (one transaction with the partition's offset), so a
- * crash at any point either applied a batch with its offset or did neither.
+ * kafkajs consumption loop because it needs more than at-least-once. Fetched batches go
+ * onto per-partition lanes (partition-batch.ts) that apply them with `applyBatch` (one
+ * transaction with the partition's offset), so a crash at any point either applied a
+ * batch with its offset or did neither, and one slow partition does not hold the others.
  *
  * Assignment: no seek. Kafka's committed offset is at most the stored one (it is
  * committed only after the PostgreSQL commit), so consumption restarts at or before

@@ -54,7 +54,7 @@ export interface PartitionBatchDeps {
 /** The handler and what the materialiser asks of its lanes. */
 export interface PartitionBatches {
   eachBatch: (payload: EachBatchPayload) => Promise<void>;
-  /** Drops every queued record not yet being applied (a rejoin fetches them again). */
+  /** Drops every queued record not yet being applied and starts a new run (a restart or rejoin fetches them again). */
   dropQueued: () => void;
   /** Resolves once no lane is applying. */
   idle: () => Promise<void>;
@@ -67,6 +67,8 @@ interface Queued {
   records: KafkaMessage[];
   highWatermark: string;
   payload: EachBatchPayload;
+  /** Which run of the consumer fetched it (a restart or a rejoin starts a new one). */
+  generation: number;
 }
 
 /** One partition's queue and its drain loop. */
@@ -107,6 +109,7 @@ function takeConsecutive(lane: Lane, max: number): Queued {
   while (lane.queue.length > 0) {
     const next = lane.queue[0]!;
     const expected = BigInt(records[records.length - 1]!.offset) + 1n;
+    if (next.generation !== head.generation) break;
     if (BigInt(next.records[0]!.offset) !== expected || records.length + next.records.length > max) break;
     lane.queue.shift();
     records = records.concat(next.records);
@@ -114,7 +117,7 @@ function takeConsecutive(lane: Lane, max: number): Queued {
   }
   lane.queuedRecords -= records.length;
   // The newest payload: its heartbeat and liveness are the current ones.
-  return { records, highWatermark: last.highWatermark, payload: last.payload };
+  return { records, highWatermark: last.highWatermark, payload: last.payload, generation: head.generation };
 }
 
 /** Returns the materialiser's pipelined `eachBatch` and its lanes. */
@@ -128,9 +131,14 @@ export function partitionBatchHandler(deps: PartitionBatchDeps): PartitionBatche
   // would have inside eachBatch), so that the supervisor restarts it.
   let failure: unknown = null;
 
-  const clear = (lane: Lane) => {
-    lane.queue = [];
-    lane.queuedRecords = 0;
+  // A restart or a rejoin fetches from the committed offset again: what was queued
+  // before is dropped then, and a lane that gives up on a batch drops only the batches
+  // of that batch's run, never those a newer run fetched (kafkajs has moved past them
+  // and would not deliver them again: they would be lost until the next gap check).
+  let generation = 0;
+  const clear = (lane: Lane, upTo = Number.POSITIVE_INFINITY) => {
+    lane.queue = lane.queue.filter((q) => q.generation > upTo);
+    lane.queuedRecords = lane.queue.reduce((n, q) => n + q.records.length, 0);
   };
 
   /** Applies one queued run of records; false when the lane must drop what it holds. */
@@ -170,9 +178,9 @@ export function partitionBatchHandler(deps: PartitionBatchDeps): PartitionBatche
     while (lane.queue.length > 0) {
       const item = takeConsecutive(lane, deps.maxRecordsPerApply);
       try {
-        if (!(await applyQueued(lane, item))) clear(lane);
+        if (!(await applyQueued(lane, item))) clear(lane, item.generation);
       } catch (error) {
-        clear(lane);
+        clear(lane, item.generation);
         failure ??= error;
         deps.log?.error({ err: error, partition: lane.partition }, "materialiser lane failed");
       }
@@ -194,7 +202,7 @@ export function partitionBatchHandler(deps: PartitionBatchDeps): PartitionBatche
       lane = { partition: p, queue: [], queuedRecords: 0, draining: null };
       lanes.set(p, lane);
     }
-    lane.queue.push({ records: batch.messages, highWatermark: batch.highWatermark, payload });
+    lane.queue.push({ records: batch.messages, highWatermark: batch.highWatermark, payload, generation });
     lane.queuedRecords += batch.messages.length;
     // kafkajs fetches from the resolved offset: resolving now lets it fetch on while the
     // lane applies. Kafka's committed offset comes from applied offsets only (takeApplied).
@@ -216,6 +224,7 @@ export function partitionBatchHandler(deps: PartitionBatchDeps): PartitionBatche
   return {
     eachBatch,
     dropQueued: () => {
+      generation++;
       for (const lane of lanes.values()) clear(lane);
     },
     idle: async () => {

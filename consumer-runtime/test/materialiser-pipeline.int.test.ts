@@ -11,6 +11,7 @@
 import { startMaterialiser } from "@chatbus/consumer-runtime/materialiser";
 import { type ChatEventInput, encodeEvent, uuidv7 } from "@chatbus/producer-sdk";
 import type { EachBatchPayload, KafkaMessage } from "kafkajs";
+import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { kafkaBrokers } from "../../test/support/env.ts";
 import {
@@ -57,11 +58,13 @@ describe("partition lanes", () => {
     await db.pool.query(
       "CREATE TRIGGER test_pipe_slow BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION test_pipe_slow()",
     );
+    const registry = new Registry();
     const materialiser = await startMaterialiser({
       pool: db.pool,
       topic,
       brokers: kafkaBrokers(),
       groupId: uniqueName("mat-pipe"),
+      registry,
     });
     try {
       const ids = Array.from({ length: 10 }, (_, i) => `pipe-${i}`);
@@ -122,6 +125,13 @@ describe("partition lanes", () => {
       );
       const { rowCount: dead } = await db.pool.query("SELECT 1 FROM dead_letters");
       expect(dead).toBe(0);
+      // The fast records waited for their fetch, not for the slow transaction (8 s).
+      const wait = (await registry.getSingleMetric("chatbus_materialiser_record_wait_seconds")?.get())
+        ?.values;
+      const count = wait?.find((v) => v.metricName?.endsWith("_count"))?.value ?? 0;
+      const under5s = wait?.find((v) => v.metricName?.endsWith("_bucket") && v.labels.le === 5)?.value ?? 0;
+      expect(count).toBeGreaterThanOrEqual(3);
+      expect(under5s).toBeGreaterThanOrEqual(count - 1);
     } finally {
       await materialiser.stop();
     }
@@ -178,6 +188,7 @@ describe("a lane that gives up on a batch of a consumer run that ended", () => {
       status,
       metrics: undefined,
       noops: undefined,
+      recordWait: undefined,
       log: undefined,
       measureLatency: false,
       retryInitialMs: 20,

@@ -18,7 +18,7 @@
 import type { EachBatchPayload, KafkaMessage } from "kafkajs";
 import type pg from "pg";
 import type { Logger } from "pino";
-import type { Counter } from "prom-client";
+import type { Counter, Histogram } from "prom-client";
 import type { RuntimeMetrics } from "../runtime/metrics.ts";
 import { type ApplyContext, type BatchResult, OffsetGapError } from "./apply-batch.ts";
 import { applyIsolated } from "./apply-isolated.ts";
@@ -33,6 +33,8 @@ export interface PartitionBatchDeps {
   status: MaterialiserStatus;
   metrics: RuntimeMetrics | undefined;
   noops: Counter<"subscription" | "reason"> | undefined;
+  /** `chatbus_materialiser_record_wait_seconds` (absent without a registry). */
+  recordWait: Histogram<"subscription"> | undefined;
   log: Logger | undefined;
   measureLatency: boolean;
   retryInitialMs: number;
@@ -145,6 +147,12 @@ export function partitionBatchHandler(deps: PartitionBatchDeps): PartitionBatche
   const applyQueued = async (lane: Lane, item: Queued): Promise<boolean> => {
     const p = lane.partition;
     await connections.acquire();
+    // Where a record's time goes before its transaction (producer, broker, fetch, lane
+    // queue, a free connection): the oldest record of the run, by its Kafka timestamp.
+    deps.recordWait?.observe(
+      { subscription: deps.subscription },
+      Math.max(0, Date.now() - Number(item.records[0]!.timestamp)) / 1000,
+    );
     const inFlight = deps.status.batchStarted(item.records.length);
     const started = process.hrtime.bigint();
     let result: BatchResult | null;

@@ -21,7 +21,7 @@ import { Kafka, logLevel, type Producer } from "kafkajs";
 import type pg from "pg";
 import type { Logger } from "pino";
 import { Counter, Histogram, type Registry } from "prom-client";
-import { type RuntimeMetrics, runtimeMetrics } from "../runtime/metrics.ts";
+import { latencyBuckets, type RuntimeMetrics, runtimeMetrics } from "../runtime/metrics.ts";
 import { backoffMs } from "./apply-isolated.ts";
 import { configureConnections } from "./connections.ts";
 import { replayMaterialiserDeadLetters } from "./dead-letter-replay.ts";
@@ -114,7 +114,7 @@ function recordWaitHistogram(registry: Registry): Histogram<"subscription"> {
     name,
     help: "Time from the Kafka record timestamp (the producer's send) of the oldest record of each batch the materialiser applies to the start of its transaction: producer, broker, fetch and queueing, without the write itself.",
     labelNames: ["subscription"],
-    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+    buckets: latencyBuckets,
     registers: [registry],
   });
 }

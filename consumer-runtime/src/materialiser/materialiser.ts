@@ -19,8 +19,8 @@ import { randomUUID } from "node:crypto";
 import { Kafka, logLevel, type Producer } from "kafkajs";
 import type pg from "pg";
 import type { Logger } from "pino";
-import { Counter, type Registry } from "prom-client";
-import { type RuntimeMetrics, runtimeMetrics } from "../runtime/metrics.ts";
+import { Counter, Histogram, type Registry } from "prom-client";
+import { latencyBuckets, type RuntimeMetrics, runtimeMetrics } from "../runtime/metrics.ts";
 import { backoffMs } from "./apply-isolated.ts";
 import { configureConnections } from "./connections.ts";
 import { replayMaterialiserDeadLetters } from "./dead-letter-replay.ts";
@@ -97,6 +97,23 @@ function noopCounter(registry: Registry): Counter<"subscription" | "reason"> {
     name,
     help: "Events the materialiser applied as no-ops because they repeat what is already true (reason: direct_exists, already_a_member, already_recalled).",
     labelNames: ["subscription", "reason"],
+    registers: [registry],
+  });
+}
+
+/**
+ * `chatbus_materialiser_record_wait_seconds{subscription}`: Kafka record timestamp of the
+ * oldest record of each partition batch → the start of its handling.
+ */
+function recordWaitHistogram(registry: Registry): Histogram<"subscription"> {
+  const name = "chatbus_materialiser_record_wait_seconds";
+  const existing = registry.getSingleMetric(name);
+  if (existing) return existing as Histogram<"subscription">;
+  return new Histogram({
+    name,
+    help: "Time from the Kafka record timestamp (the producer's send) of the oldest record of each partition batch the materialiser applies to the start of its handling: producer, broker, fetch and waiting for the previous fetch's batches, without the write itself.",
+    labelNames: ["subscription"],
+    buckets: latencyBuckets,
     registers: [registry],
   });
 }
@@ -260,6 +277,7 @@ export async function startMaterialiser(options: MaterialiserOptions): Promise<M
     status,
     metrics,
     noops: registry ? noopCounter(registry) : undefined,
+    recordWait: registry ? recordWaitHistogram(registry) : undefined,
     log,
     measureLatency: s.measureLatency,
     retryInitialMs: s.retryInitialMs,

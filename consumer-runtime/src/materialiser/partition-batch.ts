@@ -8,7 +8,7 @@
 import type { EachBatchPayload } from "kafkajs";
 import type pg from "pg";
 import type { Logger } from "pino";
-import type { Counter } from "prom-client";
+import type { Counter, Histogram } from "prom-client";
 import type { RuntimeMetrics } from "../runtime/metrics.ts";
 import { type ApplyContext, type BatchResult, OffsetGapError } from "./apply-batch.ts";
 import { applyIsolated } from "./apply-isolated.ts";
@@ -23,6 +23,8 @@ export interface PartitionBatchDeps {
   status: MaterialiserStatus;
   metrics: RuntimeMetrics | undefined;
   noops: Counter<"subscription" | "reason"> | undefined;
+  /** `chatbus_materialiser_record_wait_seconds` (absent without a registry). */
+  recordWait: Histogram<"subscription"> | undefined;
   log: Logger | undefined;
   measureLatency: boolean;
   retryInitialMs: number;
@@ -46,6 +48,13 @@ export function partitionBatchHandler(
     if (batch.messages.length === 0) return;
     deps.beforeBatch?.(batch.partition);
     const p = batch.partition;
+    // Where a record's time goes before its transaction (producer, broker, fetch, the
+    // other partitions' batches of the previous fetch): the batch's oldest record, by its
+    // Kafka timestamp.
+    deps.recordWait?.observe(
+      { subscription: deps.subscription },
+      Math.max(0, Date.now() - Number(batch.messages[0]!.timestamp)) / 1000,
+    );
     const inFlight = deps.status.batchStarted(batch.messages.length);
     const started = process.hrtime.bigint();
     let result: BatchResult | null;

@@ -8,7 +8,8 @@
  * 2. the events are folded in memory in log order (business rules, sequence numbers,
  *    the senders' own-message counts that unread is derived from);
  * 3. ONE statement of data-modifying CTEs writes the final state with one set-based
- *    `INSERT/UPDATE … FROM unnest(…)` per table (not one per event), guarded by the
+ *    `INSERT/UPDATE … FROM unnest(…)` per table (not one per event; JSON columns come
+ *    from one JSON array parameter each, `json_array_elements`), guarded by the
  *    offset: `guard` moves `next_offset` only if it still is what step 1 saw (taking
  *    the row lock), every other CTE writes only if the guard did, and the NOTIFY is
  *    selected from the guard. A single statement is atomic, so a crash leaves the

@@ -249,8 +249,17 @@ export async function buildBaseApp(deps: ApiDeps): Promise<ApiApp> {
   });
   await app.register(fastifySwaggerUi, { routePrefix: "/docs" });
 
+  registerHealthRoutes(app, deps);
+  return app as unknown as ApiApp;
+}
+
+/**
+ * `/healthz`, `/readyz` and `/metrics`. Readiness failures and `details` name internal
+ * hosts, so only the operator key sees them.
+ */
+function registerHealthRoutes(app: FastifyInstance, deps: ApiDeps): void {
   app.get("/healthz", { schema: { hide: true } }, async () => ({ status: "ok" }));
-  const operatorDigest = createHash("sha256").update(config.operatorKey).digest();
+  const operatorDigest = createHash("sha256").update(deps.config.operatorKey).digest();
   /** Dependency error text names internal hosts: only the operator key sees it. */
   const isOperator = (request: FastifyRequest): boolean => {
     const match = /^Bearer\s+(\S+)\s*$/i.exec(request.headers.authorization ?? "");
@@ -308,5 +317,4 @@ export async function buildBaseApp(deps: ApiDeps): Promise<ApiApp> {
     reply.type(deps.registry.contentType);
     return deps.registry.metrics();
   });
-  return app as unknown as ApiApp;
 }

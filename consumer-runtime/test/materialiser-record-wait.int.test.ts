@@ -60,8 +60,9 @@ describe("chatbus_materialiser_record_wait_seconds", () => {
       ]);
       await waitUntilApplied(db.pool, topic, 60_000);
       await sleep(100);
+      // A histogram's values carry their series name (_bucket, _sum, _count).
       const values = (await registry.getSingleMetric("chatbus_materialiser_record_wait_seconds")?.get())
-        ?.values;
+        ?.values as { value: number; metricName?: string }[] | undefined;
       const count = values?.find((v) => v.metricName?.endsWith("_count"))?.value ?? 0;
       const sum = values?.find((v) => v.metricName?.endsWith("_sum"))?.value ?? 0;
       expect(count).toBeGreaterThanOrEqual(2);

@@ -16,7 +16,8 @@ export interface WorkloadEvent {
   time: Date;
 }
 
-function prng(seed: number): () => number {
+/** A small deterministic pseudo-random generator (mulberry32): the same seed, the same workload. */
+export function prng(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;

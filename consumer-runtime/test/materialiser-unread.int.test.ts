@@ -25,7 +25,7 @@ import {
   uniqueName,
 } from "../../test/support/isolation.ts";
 import { migrate } from "../src/database/migrate.ts";
-import { produceWorkload, type WorkloadEvent, waitUntilApplied } from "./materialiser-support.ts";
+import { prng, produceWorkload, type WorkloadEvent, waitUntilApplied } from "./materialiser-support.ts";
 
 let topic: string;
 let db: TestSchema;
@@ -182,17 +182,6 @@ describe("derived unread counts", () => {
     }
   }, 120_000);
 });
-
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Valid events with sends, reads, recalls, leaves and rejoins in `conversations` groups of u0..u7. */
 function scenario(prefix: string, conversations: number, count: number): WorkloadEvent[] {

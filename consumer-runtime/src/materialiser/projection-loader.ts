@@ -157,6 +157,19 @@ export async function loadBatchState(
     ],
   });
   const loaded = rows[0]!;
+  return {
+    state: stateOf(loaded),
+    storedOffset: loaded.next_offset === null ? null : String(loaded.next_offset),
+  };
+}
+
+/** The loaded rows as the in-memory state `evolve` works on. */
+function stateOf(loaded: {
+  conversations: Row[];
+  members: Row[];
+  messages: Row[];
+  seen: string[];
+}): ProjectionState {
   const state = new ProjectionState();
   for (const r of loaded.conversations)
     state.addConversation({
@@ -212,5 +225,5 @@ export async function loadBatchState(
       dirty: false,
     });
   for (const id of loaded.seen) state.seen.add(id);
-  return { state, storedOffset: loaded.next_offset === null ? null : String(loaded.next_offset) };
+  return state;
 }

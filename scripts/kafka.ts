@@ -333,7 +333,13 @@ async function waitReady(ports: number[], pids: number[]): Promise<void> {
 
 /** A Kafka cluster id: 16 random bytes, URL-safe base64 without padding. */
 function newClusterId(): string {
-  return Buffer.from(randomUUID().replaceAll("-", ""), "hex").toString("base64url");
+  // base64url may start with "-", which kafka-storage's argument parser takes for an
+  // option ("argument --cluster-id/-t: expected one argument"): one new cluster in 64
+  // failed to format. Kafka's own Uuid.randomUuid() skips such ids the same way.
+  for (;;) {
+    const id = Buffer.from(randomUUID().replaceAll("-", ""), "hex").toString("base64url");
+    if (!id.startsWith("-")) return id;
+  }
 }
 
 /**

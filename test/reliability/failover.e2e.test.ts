@@ -167,7 +167,9 @@ describe("three-broker cluster failover", () => {
       );
       if (Number(rows[0]!.n) === expected.length) break;
       if (Date.now() > deadline)
-        throw new Error(`only ${rows[0]!.n} of ${expected.length} acknowledged sends were materialised`);
+        throw new Error(
+          `only ${rows[0]!.n} of ${expected.length} acknowledged sends were materialised; missing: ${await missingReport(expected.map((e) => e.eventId))}`,
+        );
       await sleep(500);
     }
 
@@ -242,3 +244,29 @@ describe("three-broker cluster failover", () => {
     );
   });
 });
+
+/**
+ * Which acknowledged events the projection lacks, and whether they were dead-lettered
+ * or counted as duplicates: tells a consumer that stopped fetching from a rule that
+ * refused them.
+ */
+async function missingReport(eventIds: string[]): Promise<string> {
+  try {
+    return JSON.stringify(await missingRows(eventIds));
+  } catch (error) {
+    return `(the report failed: ${(error as Error).message})`;
+  }
+}
+
+async function missingRows(eventIds: string[]) {
+  const { rows } = await db.pool.query<{ event_id: string; dead: string | null; duplicate: boolean }>(
+    `SELECT k.id AS event_id,
+            (SELECT string_agg(d.subscription || ' ' || d.failure_class || ': ' || d.error_message, '; ')
+               FROM dead_letters d WHERE d.event_id = k.id) AS dead,
+            EXISTS (SELECT 1 FROM duplicate_messages x WHERE x.event_id = k.id) AS duplicate
+       FROM unnest($1::text[]) AS k(id)
+      WHERE NOT EXISTS (SELECT 1 FROM messages g WHERE g.event_id = k.id)`,
+    [eventIds],
+  );
+  return rows;
+}

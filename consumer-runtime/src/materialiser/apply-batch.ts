@@ -71,9 +71,9 @@ export interface ApplyContext {
   /**
    * Decides whether a batch may start above the stored offset (records in between were
    * never applied). Absent: gaps are accepted (a rebuild reads the whole log itself).
-   * The live materialiser refuses a gap unless it has just sought back to the stored
-   * offset and Kafka still delivers nothing in between (transaction markers,
-   * retention, a projection created after the log start).
+   * The live materialiser accepts a gap only where Kafka holds nothing in between
+   * (transaction markers, retention, a projection created after the log start; see
+   * partition-batch.ts).
    */
   acceptGap?: (first: string, stored: string | null) => boolean;
 }

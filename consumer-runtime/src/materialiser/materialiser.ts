@@ -140,6 +140,18 @@ function startReplayPoller(
   return timer;
 }
 
+/** The first offset Kafka still holds for a partition (asked only when a batch shows a gap). */
+async function logStartOffset(kafka: Kafka, topic: string, partition: number): Promise<string> {
+  const admin = kafka.admin();
+  await admin.connect();
+  try {
+    const offsets = await admin.fetchTopicOffsets(topic);
+    return offsets.find((o) => o.partition === partition)?.low ?? "0";
+  } finally {
+    await admin.disconnect();
+  }
+}
+
 /** The settings with their defaults. */
 function resolveSettings(settings: MaterialiserSettings) {
   const d = materialiserDefaults;
@@ -285,6 +297,7 @@ export async function startMaterialiser(options: MaterialiserOptions): Promise<M
     stuckAfterMs: s.stuckAfterMs,
     running: () => running,
     seek: (partition, offset) => consumer.seek({ topic, partition, offset }),
+    logStartOffset: (partition) => logStartOffset(kafka, topic, partition),
     ...(faults?.beforeBatch ? { beforeBatch: faults.beforeBatch } : {}),
   });
   const run = async () => {

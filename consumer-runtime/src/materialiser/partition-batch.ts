@@ -3,7 +3,8 @@
  * atomic applyBatch with the offset per attempt, bad events isolated, system failures
  * retried with the partition held), reports it to the status and metrics, and only
  * then resolves and commits the Kafka offset (a hint; the stored offset is the truth).
- * A batch above the stored offset is never applied: the consumer seeks back instead.
+ * A batch above the stored offset is never applied: the consumer seeks back instead,
+ * unless Kafka itself holds nothing in between (see `gapDecision`).
  */
 import type { EachBatchPayload } from "kafkajs";
 import type pg from "pg";
@@ -34,6 +35,8 @@ export interface PartitionBatchDeps {
   running: () => boolean;
   /** Seeks the consumer (after a gap). */
   seek: (partition: number, offset: string) => void;
+  /** The first offset Kafka still holds for the partition (retention moves it up). */
+  logStartOffset: (partition: number) => Promise<string>;
   beforeBatch?: (partition: number) => void;
 }
 
@@ -41,8 +44,9 @@ export interface PartitionBatchDeps {
 export function partitionBatchHandler(
   deps: PartitionBatchDeps,
 ): (payload: EachBatchPayload) => Promise<void> {
-  // Partitions just sought back to their stored offset after a gap (see acceptGap).
-  const soughtTo = new Map<number, string>();
+  // Per partition, the log start offset Kafka reported when a gap was seen: records
+  // below it are gone from the log (retention), so a gap up to it is accepted.
+  const logStarts = new Map<number, bigint>();
   return async (payload) => {
     const { batch } = payload;
     if (batch.messages.length === 0) return;
@@ -59,20 +63,15 @@ export function partitionBatchHandler(
     const started = process.hrtime.bigint();
     let result: BatchResult | null;
     try {
-      result = await apply(deps, payload, inFlight, soughtTo);
+      result = await apply(deps, payload, inFlight, logStarts.get(p) ?? -1n);
     } catch (error) {
       if (!(error instanceof OffsetGapError)) throw error;
-      // Never apply across a gap: seek back to the stored offset; the records in
-      // between come again (or Kafka has none, and the next batch is accepted).
-      deps.log?.warn({ partition: p, stored: error.stored, first: error.first }, error.message);
-      soughtTo.set(p, error.stored);
-      deps.seek(p, error.stored);
+      await onGap(deps, error, fetchedOffset(batch), logStarts);
       return;
     } finally {
       deps.status.batchFinished(inFlight, p);
     }
     if (result === null) return;
-    soughtTo.delete(p);
     const last = batch.lastOffset();
     record(deps, result, Number(process.hrtime.bigint() - started) / 1e9, {
       partition: p,
@@ -92,7 +91,7 @@ function apply(
   deps: PartitionBatchDeps,
   { batch, heartbeat, isRunning, isStale }: EachBatchPayload,
   inFlight: BatchInFlight,
-  soughtTo: Map<number, string>,
+  logStart: bigint,
 ): Promise<BatchResult | null> {
   const p = batch.partition;
   const labels = { subscription: deps.subscription };
@@ -101,9 +100,13 @@ function apply(
     partition: p,
     schema: deps.schema,
     subscription: deps.subscription,
-    // A gap is accepted only right after seeking back to the stored offset: Kafka
-    // then has nothing to deliver in between (transaction markers, retention).
-    acceptGap: (_first, stored) => soughtTo.get(p) === (stored ?? "0"),
+    // A gap is accepted only where Kafka holds no record in between: the batch was
+    // fetched at or below the stored offset (what lies between was control records or
+    // aborted ones), or at or below the log start Kafka reported (deleted by retention).
+    acceptGap: (_first, stored) => {
+      const fetched = BigInt(fetchedOffset(batch) ?? "-1");
+      return fetched >= 0n && (fetched <= BigInt(stored ?? "0") || fetched <= logStart);
+    },
   };
   return applyIsolated(deps.pool, context, batch.messages, {
     running: () => deps.running() && isRunning() && !isStale(),
@@ -132,6 +135,46 @@ function apply(
         "the database refused an event's data: dead-lettered (class data)",
       ),
   });
+}
+
+/**
+ * The offset kafkajs asked Kafka for when it fetched the batch (its `Batch` keeps it; the
+ * type declarations omit it). A batch whose first record lies above the offset it was
+ * fetched at is a hole Kafka itself has (control records, aborted transactions,
+ * retention), never records this consumer skipped.
+ */
+function fetchedOffset(batch: EachBatchPayload["batch"]): string | undefined {
+  return (batch as { fetchedOffset?: string }).fetchedOffset;
+}
+
+/**
+ * A batch started above the stored offset. When Kafka no longer holds the records in
+ * between (the log start moved past them: retention), they can never be applied: say
+ * so loudly and accept the gap from now on (the same position is fetched again, since
+ * nothing was resolved). Otherwise the records exist and were not applied: seek back to
+ * the stored offset. Either way nothing was written.
+ */
+async function onGap(
+  deps: PartitionBatchDeps,
+  gap: OffsetGapError,
+  fetched: string | undefined,
+  logStarts: Map<number, bigint>,
+): Promise<void> {
+  const p = gap.partition;
+  const logStart = await deps.logStartOffset(p).then(BigInt, (error: unknown) => {
+    deps.log?.warn({ err: error, partition: p }, "could not read the partition's log start offset");
+    return -1n;
+  });
+  if (fetched !== undefined && logStart > BigInt(gap.stored) && BigInt(fetched) <= logStart) {
+    logStarts.set(p, logStart);
+    deps.log?.error(
+      { partition: p, stored: gap.stored, logStart: logStart.toString() },
+      `records ${gap.stored}..${logStart - 1n} of partition ${p} were deleted from Kafka (retention) before the materialiser applied them; they are lost to the projection, which goes on from ${logStart}`,
+    );
+    return;
+  }
+  deps.log?.warn({ partition: p, stored: gap.stored, first: gap.first, fetched }, gap.message);
+  deps.seek(p, gap.stored);
 }
 
 /** Reports an applied batch to the status and the metrics. */

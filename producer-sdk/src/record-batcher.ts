@@ -148,6 +148,14 @@ export class RecordBatcher<M> {
           nextOffset.set(record.partition, offset + 1n);
           return offset.toString();
         });
+        // kafkajs resolves a send without a partition it never sent (its responses are
+        // kept per broker across retries: a partition whose leader moved to a broker
+        // that had already answered is skipped, tulios/kafkajs#1798). Its sequence
+        // number was rolled back although that request may have been written, so the
+        // next records of that partition would reuse it and the broker would answer
+        // them as duplicates of the earlier ones, with their offset, without storing
+        // them: acknowledged and lost. A fresh producer (new producer id) must take over.
+        if (offsets.includes(undefined)) this.#options.onFailure();
         const settle = () =>
           batch.forEach((record, n) => {
             const offset = offsets[n];

@@ -109,6 +109,25 @@ describe("RecordBatcher", () => {
     await expect(send(3, 0)).resolves.toBe("0");
   });
 
+  it("rejects the records of a partition the response lacks and resets the producer", async () => {
+    // kafkajs can resolve a send without a partition it skipped (tulios/kafkajs#1798).
+    const broker = fakeBroker();
+    let drop: number | undefined = 1;
+    const { send, failures } = setup({
+      produce: async (batch) => {
+        const bases = await broker.produce(batch);
+        if (drop !== undefined) bases.delete(drop);
+        drop = undefined;
+        return bases;
+      },
+    });
+    const results = await Promise.allSettled([send(1, 0), send(2, 1), send(3, 1)]);
+    expect(results.map((r) => r.status)).toEqual(["fulfilled", "rejected", "rejected"]);
+    expect((results[1] as PromiseRejectedResult).reason.message).toContain("no offset for partition 1");
+    expect(failures()).toBe(1);
+    await expect(send(4, 1)).resolves.toBe("2");
+  });
+
   it("times out records of a stuck request and moves on", async () => {
     const { broker, send, batcher, failures } = setup({ timeoutMs: 200 });
     broker.hold();

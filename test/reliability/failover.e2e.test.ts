@@ -38,6 +38,16 @@ const invocations = new Map<string, number>();
 let db: TestSchema;
 let topic: string;
 let startedCluster = false;
+/** The test's acknowledged sends by conversation, for the failure report. */
+let acknowledgedByConversation = new Map<string, Acknowledged[]>();
+
+/** A send that resolved: its counter in its conversation and where the SDK said it is. */
+interface Acknowledged {
+  n: number;
+  eventId: string;
+  partition: number;
+  offset: string;
+}
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -67,6 +77,8 @@ beforeAll(async () => {
     replicationFactor: 3,
     rateLimit: { enabled: false },
     sendTimeoutMs: 30_000,
+    // Producer resets and failed requests explain a lost acknowledgement.
+    logger: pino({ level: process.env.TEST_LOG_LEVEL ?? "warn" }).child({ component: "producer" }),
   });
   materialiser = await startMaterialiser({
     pool: db.pool,
@@ -111,9 +123,10 @@ describe("three-broker cluster failover", () => {
     }
 
     // One sequential sender per conversation, so per-conversation send order is defined.
-    const acknowledged = new Map<string, { n: number; eventId: string }[]>(conversations.map((c) => [c, []]));
+    const acknowledged = new Map<string, Acknowledged[]>(conversations.map((c) => [c, []]));
     let rejected = 0;
     let sending = true;
+    acknowledgedByConversation = acknowledged;
     const senders = conversations.map(async (id) => {
       for (let n = 0; sending; n++) {
         try {
@@ -122,7 +135,9 @@ describe("three-broker cluster failover", () => {
             senderId: "ana",
             content: { type: "text", text: String(n) },
           });
-          acknowledged.get(id)!.push({ n, eventId: result.eventId });
+          acknowledged
+            .get(id)!
+            .push({ n, eventId: result.eventId, partition: result.partition, offset: result.offset });
         } catch (error) {
           // Reported to the caller: acceptable while a leader moves, as long as it is not silent.
           expect((error as { code?: string }).code).toMatch(/^CHATBUS_/);
@@ -168,7 +183,7 @@ describe("three-broker cluster failover", () => {
       if (Number(rows[0]!.n) === expected.length) break;
       if (Date.now() > deadline)
         throw new Error(
-          `only ${rows[0]!.n} of ${expected.length} acknowledged sends were materialised; missing: ${await missingReport(expected.map((e) => e.eventId))}`,
+          `only ${rows[0]!.n} of ${expected.length} acknowledged sends were materialised; missing: ${await missingReport(expected)}`,
         );
       await sleep(500);
     }
@@ -246,13 +261,54 @@ describe("three-broker cluster failover", () => {
 });
 
 /**
- * Which acknowledged events the projection lacks, and whether they were dead-lettered
- * or counted as duplicates: tells a consumer that stopped fetching from a rule that
- * refused them.
+ * Which acknowledged events the projection lacks, whether they were dead-lettered or
+ * counted as duplicates, where each one is in the Kafka log (partition and offset, or
+ * absent), and how far the materialiser got on that partition (stored next offset, log
+ * end): tells records the log never kept from a consumer that stopped fetching and
+ * from a rule that refused them.
  */
-async function missingReport(eventIds: string[]): Promise<string> {
+async function missingReport(expected: Acknowledged[]): Promise<string> {
   try {
-    return JSON.stringify(await missingRows(eventIds));
+    const missing = await missingRows(expected.map((e) => e.eventId));
+    const logged = await readWholeTopic(brokers, topic);
+    const where = new Map(logged.map((r) => [r.ceId, `${r.partition}:${r.offset}`]));
+    const atPosition = new Map(logged.map((r) => [`${r.partition}:${r.offset}`, r.ceId]));
+    const claims = new Map<string, number>();
+    for (const e of expected)
+      claims.set(`${e.partition}:${e.offset}`, (claims.get(`${e.partition}:${e.offset}`) ?? 0) + 1);
+    const sent = new Map(expected.map((e) => [e.eventId, e]));
+    const conversationOf = new Map(
+      [...acknowledgedByConversation].flatMap(([c, list]) =>
+        list.map((a) => [a.eventId, `${c}#${a.n}`] as const),
+      ),
+    );
+    const ends = new Map<number, bigint>();
+    for (const r of logged) ends.set(r.partition, BigInt(r.offset) + 1n);
+    const { rows: stored } = await db.pool.query<{ partition: number; next_offset: string }>(
+      "SELECT partition, next_offset FROM projection_offsets WHERE topic = $1 ORDER BY partition",
+      [topic],
+    );
+    return JSON.stringify({
+      missing: missing.map((m) => {
+        const ack = sent.get(m.event_id)!;
+        const position = `${ack.partition}:${ack.offset}`;
+        return {
+          ...m,
+          sent: conversationOf.get(m.event_id),
+          ackedAt: position,
+          // The record the log holds at the acknowledged position, and how many
+          // acknowledged sends claim that same position.
+          logAtAckedPosition: atPosition.get(position) ?? "nothing",
+          claims: claims.get(position),
+          inLog: where.get(m.event_id) ?? "absent",
+        };
+      }),
+      partitions: stored.map((s) => ({
+        partition: s.partition,
+        storedNext: s.next_offset,
+        logEnd: String(ends.get(s.partition) ?? "?"),
+      })),
+    });
   } catch (error) {
     return `(the report failed: ${(error as Error).message})`;
   }

@@ -8,7 +8,7 @@
  * measured part only (not the set-up):
  *
  *   npx tsx --conditions=@chatbus/source bench/materialiser/apply-cpu.ts \
- *     [--events 30000] [--batch 500] [--profile /tmp/apply.cpuprofile]
+ *     [--events 30000] [--batch 500] [--profile /tmp/apply.cpuprofile] [--setup-sql "DROP INDEX …"]
  */
 import { randomBytes } from "node:crypto";
 import { readFileSync, writeFileSync } from "node:fs";
@@ -25,6 +25,8 @@ const { values } = parseArgs({
     events: { type: "string", default: "30000" },
     batch: { type: "string", default: "500" },
     profile: { type: "string" },
+    // SQL run in the bench's schema after the migrations (A/B of an index or a setting).
+    "setup-sql": { type: "string" },
   },
 });
 const EVENTS = Number(values.events);
@@ -85,6 +87,7 @@ await admin.query(`CREATE SCHEMA "${schema}"`);
 const pool = new pg.Pool({ connectionString: url.toString(), max: 1 });
 try {
   await migrate(pool);
+  if (values["setup-sql"]) await pool.query(values["setup-sql"]);
   const backend = (await pool.query<{ pid: number }>("SELECT pg_backend_pid() AS pid")).rows[0]!.pid;
   // Counts the statements and the backend's CPU per statement (load or write) on the one connection.
   let statements = 0;

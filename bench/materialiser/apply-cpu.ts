@@ -8,7 +8,7 @@
  * measured part only (not the set-up):
  *
  *   npx tsx --conditions=@chatbus/source bench/materialiser/apply-cpu.ts \
- *     [--events 30000] [--batch 500] [--profile /tmp/apply.cpuprofile]
+ *     [--events 30000] [--batch 500] [--profile /tmp/apply.cpuprofile] [--setup-sql "DROP INDEX …"] [--explain]
  */
 import { randomBytes } from "node:crypto";
 import { readFileSync, writeFileSync } from "node:fs";
@@ -25,6 +25,11 @@ const { values } = parseArgs({
     events: { type: "string", default: "30000" },
     batch: { type: "string", default: "500" },
     profile: { type: "string" },
+    // SQL run in the bench's schema after the migrations (A/B of an index or a setting).
+    "setup-sql": { type: "string" },
+    // Runs each measured write as EXPLAIN (ANALYZE, WAL) and sums time and WAL per table
+    // write: where PostgreSQL's share goes (EXPLAIN's timing inflates the totals).
+    explain: { type: "boolean", default: false },
   },
 });
 const EVENTS = Number(values.events);
@@ -79,15 +84,49 @@ for (let j = 0; j < EVENTS; j++) {
   );
 }
 
+interface PlanNode {
+  "Node Type": string;
+  Operation?: string;
+  "Relation Name"?: string;
+  "Actual Total Time": number;
+  "Actual Loops": number;
+  "Actual Rows": number;
+  "WAL Bytes"?: number;
+  Plans?: PlanNode[];
+}
+
+/** Adds each table write (ModifyTable) of `node`'s tree: inclusive and own time, WAL bytes. */
+function sumPlan(
+  node: PlanNode,
+  into: Map<string, { ms: number; selfMs: number; walBytes: number; rows: number }>,
+): void {
+  for (const child of node.Plans ?? []) sumPlan(child, into);
+  if (node["Node Type"] !== "ModifyTable") return;
+  const ms = node["Actual Total Time"] * node["Actual Loops"];
+  const children = (node.Plans ?? []).reduce((t, c) => t + c["Actual Total Time"] * c["Actual Loops"], 0);
+  const key = `${node.Operation} ${node["Relation Name"]}`;
+  const entry = into.get(key) ?? { ms: 0, selfMs: 0, walBytes: 0, rows: 0 };
+  entry.ms += ms;
+  entry.selfMs += ms - children;
+  entry.walBytes += node["WAL Bytes"] ?? 0;
+  // A ModifyTable without RETURNING returns no rows: count what its input produced.
+  entry.rows += (node.Plans ?? []).reduce((t, c) => t + c["Actual Rows"] * c["Actual Loops"], 0);
+  into.set(key, entry);
+}
+
 const admin = new pg.Client({ connectionString: baseUrl });
 await admin.connect();
 await admin.query(`CREATE SCHEMA "${schema}"`);
 const pool = new pg.Pool({ connectionString: url.toString(), max: 1 });
 try {
   await migrate(pool);
+  if (values["setup-sql"]) await pool.query(values["setup-sql"]);
   const backend = (await pool.query<{ pid: number }>("SELECT pg_backend_pid() AS pid")).rows[0]!.pid;
   // Counts the statements and the backend's CPU per statement (load or write) on the one connection.
   let statements = 0;
+  let explaining = false;
+  const explained = new Map<string, { ms: number; selfMs: number; walBytes: number; rows: number }>();
+  let executionMs = 0;
   const serverByStatement: Record<string, number> = { load: 0, write: 0, other: 0 };
   const client = await pool.connect();
   const query = client.query.bind(client) as (...args: unknown[]) => Promise<unknown>;
@@ -95,6 +134,16 @@ try {
     statements++;
     const name = (args[0] as { name?: string }).name;
     const kind = name === "chatbus_materialiser_load" ? "load" : name ? "write" : "other";
+    if (explaining && kind === "write") {
+      const { text, values } = args[0] as { text: string; values: unknown[] };
+      const plan = (await query(`EXPLAIN (ANALYZE, WAL, BUFFERS, FORMAT JSON) ${text}`, values)) as {
+        rows: { "QUERY PLAN": [{ Plan: PlanNode; "Execution Time": number }] }[];
+      };
+      const top = plan.rows[0]!["QUERY PLAN"][0];
+      executionMs += top["Execution Time"];
+      sumPlan(top.Plan, explained);
+      return { rowCount: 1, rows: [{}] };
+    }
     const before = processCpuMs(backend);
     const result = await query(...args);
     serverByStatement[kind]! += processCpuMs(backend) - before;
@@ -128,6 +177,7 @@ try {
     await session.post("Profiler.enable");
     await session.post("Profiler.start");
   }
+  explaining = values.explain;
   const cpu = process.cpuUsage();
   const server = processCpuMs(backend);
   const started = performance.now();
@@ -145,6 +195,13 @@ try {
     session.disconnect();
   }
   const us = (ms: number) => ((ms * 1000) / EVENTS).toFixed(1);
+  if (values.explain) {
+    console.log(`EXPLAIN ANALYZE of the writes: execution ${us(executionMs)} µs/event`);
+    for (const [node, v] of [...explained].sort((a, b) => b[1].ms - a[1].ms))
+      console.log(
+        `  ${node}: ${us(v.ms)} µs/event incl., ${us(v.selfMs)} self, WAL ${(v.walBytes / EVENTS).toFixed(0)} B/event, ${v.rows} rows`,
+      );
+  }
   console.log(
     [
       `${EVENTS} events in ${batches} batches of ≤ ${BATCH}: ${statements} statements (${(statements / batches).toFixed(1)} per batch)`,

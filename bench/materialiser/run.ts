@@ -327,13 +327,21 @@ try {
      VALUES ('big', 'group', 'u0', now(), 'big-created', 0, $1, now(), now())`,
     [HISTORY_ROWS],
   );
-  await pool.query(
-    `INSERT INTO messages (conversation_id, seq, event_id, sender_id, content, priority, sent_at, materialised_at, partition, "offset")
-     SELECT 'big', g, 'big-' || g, 'u' || (g % 3), jsonb_build_object('type', 'text', 'text', repeat('x', 200) || g),
-            'normal', now(), now(), 0, g
-       FROM generate_series(1, $1::int) g`,
-    [HISTORY_ROWS],
-  );
+  // The pool's connections carry the materialiser's statement timeout (30 s), which a
+  // million-row insert on a loaded machine exceeds: this one statement has none.
+  const generator = await pool.connect();
+  try {
+    await generator.query("SET statement_timeout = 0");
+    await generator.query(
+      `INSERT INTO messages (conversation_id, seq, event_id, sender_id, content, priority, sent_at, materialised_at, partition, "offset")
+       SELECT 'big', g, 'big-' || g, 'u' || (g % 3), jsonb_build_object('type', 'text', 'text', repeat('x', 200) || g),
+              'normal', now(), now(), 0, g
+         FROM generate_series(1, $1::int) g`,
+      [HISTORY_ROWS],
+    );
+  } finally {
+    generator.release(true);
+  }
   await pool.query("ANALYZE messages");
   const genSeconds = (performance.now() - genStarted) / 1000;
   const reader = createProjectionReader(pool);

@@ -118,7 +118,8 @@ export async function startRuntimeProcess(): Promise<RuntimeProcess> {
   const notifications = notificationsDemo({ pool, logger, registry });
   await notifications.start();
   started.push(notifications);
-  // The materialiser applies up to 12 partitions at once, one connection each: its own pool.
+  // The materialiser applies up to 12 partitions at once, one connection each: its own pool
+  // (its status publisher and replay poller make two more connections of their own).
   const materialiserPool = new pg.Pool({ connectionString: databaseUrl, max: 13 });
   const materialiser = await startMaterialiser({
     pool: materialiserPool,

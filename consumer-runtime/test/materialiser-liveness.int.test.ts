@@ -3,6 +3,8 @@
  * the materialiser side of 12.4), against the real broker and database:
  * - after a consumer crash it restarts with back-off until it runs, even when the first
  *   restart fails;
+ * - the status publisher has connections of its own: it publishes while every
+ *   connection of the batch pool is taken;
  * - a statement that hangs is cancelled by the statement timeout (a system failure);
  *   the record retried past `stuckAfterMs` is published as stuck; an operator's skip
  *   request turns it into an `operator` dead letter and the partition moves on.
@@ -10,6 +12,7 @@
 
 import { startMaterialiser } from "@chatbus/consumer-runtime/materialiser";
 import { uuidv7 } from "@chatbus/producer-sdk";
+import pg from "pg";
 import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { kafkaBrokers } from "../../test/support/env.ts";
@@ -205,6 +208,43 @@ describe("a record that keeps failing for a system reason", () => {
       expect((db.pool as unknown as { options: { keepAlive: boolean } }).options.keepAlive).toBe(true);
     } finally {
       await materialiser.stop();
+    }
+  });
+});
+
+describe("the status publisher's own connections", () => {
+  it("publishes the status while every connection of the batch pool is taken", async () => {
+    const topic = await createTestTopic("mat_status_pool", 1);
+    const batchPool = new pg.Pool({ connectionString: db.url, max: 1 });
+    const materialiser = await startMaterialiser({
+      pool: batchPool,
+      topic,
+      brokers: kafkaBrokers(),
+      groupId: uniqueName("mat-status-pool"),
+      subscription: "status-pool",
+      statusIntervalMs: 200,
+    });
+    // The batch pool's only connection is held: a status publisher on that pool would
+    // wait for it and never publish again.
+    const held = await batchPool.connect();
+    try {
+      const lastSeen = async () =>
+        (
+          await db.pool.query<{ at: Date }>(
+            "SELECT last_seen_at AS at FROM subscription_status WHERE subscription = 'status-pool'",
+          )
+        ).rows[0]?.at.getTime();
+      await sleep(500);
+      const before = (await lastSeen()) ?? 0;
+      await waitFor(
+        "a status published after the connection was taken",
+        async () => (((await lastSeen()) ?? 0) > before ? true : undefined),
+        5_000,
+      );
+    } finally {
+      held.release();
+      await materialiser.stop();
+      await batchPool.end();
     }
   });
 });

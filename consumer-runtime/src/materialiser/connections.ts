@@ -20,6 +20,19 @@ export function configureConnections(pool: pg.Pool, statementTimeoutMs: number):
   timeouts.set(pool, Number(options.statement_timeout));
 }
 
+/**
+ * A pool of `max` connections made like `pool`'s (same connection options, so the same
+ * search_path, and the same client class), for the materialiser's periodic work: the
+ * status publisher and the dead-letter replay poller. Why: on the batch pool they
+ * waited behind every partition's transaction for a connection (wait p99 184 ms under
+ * load, issue 12) and took connections the partitions' batches then waited for.
+ */
+export function sidePool(pool: pg.Pool, max: number): pg.Pool {
+  const options = (pool as unknown as { options: pg.PoolConfig }).options;
+  const Pool = pool.constructor as new (config: pg.PoolConfig) => pg.Pool;
+  return new Pool({ ...options, max });
+}
+
 /** Once per connection: keep-alive on its socket and the statement timeout (one SET). */
 export async function prepareConnection(pool: pg.Pool, client: pg.PoolClient): Promise<void> {
   const timeout = timeouts.get(pool);

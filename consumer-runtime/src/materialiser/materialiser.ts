@@ -22,7 +22,7 @@ import type { Logger } from "pino";
 import { Counter, Histogram, type Registry } from "prom-client";
 import { latencyBuckets, type RuntimeMetrics, runtimeMetrics } from "../runtime/metrics.ts";
 import { backoffMs } from "./apply-isolated.ts";
-import { configureConnections } from "./connections.ts";
+import { configureConnections, sidePool } from "./connections.ts";
 import { replayMaterialiserDeadLetters } from "./dead-letter-replay.ts";
 import { type MaterialiserState, MaterialiserStatus } from "./materialiser-status.ts";
 import { type MaterialiserSettings, materialiserDefaults, validateMaterialiserSettings } from "./options.ts";
@@ -247,8 +247,12 @@ export async function startMaterialiser(options: MaterialiserOptions): Promise<M
   const onPoolError = (error: Error) => log?.warn({ err: error }, "PostgreSQL connection lost");
   pool.on("error", onPoolError);
   configureConnections(pool, s.statementTimeoutMs);
+  // The status publisher and the replay poller get two connections of their own, so they
+  // neither wait behind the partitions' batches nor take their connections.
+  const periodic = sidePool(pool, 2);
+  periodic.on("error", onPoolError);
   const status = new MaterialiserStatus({
-    pool,
+    pool: periodic,
     group: groupId,
     topic,
     subscription,
@@ -269,7 +273,7 @@ export async function startMaterialiser(options: MaterialiserOptions): Promise<M
   });
   const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
   await producer.connect();
-  const replayTimer = startReplayPoller(pool, producer, {
+  const replayTimer = startReplayPoller(periodic, producer, {
     subscription,
     topic,
     instanceId,
@@ -326,6 +330,7 @@ export async function startMaterialiser(options: MaterialiserOptions): Promise<M
       await consumer.disconnect();
       await producer.disconnect();
       pool.off("error", onPoolError);
+      await periodic.end();
     },
   };
 }

@@ -11,7 +11,7 @@
  *   linger), one request in flight as idempotence requires.
  * - raw kafkajs, pre-encoded: the same, with records built once up front: kafkajs alone.
  * - raw @platformatic/kafka: the same records and batches through its Producer
- *   (installed on first use, see platformatic.ts).
+ *   (installed on first use, see scripts/platformatic-kafka.ts).
  * - kafka-producer-perf-test (Java, org.apache.kafka.tools.ProducerPerformance): the
  *   ceiling of this machine; 1 KiB random values, no key or headers, linger.ms=2.
  * Node rows run in interleaved rounds so that load from elsewhere hits them alike.
@@ -27,7 +27,7 @@ import { cpus, loadavg, totalmem } from "node:os";
 import { createChatBus, type EncodedRecord, uuidv7 } from "@chatbus/producer-sdk";
 import { Kafka, logLevel, Partitioners } from "kafkajs";
 import { installKafka } from "../../scripts/kafka.ts";
-import { loadPlatformatic } from "./platformatic.ts";
+import { loadPlatformatic } from "../../scripts/platformatic-kafka.ts";
 
 const brokers = (process.env.KAFKA_BROKERS ?? "127.0.0.1:9092").split(",");
 const events = Number(process.env.BENCH_EVENTS ?? 60_000);

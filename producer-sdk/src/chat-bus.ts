@@ -15,7 +15,11 @@ import type { ChatEventInput, ConversationKind } from "./events.ts";
 import { kafkaClient, provisionTopic, toChatBusError } from "./kafka-client.ts";
 import { createProducerMetrics, type ProducerMetrics } from "./metrics.ts";
 import { type ChatBusOptions, type ResolvedOptions, resolveOptions } from "./options.ts";
-import { type OutgoingRecord, openProducerConnection, type ProducerConnection } from "./producer-connection.ts";
+import {
+  type OutgoingRecord,
+  openProducerConnection,
+  type ProducerConnection,
+} from "./producer-connection.ts";
 import { RecordBatcher } from "./record-batcher.ts";
 
 /** Where Kafka stored an event. */
@@ -65,7 +69,10 @@ export interface ChatBus {
 }
 
 /** The batcher that turns sends into produce requests on `connection`. */
-function createBatcher(options: ResolvedOptions, connection: ProducerConnection): RecordBatcher<OutgoingRecord> {
+function createBatcher(
+  options: ResolvedOptions,
+  connection: ProducerConnection,
+): RecordBatcher<OutgoingRecord> {
   const { brokers, sendTimeoutMs } = options;
   return new RecordBatcher<OutgoingRecord>({
     lingerMs: options.lingerMs,

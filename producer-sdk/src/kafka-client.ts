@@ -59,7 +59,8 @@ function fromPlatformatic(options: ResolvedOptions, error: PlatformaticError): C
   }
   // "produce failed 9 times." says little: the last attempt's error says why.
   const last = error.errors?.at(-1);
-  const detail = last instanceof Error ? `${error.message} Last: ${describeError(last)}` : describeError(error);
+  const detail =
+    last instanceof Error ? `${error.message} Last: ${describeError(last)}` : describeError(error);
   return new BrokerUnavailableError(options.brokers, detail, error);
 }
 

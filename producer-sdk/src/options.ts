@@ -91,9 +91,9 @@ export interface ChatBusOptions {
   sendTimeoutMs?: number;
   /**
    * The Kafka client that produces: `kafkajs` (a dependency) or `platformatic`
-   * (`@platformatic/kafka`, an optional peer dependency you install yourself; it used
-   * about half of kafkajs's CPU per event in our benchmark). Both send the same
-   * records idempotently with acks=all. Default: `CHATBUS_PRODUCER` or `kafkajs`.
+   * (`@platformatic/kafka`, an optional peer dependency you install yourself; cheaper
+   * per event than kafkajs in some benchmark runs, see docs/benchmarks.md). Both send
+   * the same records idempotently with acks=all. Default: `CHATBUS_PRODUCER` or `kafkajs`.
    */
   producer?: ProducerBackend;
   /** Per-conversation rate limits of `chat.message.sent`. */

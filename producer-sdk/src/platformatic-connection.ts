@@ -1,16 +1,17 @@
 /**
  * The optional @platformatic/kafka backend (`producer: "platformatic"`): the same
  * contract as the kafkajs connection (idempotent, acks=all, the SDK's partition, one
- * request in flight, a fresh producer after a failure), on a client that spent about
- * half of kafkajs's CPU per event in bench/producer. The package is an optional peer
- * dependency, loaded on first use, so the SDK installs and runs without it.
+ * request in flight, a fresh producer after a failure), on a client that used less CPU
+ * per event than kafkajs in some bench/producer runs (docs/benchmarks.md). The package
+ * is an optional peer dependency, loaded on first use, so the SDK installs and runs
+ * without it.
  */
 import { ValidationError } from "./errors.ts";
 import { timedOut, toChatBusError, within } from "./kafka-client.ts";
 import type { ResolvedOptions } from "./options.ts";
 import type { OutgoingRecord, ProducerConnection } from "./producer-connection.ts";
 
-/** The package, and the version range the SDK was tested with (peerDependencies). */
+/** The package name (its tested range is in package.json's peerDependencies). */
 export const platformaticPackage = "@platformatic/kafka";
 
 /** A record as @platformatic/kafka takes it (`partition` set: its partitioner is skipped). */

@@ -4,14 +4,15 @@
  *   npx tsx --conditions=@chatbus/source bench/producer/run.ts
  *
  * Rows, all with acks=all and an idempotent producer, 1 KiB chat.message.sent events:
- * - chatbus SDK: CONCURRENCY callers, each awaiting `bus.send` in a loop (validation,
- *   encoding, rate limiter off, batching with its default linger).
+ * - chatbus SDK (kafkajs) and chatbus SDK (platformatic): CONCURRENCY callers, each
+ *   awaiting `bus.send` in a loop (validation, encoding, rate limiter off, batching
+ *   with its default linger), on each producer backend.
  * - raw kafkajs: the same records (JSON, UUIDv7, CloudEvents headers built per event,
  *   no validation) in hand-made `send` batches of the SDK's batch size (kafkajs has no
  *   linger), one request in flight as idempotence requires.
  * - raw kafkajs, pre-encoded: the same, with records built once up front: kafkajs alone.
  * - raw @platformatic/kafka: the same records and batches through its Producer
- *   (installed on first use, see platformatic.ts).
+ *   (installed on first use, see scripts/platformatic-kafka.ts).
  * - kafka-producer-perf-test (Java, org.apache.kafka.tools.ProducerPerformance): the
  *   ceiling of this machine; 1 KiB random values, no key or headers, linger.ms=2.
  * Node rows run in interleaved rounds so that load from elsewhere hits them alike.
@@ -27,7 +28,7 @@ import { cpus, loadavg, totalmem } from "node:os";
 import { createChatBus, type EncodedRecord, uuidv7 } from "@chatbus/producer-sdk";
 import { Kafka, logLevel, Partitioners } from "kafkajs";
 import { installKafka } from "../../scripts/kafka.ts";
-import { loadPlatformatic } from "./platformatic.ts";
+import { linkPlatformatic, loadPlatformatic } from "../../scripts/platformatic-kafka.ts";
 
 const brokers = (process.env.KAFKA_BROKERS ?? "127.0.0.1:9092").split(",");
 const events = Number(process.env.BENCH_EVENTS ?? 60_000);
@@ -141,19 +142,24 @@ async function paced(sendOne: (i: number) => Promise<unknown>): Promise<Result> 
   const latencies: number[] = [];
   const inFlight: Promise<unknown>[] = [];
   let failures = 0;
+  let firstFailure: unknown;
   const started = await pace((from, to) => {
     for (let i = from; i < to; i++) {
       const t0 = performance.now();
       inFlight.push(
         sendOne(i).then(
           () => latencies.push(performance.now() - t0),
-          () => failures++,
+          (error: unknown) => {
+            failures++;
+            firstFailure ??= error;
+          },
         ),
       );
     }
   });
   await Promise.all(inFlight);
-  if (failures > 0) throw new Error(`${failures} sends failed at the fixed rate`);
+  if (failures > 0)
+    throw new Error(`${failures} sends failed at the fixed rate; the first: ${String(firstFailure)}`);
   return summarise(latencies, rate * rateSeconds, (performance.now() - started) / 1000);
 }
 
@@ -217,11 +223,19 @@ async function batches(
   return { count, seconds: (performance.now() - started) / 1000, latencies };
 }
 
-async function sdkContender(): Promise<Contender> {
-  const topic = await freshTopic("sdk");
-  const bus = await createChatBus({ brokers, topic, rateLimit: { enabled: false }, source: "/bench" });
+async function sdkContender(producer: "kafkajs" | "platformatic"): Promise<Contender> {
+  // The SDK imports @platformatic/kafka by name: link the cached install into node_modules.
+  if (producer === "platformatic") linkPlatformatic();
+  const topic = await freshTopic(`sdk_${producer}`);
+  const bus = await createChatBus({
+    brokers,
+    topic,
+    rateLimit: { enabled: false },
+    source: "/bench",
+    producer,
+  });
   return {
-    name: "chatbus SDK (kafkajs)",
+    name: `chatbus SDK (${producer})`,
     async throughput(count) {
       const latencies: number[] = [];
       let next = 0;
@@ -360,7 +374,8 @@ async function main(): Promise<void> {
   const wanted = (name: string) => !only || only.split(",").some((o) => name.includes(o));
   const contenders: Contender[] = [];
   for (const make of [
-    sdkContender,
+    () => sdkContender("kafkajs"),
+    () => sdkContender("platformatic"),
     () => kafkajsContender(false),
     () => kafkajsContender(true),
     platformaticContender,
@@ -395,7 +410,13 @@ async function main(): Promise<void> {
       count,
       seconds,
     );
-    rows.set(c.name, { throughput, paced: await c.paced() });
+    // A failed fixed-rate run (a loaded machine can push sends past their timeout)
+    // still leaves the throughput rounds to report.
+    const pacedResult = await c.paced().catch((error: unknown) => {
+      console.error(`fixed rate: ${c.name}: ${(error as Error).message}`);
+      return { eventsPerSecond: Number.NaN, p50: Number.NaN, p99: Number.NaN };
+    });
+    rows.set(c.name, { throughput, paced: pacedResult });
     await c.close();
   }
   const javaName = "kafka-producer-perf-test (Java)";
@@ -434,25 +455,23 @@ async function main(): Promise<void> {
   }
   const byName = (prefix: string) =>
     [...rows].find(([name]) => name.startsWith(prefix))?.[1] ?? new Error("not run");
-  const sdk = byName("chatbus");
+  const sdk = byName("chatbus SDK (kafkajs)");
+  const sdkPlatformatic = byName("chatbus SDK (platformatic)");
   const kafkajs = byName("raw kafkajs, hand-made");
   const platformatic = byName("raw @platformatic");
-  if (!(sdk instanceof Error) && !(kafkajs instanceof Error)) {
-    console.log(
-      `\nSDK / raw kafkajs throughput: ${((100 * sdk.throughput.eventsPerSecond) / kafkajs.throughput.eventsPerSecond).toFixed(0)}%`,
-    );
-  }
   const java = byName("kafka-producer-perf-test");
-  if (!(sdk instanceof Error) && !(java instanceof Error)) {
-    console.log(
-      `SDK / Java perf tool throughput: ${((100 * sdk.throughput.eventsPerSecond) / java.throughput.eventsPerSecond).toFixed(0)}%`,
-    );
-  }
-  if (!(platformatic instanceof Error) && !(kafkajs instanceof Error)) {
-    console.log(
-      `raw @platformatic/kafka / raw kafkajs throughput: ${(platformatic.throughput.eventsPerSecond / kafkajs.throughput.eventsPerSecond).toFixed(2)}x`,
-    );
-  }
+  const ratio = (label: string, a: { throughput: Result } | Error, b: { throughput: Result } | Error) => {
+    if (a instanceof Error || b instanceof Error) return;
+    const percent = (100 * a.throughput.eventsPerSecond) / b.throughput.eventsPerSecond;
+    console.log(`${label}: ${percent.toFixed(0)}%`);
+  };
+  console.log("");
+  ratio("SDK (kafkajs) / raw kafkajs throughput", sdk, kafkajs);
+  ratio("SDK (platformatic) / raw kafkajs throughput", sdkPlatformatic, kafkajs);
+  ratio("SDK (platformatic) / raw @platformatic/kafka throughput", sdkPlatformatic, platformatic);
+  ratio("SDK (kafkajs) / Java perf tool throughput", sdk, java);
+  ratio("SDK (platformatic) / Java perf tool throughput", sdkPlatformatic, java);
+  ratio("raw @platformatic/kafka / raw kafkajs throughput", platformatic, kafkajs);
 }
 
 main().then(

@@ -1,21 +1,25 @@
 /**
  * The producer: `createChatBus` validates, rate-limits, encodes and batches chat
- * events onto the chat topic with an idempotent kafkajs producer (acks=all).
+ * events onto the chat topic with an idempotent producer (acks=all): kafkajs, or
+ * @platformatic/kafka when the `producer` option asks for it.
  *
  * The pieces, each with one reason to change: `kafka-client.ts` (the kafkajs client,
  * error mapping, topic provisioning), `producer-connection.ts` (connecting and
- * replacing the producer), `event-admission.ts` (validation, size, partition, rate
+ * replacing the producer, choosing the backend; `platformatic-connection.ts`), `event-admission.ts` (validation, size, partition, rate
  * limit), `record-batcher.ts` (batching and per-send timeouts). This file composes
  * them and holds the send and close paths.
  */
-import type { Message } from "kafkajs";
 import { BrokerUnavailableError, BusClosedError, type ChatBusError, ValidationError } from "./errors.ts";
 import { EventAdmission, type Prepared } from "./event-admission.ts";
 import type { ChatEventInput, ConversationKind } from "./events.ts";
 import { kafkaClient, provisionTopic, toChatBusError } from "./kafka-client.ts";
 import { createProducerMetrics, type ProducerMetrics } from "./metrics.ts";
 import { type ChatBusOptions, type ResolvedOptions, resolveOptions } from "./options.ts";
-import { ProducerConnection } from "./producer-connection.ts";
+import {
+  type OutgoingRecord,
+  openProducerConnection,
+  type ProducerConnection,
+} from "./producer-connection.ts";
 import { RecordBatcher } from "./record-batcher.ts";
 
 /** Where Kafka stored an event. */
@@ -65,9 +69,12 @@ export interface ChatBus {
 }
 
 /** The batcher that turns sends into produce requests on `connection`. */
-function createBatcher(options: ResolvedOptions, connection: ProducerConnection): RecordBatcher<Message> {
+function createBatcher(
+  options: ResolvedOptions,
+  connection: ProducerConnection,
+): RecordBatcher<OutgoingRecord> {
   const { brokers, sendTimeoutMs } = options;
-  return new RecordBatcher<Message>({
+  return new RecordBatcher<OutgoingRecord>({
     lingerMs: options.lingerMs,
     maxBatchSize: options.maxBatchSize,
     maxBatchBytes: options.maxBatchBytes,
@@ -87,7 +94,7 @@ function createBatcher(options: ResolvedOptions, connection: ProducerConnection)
 
 /** Hands a prepared event to the batcher; settles with its offset or its error, counted. */
 function enqueue(
-  batcher: RecordBatcher<Message>,
+  batcher: RecordBatcher<OutgoingRecord>,
   metrics: ProducerMetrics,
   prepared: Prepared,
   startedAt: number,
@@ -127,7 +134,7 @@ export async function createChatBus(options: ChatBusOptions = {}): Promise<ChatB
   const metrics = createProducerMetrics(resolved.registry);
   const kafka = kafkaClient(resolved);
   await provisionTopic(kafka, resolved);
-  const connection = await ProducerConnection.open(kafka, resolved);
+  const connection = await openProducerConnection(kafka, resolved);
   const batcher = createBatcher(resolved, connection);
   const admission = new EventAdmission(resolved);
   let closed: Promise<void> | undefined;

@@ -1,7 +1,8 @@
 /**
  * The producer's Kafka plumbing that does not depend on a bus: the kafkajs client
  * with timeouts that fit inside `sendTimeoutMs`, its logs through pino, mapping Kafka
- * failures to our errors, and provisioning the topic before the first send.
+ * failures (of either producer backend) to our errors, and provisioning the topic
+ * before the first send (always through kafkajs's admin client).
  */
 import { Kafka, logLevel as KafkaLogLevel, type LogEntry } from "kafkajs";
 import type { Logger } from "pino";
@@ -26,9 +27,47 @@ export function kafkaLogCreator(logger: Logger | undefined) {
     };
 }
 
-/** A Kafka failure as one of our errors: unreachable brokers versus a refusal. */
+/** A @platformatic/kafka error: its `code` is a string with this prefix. */
+const platformaticCodePrefix = "PLT_KFK_";
+
+/** The part of a @platformatic/kafka error the mapping reads (GenericError, MultipleErrors). */
+interface PlatformaticError extends Error {
+  code: string;
+  errors?: unknown[];
+  /** The first error in the chain (itself, or one in `errors`) whose `property` is `value`. */
+  findBy?(property: string, value: unknown): (Error & { code?: string; serverErrorMessage?: string }) | null;
+}
+
+function isPlatformaticError(error: unknown): error is PlatformaticError {
+  const code = (error as { code?: unknown })?.code;
+  return error instanceof Error && typeof code === "string" && code.startsWith(platformaticCodePrefix);
+}
+
+/**
+ * A @platformatic/kafka failure as one of our errors. It retries what the broker
+ * marks retriable and gives up on the first refusal that is not (`canRetry: false`),
+ * wrapping attempts in a MultipleErrors: a protocol error that cannot be retried is
+ * a refusal, anything else (network, timeouts, retries used up) is unavailability.
+ */
+function fromPlatformatic(options: ResolvedOptions, error: PlatformaticError): ChatBusError {
+  const refusal = error.findBy?.("canRetry", false);
+  if (refusal?.code === `${platformaticCodePrefix}PROTOCOL`) {
+    const detail = refusal.serverErrorMessage
+      ? `${refusal.message} (${refusal.serverErrorMessage})`
+      : refusal.message;
+    return new ProduceRejectedError(options.topic, detail, error);
+  }
+  // "produce failed 9 times." says little: the last attempt's error says why.
+  const last = error.errors?.at(-1);
+  const detail =
+    last instanceof Error ? `${error.message} Last: ${describeError(last)}` : describeError(error);
+  return new BrokerUnavailableError(options.brokers, detail, error);
+}
+
+/** A Kafka failure (kafkajs or @platformatic/kafka) as one of our errors: unreachable brokers versus a refusal. */
 export function toChatBusError(options: ResolvedOptions, error: unknown): ChatBusError {
   if (error instanceof ChatBusError) return error;
+  if (isPlatformaticError(error)) return fromPlatformatic(options, error);
   // kafkajs wraps a refusal it will not retry in KafkaJSNonRetriableError; judge the cause.
   const cause = (error as { cause?: unknown })?.cause;
   const root =

@@ -56,6 +56,7 @@ export const ChatBusOptionsSchema = Type.Object(
     maxBatchSize: Type.Optional(Type.Integer({ minimum: 1, maximum: 100_000 })),
     maxBatchBytes: Type.Optional(Type.Integer({ minimum: 1024 })),
     sendTimeoutMs: Type.Optional(Type.Integer({ minimum: 100 })),
+    producer: Type.Optional(Type.Union([Type.Literal("kafkajs"), Type.Literal("platformatic")])),
     rateLimit: Type.Optional(RateLimitOptionsSchema),
     conversationKind: Type.Optional(Type.Function([Type.String()], Type.Any())),
     registry: Type.Optional(Type.Object({}, { additionalProperties: true })),
@@ -88,6 +89,13 @@ export interface ChatBusOptions {
   maxBatchBytes?: number;
   /** How long a send may wait for Kafka before it fails with BrokerUnavailableError. Default: 10,000 ms. */
   sendTimeoutMs?: number;
+  /**
+   * The Kafka client that produces: `kafkajs` (a dependency) or `platformatic`
+   * (`@platformatic/kafka`, an optional peer dependency you install yourself; cheaper
+   * per event than kafkajs in some benchmark runs, see docs/benchmarks.md). Both send
+   * the same records idempotently with acks=all. Default: `CHATBUS_PRODUCER` or `kafkajs`.
+   */
+  producer?: ProducerBackend;
   /** Per-conversation rate limits of `chat.message.sent`. */
   rateLimit?: {
     /** Default: true. */
@@ -115,6 +123,11 @@ export interface ChatBusOptions {
   logger?: Logger;
 }
 
+/** The Kafka clients a bus can produce with. */
+export const producerBackends = ["kafkajs", "platformatic"] as const;
+/** One of `producerBackends`. */
+export type ProducerBackend = (typeof producerBackends)[number];
+
 /** Options after defaults and environment were applied. */
 export interface ResolvedOptions {
   brokers: string[];
@@ -128,6 +141,7 @@ export interface ResolvedOptions {
   maxBatchSize: number;
   maxBatchBytes: number;
   sendTimeoutMs: number;
+  producer: ProducerBackend;
   rateLimit: Required<NonNullable<ChatBusOptions["rateLimit"]>>;
   conversationKind: ChatBusOptions["conversationKind"];
   registry: Registry | undefined;
@@ -145,6 +159,7 @@ export const defaults = {
   maxBatchSize: 1000, // records
   maxBatchBytes: 900_000, // bytes per partition and request
   sendTimeoutMs: 10_000, // 10 s
+  producer: "kafkajs",
   rateLimit: {
     enabled: true,
     directPerSecond: 10, // messages/s
@@ -177,9 +192,20 @@ function envInteger(env: NodeJS.ProcessEnv, name: string): number | undefined {
   return value;
 }
 
+function envProducer(env: NodeJS.ProcessEnv): ProducerBackend | undefined {
+  const text = env.CHATBUS_PRODUCER;
+  if (text === undefined || text === "") return undefined;
+  if ((producerBackends as readonly string[]).includes(text)) return text as ProducerBackend;
+  throw new ValidationError(
+    "CHATBUS_PRODUCER",
+    "enum",
+    `environment variable CHATBUS_PRODUCER must be one of ${producerBackends.join(", ")}; got "${text}".`,
+  );
+}
+
 /**
  * Validates `options` strictly and fills defaults, environment first: `KAFKA_BROKERS`,
- * `CHATBUS_TOPIC`, `CHATBUS_PARTITIONS`. Throws ValidationError naming the option.
+ * `CHATBUS_TOPIC`, `CHATBUS_PARTITIONS`, `CHATBUS_PRODUCER`. Throws ValidationError naming the option.
  */
 export function resolveOptions(
   options: ChatBusOptions = {},
@@ -213,6 +239,7 @@ export function resolveOptions(
     maxBatchSize: options.maxBatchSize ?? defaults.maxBatchSize,
     maxBatchBytes: options.maxBatchBytes ?? defaults.maxBatchBytes,
     sendTimeoutMs: options.sendTimeoutMs ?? defaults.sendTimeoutMs,
+    producer: options.producer ?? envProducer(env) ?? defaults.producer,
     rateLimit: { ...defaults.rateLimit, ...options.rateLimit },
     conversationKind: options.conversationKind,
     registry: options.registry,

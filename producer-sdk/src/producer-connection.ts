@@ -1,14 +1,50 @@
 /**
- * The idempotent kafkajs producer behind a bus: connecting once (concurrent callers
- * share the attempt), sending a batch with acks=all, and replacing the producer
- * after a failure.
+ * The idempotent producer behind a bus: what the bus needs of a Kafka client
+ * (`ProducerConnection`), the kafkajs one, and choosing the backend
+ * (`openProducerConnection`; the @platformatic/kafka one is in platformatic-connection.ts).
+ * The kafkajs connection connects once (concurrent callers share the attempt), sends
+ * a batch with acks=all, and replaces the producer after a failure.
  */
-import { type Kafka, type Message, Partitioners, type Producer } from "kafkajs";
+import { type Kafka, Partitioners, type Producer } from "kafkajs";
 import { timedOut, toChatBusError, within } from "./kafka-client.ts";
 import type { ResolvedOptions } from "./options.ts";
+import { PlatformaticConnection } from "./platformatic-connection.ts";
 
-/** One producer at a time; a failed one is swapped for a fresh one. */
-export class ProducerConnection {
+/** One record as the bus hands it to a backend: the partition is the SDK's choice. */
+export interface OutgoingRecord {
+  key: string;
+  value: Buffer;
+  headers: Record<string, string>;
+  partition: number;
+}
+
+/** What the bus needs of a Kafka producer, whichever client runs it. */
+export interface ProducerConnection {
+  /**
+   * Sends one batch to the topic, idempotently with acks=all, to the partitions the
+   * records name; resolves with each partition's base offset. Rejects with the
+   * client's own error (the batcher maps it with `toChatBusError`).
+   */
+  produce(records: OutgoingRecord[]): Promise<Map<number, string>>;
+  /** After a failure: a fresh producer (new producer id) takes over; the old one closes in the background. */
+  reset(): void;
+  /** Closes the current producer (errors ignored: we are closing). */
+  disconnect(): Promise<void>;
+}
+
+/**
+ * A connected producer of the backend `options.producer` names. Throws a
+ * ChatBusError when Kafka cannot be reached in time, and a ValidationError when the
+ * backend's package is not installed.
+ */
+export function openProducerConnection(kafka: Kafka, options: ResolvedOptions): Promise<ProducerConnection> {
+  return options.producer === "platformatic"
+    ? PlatformaticConnection.open(options)
+    : KafkajsConnection.open(kafka, options);
+}
+
+/** One kafkajs producer at a time; a failed one is swapped for a fresh one. */
+export class KafkajsConnection implements ProducerConnection {
   readonly #kafka: Kafka;
   readonly #options: ResolvedOptions;
   #producer: Producer;
@@ -22,8 +58,8 @@ export class ProducerConnection {
   }
 
   /** A connected producer; throws a ChatBusError when Kafka cannot be reached in time. */
-  static async open(kafka: Kafka, options: ResolvedOptions): Promise<ProducerConnection> {
-    const connection = new ProducerConnection(kafka, options);
+  static async open(kafka: Kafka, options: ResolvedOptions): Promise<KafkajsConnection> {
+    const connection = new KafkajsConnection(kafka, options);
     await connection.#connect().catch(async (error) => {
       await connection.#producer.disconnect().catch(() => {});
       throw toChatBusError(options, error);
@@ -59,8 +95,7 @@ export class ProducerConnection {
     return this.#connecting;
   }
 
-  /** Sends one batch to the topic (acks=all); resolves with each partition's base offset. */
-  async produce(messages: Message[]): Promise<Map<number, string>> {
+  async produce(messages: OutgoingRecord[]): Promise<Map<number, string>> {
     const { topic, sendTimeoutMs } = this.#options;
     // Awaiting only when needed: an extra await would let woken callers run first.
     if (!this.#connected) await this.#connect();
@@ -89,7 +124,6 @@ export class ProducerConnection {
     );
   }
 
-  /** Disconnects the current producer (errors ignored: we are closing). */
   async disconnect(): Promise<void> {
     await this.#producer.disconnect().catch(() => {});
   }

@@ -41,6 +41,16 @@ describe("createChatBus options", () => {
     expect(resolved).toMatchObject({ topic: "t", partitions: 3, brokers: ["b:1"] });
   });
 
+  it("produces with kafkajs unless the producer option or CHATBUS_PRODUCER names another client", () => {
+    expect(resolveOptions({}, {}).producer).toBe("kafkajs");
+    expect(resolveOptions({}, { CHATBUS_PRODUCER: "platformatic" }).producer).toBe("platformatic");
+    expect(resolveOptions({ producer: "kafkajs" }, { CHATBUS_PRODUCER: "platformatic" }).producer).toBe(
+      "kafkajs",
+    );
+    expect(fieldOf({ producer: "rdkafka" })).toBe("options.producer");
+    expect(fieldOf({}, { CHATBUS_PRODUCER: "rdkafka" })).toBe("CHATBUS_PRODUCER");
+  });
+
   it("merges partial rate-limit options with the defaults", () => {
     expect(resolveOptions({ rateLimit: { groupPerSecond: 100 } }, {}).rateLimit).toMatchObject({
       directPerSecond: 10,

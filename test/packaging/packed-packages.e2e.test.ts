@@ -3,7 +3,7 @@
  * `npm install` the three tarballs in a scratch project outside the repository, then
  * with plain node (no tsx, no `@chatbus/source` condition, no src/ in the tarballs):
  * send one event with the SDK snippet, run a runtime with one handler, `npx chatbus
- * --help`; type-check a consumer against the shipped declarations; and check the
+ * --help`, ask for the optional @platformatic/kafka backend that is not installed; type-check a consumer against the shipped declarations; and check the
  * public surface (root, `/materialiser` and `/operator` entry points; internals absent).
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
@@ -45,6 +45,8 @@ function userEnv(): NodeJS.ProcessEnv {
     LOG_LEVEL: "warn",
   };
   delete env.NODE_OPTIONS;
+  // The scratch app installs no optional peer: its sends use the default client.
+  delete env.CHATBUS_PRODUCER;
   return env;
 }
 
@@ -176,6 +178,22 @@ describe("installed packages, plain node", () => {
       await bus.close();
       if (child.exitCode === null) child.kill("SIGKILL");
     }
+  });
+
+  it("installs without @platformatic/kafka, and asking for it says how to install it", () => {
+    expect(existsSync(join(app, "node_modules", "@platformatic", "kafka"))).toBe(false);
+    writeFileSync(
+      join(app, "platformatic.mjs"),
+      `import { createChatBus } from "@chatbus/producer-sdk";
+const error = await createChatBus({ producer: "platformatic" }).then(
+  (bus) => bus.close().then(() => undefined),
+  (e) => e,
+);
+console.log(JSON.stringify({ name: error?.name, code: error?.code, field: error?.field, message: error?.message }));`,
+    );
+    const result = JSON.parse(run(process.execPath, ["platformatic.mjs"], app, userEnv()));
+    expect(result).toMatchObject({ name: "ValidationError", code: "CHATBUS_VALIDATION", field: "producer" });
+    expect(result.message).toContain("npm install @platformatic/kafka");
   });
 
   it("npx chatbus --help and npx chatbus-send --help", () => {

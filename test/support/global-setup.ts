@@ -5,14 +5,18 @@
  * KAFKA_BROKERS set → that cluster is used as is (and must answer).
  * Unset → the local broker of scripts/kafka.ts is started unless it already runs,
  * and stopped again at teardown only if this setup started it.
+ * CHATBUS_PRODUCER=platformatic → every bus that names no backend produces through
+ * @platformatic/kafka, which is installed (first run) and linked into node_modules.
  */
 import { ensureDatabase } from "../../consumer-runtime/src/database/migrate.ts";
 import { kafkaAnswers, startKafka, stopKafka } from "../../scripts/kafka.ts";
+import { linkPlatformatic } from "../../scripts/platformatic-kafka.ts";
 import { ensurePostgres } from "../../scripts/postgres.ts";
 import { databaseUrl } from "./env.ts";
 
 export default async function setup(): Promise<() => Promise<void>> {
   let startedPort: number | undefined;
+  if (process.env.CHATBUS_PRODUCER === "platformatic") linkPlatformatic();
   if (process.env.KAFKA_BROKERS) {
     const brokers = process.env.KAFKA_BROKERS.split(",");
     if (!(await kafkaAnswers(brokers, 5000))) {

@@ -93,7 +93,9 @@ const bus = await createChatBus({
 async function sendDurations(): Promise<{ sum: number; count: number }> {
   const metric = await busRegistry.getSingleMetric("chatbus_send_duration_seconds")!.get();
   const value = (suffix: string) =>
-    metric.values.find((v) => v.metricName === `chatbus_send_duration_seconds_${suffix}`)?.value ?? 0;
+    (metric.values as { metricName?: string; value: number }[]).find(
+      (v) => v.metricName === `chatbus_send_duration_seconds_${suffix}`,
+    )?.value ?? 0;
   return { sum: value("sum"), count: value("count") };
 }
 const materialiser = spawn(

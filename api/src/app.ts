@@ -15,6 +15,7 @@ import Fastify, {
   type FastifyInstance,
   type FastifyReply,
   type FastifyRequest,
+  LogController,
   type RawReplyDefaultExpression,
   type RawRequestDefaultExpression,
   type RawServerDefault,
@@ -183,25 +184,41 @@ export async function buildBaseApp(deps: ApiDeps): Promise<ApiApp> {
       return typeof given === "string" && /^[A-Za-z0-9._:-]{1,128}$/.test(given) ? given : randomUUID();
     },
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false } },
+    // One line per request instead of fastify's two: see the onResponse hook.
+    logController: new LogController({ disableRequestLogging: true }),
     routerOptions: { maxParamLength: 20_000 },
   }).withTypeProvider<TypeBoxTypeProvider>();
   app.setValidatorCompiler(validatorCompiler);
   const metrics = createApiMetrics(deps.registry);
   app.decorate("metrics", metrics);
 
-  app.addHook("onSend", async (request, reply) => {
+  // Callback hooks, not async ones: no promise per request on every route.
+  app.addHook("onSend", (request, reply, payload, done) => {
     reply.header("x-request-id", request.id);
+    done(null, payload);
   });
-  app.addHook("onResponse", async (request, reply) => {
-    if (request.routeOptions.config.sse) return; // a stream's lifetime is not a request duration
-    metrics.httpDuration.observe(
-      {
-        method: request.method,
-        route: request.routeOptions.url ?? "unmatched",
-        status_code: String(reply.statusCode),
-      },
-      reply.elapsedTime / 1000,
-    );
+  app.addHook("onResponse", (request, reply, done) => {
+    const sse = request.routeOptions.config.sse === true;
+    // A stream's lifetime is not a request duration; its opening is logged by the route.
+    if (!sse) {
+      metrics.httpDuration.observe(
+        {
+          method: request.method,
+          route: request.routeOptions.url ?? "unmatched",
+          status_code: String(reply.statusCode),
+        },
+        reply.elapsedTime / 1000,
+      );
+    }
+    if ((!sse || reply.statusCode !== 200) && (request.log as unknown as Logger).isLevelEnabled("info")) {
+      // The one access-log line (decisions.md, issue 16): what fastify's "incoming request"
+      // line said (method, redacted url, address) plus status and time.
+      request.log.info(
+        { req: request, res: { statusCode: reply.statusCode }, responseTime: reply.elapsedTime },
+        "request completed",
+      );
+    }
+    done();
   });
 
   app.setErrorHandler(handleError);

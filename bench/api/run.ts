@@ -13,7 +13,14 @@
  *    child process; one message to the group; time from `send` until each stream
  *    has it (p50/p99/max); the API process's memory per idle stream.
  *
- *   npx tsx --conditions=@chatbus/source bench/api/run.ts [--streams 5000] [--seconds 8] [--connections 32]
+ *   npx tsx --conditions=@chatbus/source bench/api/run.ts [--streams 5000] [--seconds 8] [--connections 32] [--log info]
+ *
+ * The load generator (autocannon, `cannon.ts`) and the materialiser
+ * (`materialiser-child.ts`) run in processes of their own, so this process is what
+ * `main.ts` runs: the API and its producer. Each load run also reports this process's
+ * CPU per request (user + system µs), which a loaded machine disturbs far less than
+ * requests/s. `--log info` gives the API a logger at info writing to /dev/null, to price
+ * the per-request log line (default: warn, no request logs).
  *
  * Uses KAFKA_BROKERS and DATABASE_URL; its topic and schema are its own (the schema is dropped at the end).
  */
@@ -25,13 +32,9 @@ import { createInterface } from "node:readline";
 import { parseArgs } from "node:util";
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
-import {
-  createProjectionReader,
-  eventsChannel,
-  startMaterialiser,
-} from "@chatbus/consumer-runtime/materialiser";
+import { createProjectionReader, eventsChannel } from "@chatbus/consumer-runtime/materialiser";
 import { createChatBus, uuidv7 } from "@chatbus/producer-sdk";
-import autocannon from "autocannon";
+import type autocannon from "autocannon";
 import Fastify from "fastify";
 import pg from "pg";
 import pino from "pino";
@@ -45,6 +48,7 @@ const { values } = parseArgs({
     streams: { type: "string", default: "5000" },
     seconds: { type: "string", default: "8" },
     connections: { type: "string", default: "32" },
+    log: { type: "string", default: "warn" },
   },
 });
 const STREAMS = Number(values.streams);
@@ -75,21 +79,45 @@ const [topic, schema] = await Promise.all([
   createTestTopic("bench_api", PARTITIONS),
   createTestSchema("bench_api"),
 ]);
+/** The producer's metrics: how long each send waited for Kafka's acknowledgement. */
+const busRegistry = new Registry();
 const bus = await createChatBus({
   brokers,
   topic,
   partitions: PARTITIONS,
   ensureTopic: false,
   logger,
-  registry: new Registry(),
+  registry: busRegistry,
 });
-const materialiser = await startMaterialiser({
-  pool: schema.pool,
-  brokers,
-  topic,
-  groupId: uniqueName("bench-api-mat"),
-  logger,
+/** Sum and count of `chatbus_send_duration_seconds` so far. */
+async function sendDurations(): Promise<{ sum: number; count: number }> {
+  const metric = await busRegistry.getSingleMetric("chatbus_send_duration_seconds")!.get();
+  const value = (suffix: string) =>
+    (metric.values as { metricName?: string; value: number }[]).find(
+      (v) => v.metricName === `chatbus_send_duration_seconds_${suffix}`,
+    )?.value ?? 0;
+  return { sum: value("sum"), count: value("count") };
+}
+const materialiser = spawn(
+  process.execPath,
+  [
+    ...process.execArgv.filter((arg) => !arg.startsWith("--cpu-prof")),
+    join(import.meta.dirname, "materialiser-child.ts"),
+    schema.url,
+    topic,
+    uniqueName("bench-api-mat"),
+  ],
+  { stdio: ["ignore", "pipe", "inherit"] },
+);
+await new Promise<void>((resolve, reject) => {
+  materialiser.once("exit", (code) => reject(new Error(`the materialiser exited (${code})`)));
+  createInterface({ input: materialiser.stdout! }).on("line", (line) => {
+    if (line === "ready") resolve();
+  });
 });
+/** The API's logger: `--log info` prices the request log line (written to /dev/null). */
+const apiLogger =
+  values.log === "warn" ? logger : pino({ level: values.log! }, pino.destination("/dev/null"));
 const config = validateConfig({
   ...configDefaults,
   nodeEnv: "test",
@@ -114,7 +142,7 @@ const pool = new pg.Pool({ connectionString: schema.url, max: 20 });
 const appWith = (appConfig: typeof config) =>
   buildApp({
     config: appConfig,
-    logger,
+    logger: apiLogger,
     registry: new Registry(),
     bus,
     pool,
@@ -178,13 +206,50 @@ await waitFor("the send conversations and history", async () => {
 });
 const readerToken = app.jwt.sign({ sub: "reader" });
 
-async function cannon(title: string, opts: autocannon.Options) {
-  const result = await autocannon({ connections: CONNECTIONS, duration: SECONDS, ...opts });
-  const non2xx = result.non2xx;
-  say(
-    `${title}: ${Math.round(result.requests.average)} req/s, p50 ${result.latency.p50} ms, p99 ${result.latency.p99} ms, non-2xx ${non2xx}, errors ${result.errors}`,
+/** autocannon's result with this process's CPU per request (µs, user + system). */
+type LoadResult = autocannon.Result & { cpuMicrosPerRequest: number };
+
+/** One load run from a child process (`cannon.ts`); `paths` are used in turn, one per request. */
+async function cannon(title: string, opts: autocannon.Options & { paths?: string[] }): Promise<LoadResult> {
+  const options = JSON.stringify({ connections: CONNECTIONS, duration: SECONDS, ...opts });
+  const child = spawn(
+    process.execPath,
+    [
+      ...process.execArgv.filter((arg) => !arg.startsWith("--cpu-prof")),
+      join(import.meta.dirname, "cannon.ts"),
+      options,
+    ],
+    {
+      stdio: ["ignore", "pipe", "inherit"],
+    },
   );
-  return result;
+  let output = "";
+  child.stdout!.on("data", (chunk: Buffer) => {
+    output += chunk;
+  });
+  // The child's start-up costs this process nothing, so counting from the spawn is fair.
+  const acksBefore = await sendDurations();
+  const cpuBefore = process.cpuUsage();
+  const startedAt = process.hrtime.bigint() / 1000n;
+  const code = await new Promise<number | null>((resolve) => child.once("exit", resolve));
+  const cpu = process.cpuUsage(cpuBefore);
+  // Under --cpu-prof: the run's span on the profile's clock, to cut the profile by phase.
+  if (process.execArgv.some((arg) => arg.startsWith("--cpu-prof"))) {
+    say(`${title}: profile span ${startedAt}..${process.hrtime.bigint() / 1000n} µs`);
+  }
+  if (code !== 0) throw new Error(`the load generator exited with ${code}`);
+  const result = JSON.parse(output) as autocannon.Result & { requests: { total: number } };
+  const cpuMicrosPerRequest = (cpu.user + cpu.system) / Math.max(1, result.requests.total);
+  const acks = await sendDurations();
+  // A send's latency is mostly this wait when the API process is not busy (issue 16).
+  const ackWait =
+    acks.count > acksBefore.count
+      ? `, Kafka ack wait mean ${(((acks.sum - acksBefore.sum) / (acks.count - acksBefore.count)) * 1000).toFixed(1)} ms`
+      : "";
+  say(
+    `${title}: ${Math.round(result.requests.average)} req/s, p50 ${result.latency.p50} ms, p99 ${result.latency.p99} ms, non-2xx ${result.non2xx}, errors ${result.errors}, API process CPU ${cpuMicrosPerRequest.toFixed(0)} µs/request (${((cpu.user + cpu.system) / 10_000 / SECONDS).toFixed(0)} % of a core)${ackWait}`,
+  );
+  return { ...result, cpuMicrosPerRequest };
 }
 
 // High priority (past the rate limits) is for service keys only: send as a service for "sender".
@@ -193,7 +258,6 @@ const body = JSON.stringify({
   content: { type: "text", text: "hello from autocannon" },
   priority: "high",
 });
-let pick = 0;
 say(`send: ${CONNECTIONS} connections, ${SECONDS} s each, ${SEND_CONVERSATIONS} conversations`);
 const noop = await cannon("trivial fastify route", {
   url: `${trivialUrl}/noop`,
@@ -201,35 +265,22 @@ const noop = await cannon("trivial fastify route", {
   headers: { "content-type": "application/json" },
   body,
 });
+const sendPaths = sendConversations.map((id) => `/v1/conversations/${id}/messages`);
 const send = await cannon("POST /v1/conversations/:id/messages", {
   url: apiUrl,
-  requests: [
-    {
-      method: "POST",
-      headers: { "content-type": "application/json", authorization: `Bearer ${config.serviceKeys[0]}` },
-      body,
-      setupRequest: (request) => ({
-        ...request,
-        path: `/v1/conversations/${sendConversations[pick++ % SEND_CONVERSATIONS]}/messages`,
-      }),
-    },
-  ],
+  method: "POST",
+  headers: { "content-type": "application/json", authorization: `Bearer ${config.serviceKeys[0]}` },
+  body,
+  paths: sendPaths,
 });
 const senderToken = app.jwt.sign({ sub: "sender" });
 const memberBody = JSON.stringify({ content: { type: "text", text: "hello from autocannon" } });
 const memberSend = (url: string) => ({
   url,
-  requests: [
-    {
-      method: "POST" as const,
-      headers: { "content-type": "application/json", authorization: `Bearer ${senderToken}` },
-      body: memberBody,
-      setupRequest: (request: autocannon.Request) => ({
-        ...request,
-        path: `/v1/conversations/${sendConversations[pick++ % SEND_CONVERSATIONS]}/messages`,
-      }),
-    },
-  ],
+  method: "POST",
+  headers: { "content-type": "application/json", authorization: `Bearer ${senderToken}` },
+  body: memberBody,
+  paths: sendPaths,
 });
 const limited = await cannon("member send, shared rate limits on", memberSend(apiUrl));
 const unlimited = await cannon("member send, rate limits off", memberSend(unlimitedUrl));
@@ -346,12 +397,12 @@ machine: ${cpus().length} cores, ${Math.round(totalmem() / 2 ** 30)} GiB; load a
 
 | measurement | result |
 |---|---|
-| trivial fastify route (POST /noop, same process) | ${Math.round(noop.requests.average)} req/s, p99 ${noop.latency.p99} ms |
-| send endpoint (auth + validation + membership + Kafka acks=all) | ${Math.round(send.requests.average)} req/s, p99 ${send.latency.p99} ms, non-2xx ${send.non2xx} |
+| trivial fastify route (POST /noop, load from another process) | ${Math.round(noop.requests.average)} req/s, p99 ${noop.latency.p99} ms, ${noop.cpuMicrosPerRequest.toFixed(0)} µs CPU/request |
+| send endpoint (auth + validation + membership + Kafka acks=all) | ${Math.round(send.requests.average)} req/s, p99 ${send.latency.p99} ms, non-2xx ${send.non2xx}, ${send.cpuMicrosPerRequest.toFixed(0)} µs CPU/request |
 | send / trivial | ${((send.requests.average / noop.requests.average) * 100).toFixed(1)} % |
-| member send (normal priority), shared rate limits on | ${Math.round(limited.requests.average)} req/s, p99 ${limited.latency.p99} ms, non-2xx ${limited.non2xx} |
-| member send (normal priority), rate limits off | ${Math.round(unlimited.requests.average)} req/s, p99 ${unlimited.latency.p99} ms, non-2xx ${unlimited.non2xx} |
-| history page of 50 (${HISTORY_MESSAGES} messages, ${HISTORY_CONNECTIONS} connections) | ${Math.round(history.requests.average)} req/s, p50 ${history.latency.p50} ms, p99 ${history.latency.p99} ms |
+| member send (normal priority), shared rate limits on | ${Math.round(limited.requests.average)} req/s, p99 ${limited.latency.p99} ms, non-2xx ${limited.non2xx}, ${limited.cpuMicrosPerRequest.toFixed(0)} µs CPU/request |
+| member send (normal priority), rate limits off | ${Math.round(unlimited.requests.average)} req/s, p99 ${unlimited.latency.p99} ms, non-2xx ${unlimited.non2xx}, ${unlimited.cpuMicrosPerRequest.toFixed(0)} µs CPU/request |
+| history page of 50 (${HISTORY_MESSAGES} messages, ${HISTORY_CONNECTIONS} connections) | ${Math.round(history.requests.average)} req/s, p50 ${history.latency.p50} ms, p99 ${history.latency.p99} ms, ${history.cpuMicrosPerRequest.toFixed(0)} µs CPU/request |
 | SSE streams open on one process | ${opened} (opened in ${openSeconds.toFixed(1)} s) |
 | memory per idle stream (API process) | heap ${(perStreamHeap / 1024).toFixed(1)} KiB, rss ${(perStreamRss / 1024).toFixed(1)} KiB |
 | one message to a group of ${STREAMS}, ${ROUNDS} rounds: send → stream | p50 ${pct(received, 50).toFixed(0)} ms, p99 ${pct(received, 99).toFixed(0)} ms, last ${received.at(-1)!.toFixed(0)} ms (${received.length}/${opened * ROUNDS} deliveries) |
@@ -363,7 +414,8 @@ rmSync(tokensFile, { force: true });
 await app.close();
 await unlimitedApp.close();
 await trivial.close();
-await materialiser.stop();
+materialiser.kill("SIGTERM");
+await new Promise((resolve) => materialiser.once("exit", resolve));
 await bus.close();
 await pool.end();
 await schema.cleanup();

@@ -57,7 +57,8 @@ export function registerEventRoutes(app: ApiApp, hub: EventHub): void {
       });
       response.write("retry: 2000\n\n");
       request.log.info(
-        { userId: request.principal.userId, resume: lastEventId !== undefined },
+        // The request line too (token redacted): a stream's only access-log line.
+        { req: request, userId: request.principal.userId, resume: lastEventId !== undefined },
         "SSE stream opened",
       );
       await hub.open(request.principal.userId, response, {

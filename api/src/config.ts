@@ -14,7 +14,12 @@ export const SseConfigSchema = Type.Object(
     heartbeatMs: Type.Integer({ minimum: 10, description: "Comment line on idle streams, ms." }),
     maxBufferedBytes: Type.Integer({
       minimum: 1024,
-      description: "Bytes a client may have unread in its socket before it is disconnected (to resume).",
+      description:
+        "Bytes a client may have unread in its socket; past them its stream falls behind and is written from the event log as the client reads.",
+    }),
+    stalledClientMs: Type.Integer({
+      minimum: 10,
+      description: "A client that is behind and reads nothing for this long is disconnected (to resume), ms.",
     }),
     presenceGraceMs: Type.Integer({ minimum: 0, description: "Delay before announcing offline, ms." }),
     roomBroadcastMaxStreams: Type.Integer({
@@ -27,6 +32,11 @@ export const SseConfigSchema = Type.Object(
       minimum: 0,
       description:
         "Delivered receipts are recorded per member only in conversations with at most this many members (CHATBUS_SSE_DELIVERED_RECEIPTS_MAX_MEMBERS).",
+    }),
+    deliveredMemberCountTtlMs: Type.Integer({
+      minimum: 0,
+      description:
+        "How long a conversation's member count is trusted for the delivered-receipts bound, ms: a group that crosses the bound is noticed within it.",
     }),
     resumeMaxEvents: Type.Integer({
       minimum: 1,
@@ -146,10 +156,12 @@ export const configDefaults = {
   sse: {
     heartbeatMs: 15_000, // 15 s, below common proxy idle timeouts (30–60 s)
     maxBufferedBytes: 1_048_576, // 1 MiB unread per client
+    stalledClientMs: 30_000, // 30 s: two heartbeats' worth without reading while behind
     presenceGraceMs: 5_000, // 5 s: a reconnect within this does not flap
     roomBroadcastMaxStreams: 200, // streams: in bigger rooms presence and receipts would cost streams² writes
     deliveredFlushMs: 1_000, // 1 s batch window for chat.receipt.delivered
     deliveredReceiptsMaxMembers: 1_000, // bigger groups: no per-member delivered receipts (docs/decisions.md)
+    deliveredMemberCountTtlMs: 60_000, // 60 s: one count query per conversation per minute at most
     resumeMaxEvents: 10_000, // further behind than this → reset event
     streamsPerUser: 10, // streams per user per process; the 11th closes the oldest
     streamConversationsMax: 1000, // conversations one stream follows, most recent first

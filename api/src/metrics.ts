@@ -14,6 +14,7 @@ export interface ApiMetrics {
   sseDelivered: Counter;
   sseDeliveryLatency: Histogram;
   sseDisconnects: Counter<"reason">;
+  sseCatchUps: Counter;
   deliveredReceipts: Counter;
   deliveredReceiptsSkipped: Counter;
 }
@@ -23,7 +24,7 @@ export function createApiMetrics(registry: Registry): ApiMetrics {
   const registers = [registry];
   const sseDisconnects = new Counter({
     name: "chatbus_sse_disconnects_total",
-    help: "SSE streams closed by the server, by reason (slow_client, shutdown, error, token_expired, replaced).",
+    help: "SSE streams closed by the server, by reason (slow_client: read nothing while behind, shutdown, error, token_expired, replaced).",
     labelNames: ["reason"],
     registers,
   });
@@ -55,6 +56,11 @@ export function createApiMetrics(registry: Registry): ApiMetrics {
       registers,
     }),
     sseDisconnects,
+    sseCatchUps: new Counter({
+      name: "chatbus_sse_catch_ups_total",
+      help: "Times a live SSE stream's client fell more than sse.maxBufferedBytes behind and the stream was written from the event log until it caught up.",
+      registers,
+    }),
     deliveredReceipts: new Counter({
       name: "chatbus_delivered_receipts_sent_total",
       help: "chat.receipt.delivered events sent for SSE deliveries (batched per user and conversation).",

@@ -54,6 +54,7 @@ function open(index: StreamIndex, userId: string) {
       if (e.type === "chat.member.left" && e.payload.userId === stream.userId)
         index.follow(stream, e.conversationId, false);
     },
+    onBehind: () => {},
     onClose: (stream) => index.remove(stream),
   });
   index.add(s);

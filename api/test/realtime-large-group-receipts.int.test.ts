@@ -3,6 +3,8 @@
  * group with more members than `sse.deliveredReceiptsMaxMembers` records no
  * per-member delivered receipts, a group at the bound still does, and read receipts
  * are recorded in both. Every message still reaches the stream exactly once, in order.
+ * A group that shrinks to the bound gets delivered receipts again once its cached
+ * member count expires (`sse.deliveredMemberCountTtlMs`, short here).
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { eventually, type Harness, openSse, type SseMessage, startHarness } from "./harness.ts";
@@ -12,6 +14,7 @@ let ana: string;
 let ben: string;
 let small: string; // ana, ben, cy: 3 members, at the bound
 let large: string; // ana, ben, cy, dee: 4 members, above it
+const memberCountTtlMs = 2_000;
 
 async function create(members: string[]): Promise<string> {
   const res = await h.app.inject({
@@ -48,7 +51,9 @@ const textsIn = (events: SseMessage[], conversationId: string) =>
     .map((e) => (e.data.data as { content: { text: string } }).content.text);
 
 beforeAll(async () => {
-  h = await startHarness("api_rt_large", { sse: { deliveredReceiptsMaxMembers: 3 } });
+  h = await startHarness("api_rt_large", {
+    sse: { deliveredReceiptsMaxMembers: 3, deliveredMemberCountTtlMs: memberCountTtlMs },
+  });
   [ana, ben] = await Promise.all([h.login("ana"), h.login("ben")]);
   small = await create(["ben", "cy"]);
   large = await create(["ben", "cy", "dee"]);
@@ -102,6 +107,39 @@ describe("delivered receipts in large groups", () => {
       await eventually("the read receipt in the large group", async () =>
         (await receiptsIn(large, "chat.receipt.read")) === 1 ? true : undefined,
       );
+    } finally {
+      stream.close();
+    }
+  });
+
+  it("are recorded again once a group shrinks to the bound and its member count expires", async () => {
+    const stream = await openSse(h.url, ben);
+    try {
+      const removed = await h.app.inject({
+        method: "DELETE",
+        url: `/v1/conversations/${large}/members/dee`,
+        headers: { authorization: `Bearer ${ana}` },
+      });
+      expect(removed.statusCode, removed.body).toBe(202);
+      await eventually("dee's removal materialised", async () => {
+        const { rows } = await h.schema.pool.query<{ n: number }>(
+          "SELECT count(*)::int AS n FROM members WHERE conversation_id = $1 AND left_at IS NULL",
+          [large],
+        );
+        return rows[0]!.n === 3 ? true : undefined;
+      });
+      // Messages keep arriving; within a TTL the cached "large" expires and the count is read again.
+      let i = 0;
+      await eventually(
+        "a delivered receipt in the group that shrank",
+        async () => {
+          await send(large, `shrunk-${i++}`);
+          await new Promise((r) => setTimeout(r, 250));
+          return (await receiptsIn(large, "chat.receipt.delivered")) > 0 ? true : undefined;
+        },
+        memberCountTtlMs * 5 + 10_000,
+      );
+      expect(textsIn(stream.events, large).filter((t) => t.startsWith("shrunk-")).length).toBeGreaterThan(0);
     } finally {
       stream.close();
     }

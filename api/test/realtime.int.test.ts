@@ -221,7 +221,10 @@ describe("presence", () => {
     try {
       const first = await openSse(h.url, dave);
       await eventually("dave online", () => presence().includes("dave:online"));
-      expect(first.events.some((e) => e.event === "presence" && e.data.userId === "carol")).toBe(true);
+      // The greeting (carol online) follows the stream's catch-up; dave's announcement races it.
+      await eventually("carol's presence greeting dave", () =>
+        first.events.some((e) => e.event === "presence" && e.data.userId === "carol"),
+      );
       first.close();
       const again = await openSse(h.url, dave); // reconnect within the grace period
       await new Promise((r) => setTimeout(r, 800)); // longer than the 500 ms grace: an offline would have come

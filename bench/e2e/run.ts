@@ -134,7 +134,10 @@ try {
         }
       }
       streamEnd = "closed by the server";
-    })().catch(() => {});
+    })().catch((error: unknown) => {
+      // An aborted or destroyed body throws: say which, instead of "open until the end".
+      if (!abort.signal.aborted) streamEnd = `broken by the server (${String(error)})`;
+    });
 
     // Fixed-rate open-loop sending: every 10 ms, send what is due.
     const started = performance.now();
@@ -180,6 +183,16 @@ try {
       const sentAt = resolvedAt.get(eventId);
       if (sentAt !== undefined) delivered.push(Math.max(0, at - sentAt));
     }
+    // The API's own SSE counters say where frames went (written, or the stream cut off and why).
+    const metrics = await (await fetch(`${base}/metrics`)).text();
+    const sseMetrics = metrics
+      .split("\n")
+      .filter(
+        (l) =>
+          /^chatbus_sse_(events_delivered_total|disconnects_total|streams|catch_ups_total) /.test(l) ||
+          /^chatbus_sse_disconnects_total\{/.test(l) ||
+          /^chatbus_sse_catch_ups_total\{/.test(l),
+      );
     abort.abort();
     await sseDone;
     await listener.end();
@@ -200,7 +213,7 @@ try {
       );
     }
     process.stderr.write(
-      `rate ${rate}: SSE stream ${streamEnd}; frames ${JSON.stringify(Object.fromEntries(frames))}\n`,
+      `rate ${rate}: SSE stream ${streamEnd}; frames ${JSON.stringify(Object.fromEntries(frames))}\n  API: ${sseMetrics.join("; ")}\n`,
     );
   }
 } finally {

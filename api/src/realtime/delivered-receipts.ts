@@ -44,14 +44,14 @@ export class DeliveredReceipts {
     /** Above this many current members a conversation gets no delivered receipts. */
     maxMembers: number;
     /** How long a member count is trusted, ms (a group crossing the bound is noticed within it). */
-    sizeTtlMs?: number;
+    sizeTtlMs: number;
   }) {
     this.#bus = options.bus;
     this.#logger = options.logger;
     this.#metrics = options.metrics;
     this.#pool = options.pool;
     this.#maxMembers = options.maxMembers;
-    this.#sizeTtlMs = options.sizeTtlMs ?? 60_000;
+    this.#sizeTtlMs = options.sizeTtlMs;
     this.#timer = setInterval(() => void this.flush(), options.flushMs);
     this.#timer.unref();
   }

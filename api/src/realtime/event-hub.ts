@@ -16,6 +16,14 @@
  * events wait in the stream's queue, and the queue drains, skipping what the log
  * already wrote. Membership events on the way move the stream in and out of rooms,
  * so a removal that races the open is never missed (review M3).
+ *
+ * The same catch-up serves a client that fell behind: when its unread bytes pass
+ * `sse.maxBufferedBytes` the stream stops taking live events and `#catchUp` writes
+ * from the log, one page each time the client has read half its bound, until a page
+ * reaches the applied position; then it is live again. Nothing is skipped and
+ * nothing piles up in memory. A client that reads nothing for `sse.stalledClientMs`
+ * is disconnected (`slow_client`; it resumes with Last-Event-ID), and one that falls
+ * more than `sse.resumeMaxEvents` behind gets `reset`, as a resume would.
  */
 import type { ServerResponse } from "node:http";
 import {
@@ -114,6 +122,7 @@ export class EventHub {
       flushMs: options.sse.deliveredFlushMs,
       pool: options.pool,
       maxMembers: options.sse.deliveredReceiptsMaxMembers,
+      sizeTtlMs: options.sse.deliveredMemberCountTtlMs,
     });
     this.#index = new StreamIndex({ roomBroadcastMaxStreams: options.sse.roomBroadcastMaxStreams });
     this.#follower = new LogFollower({
@@ -206,6 +215,7 @@ export class EventHub {
       maxBufferedBytes: this.#options.sse.maxBufferedBytes,
       expiresAt,
       onDelivered: this.#delivered,
+      onBehind: this.#behind,
       onClose: this.#closed,
     });
     this.#options.metrics.sseStreams.inc();
@@ -216,7 +226,8 @@ export class EventHub {
     try {
       await this.#start(stream, lastEventId);
       if (stream.closed) return stream;
-      stream.goLive();
+      await this.#catchUp(stream);
+      if (stream.closed) return stream;
       await this.#presence.greet(stream);
     } catch (error) {
       this.#options.logger.warn({ err: error, userId }, "SSE stream could not start");
@@ -225,7 +236,7 @@ export class EventHub {
     return stream;
   }
 
-  /** Positions and subscribes a new stream, then writes from the log what it has not seen. */
+  /** Positions a new stream and subscribes it to the user's conversations at that position. */
   async #start(stream: SseStream, lastEventId: string | undefined): Promise<void> {
     const { pool, topic, sse } = this.#options;
     const { position, conversations } = await snapshot(
@@ -248,23 +259,44 @@ export class EventHub {
     } else {
       Object.assign(stream.cursor, from);
     }
-    let caughtUp = 0;
-    let reset = false;
+  }
+
+  /** A live stream's client fell behind: catch it up from the log, in the background. */
+  #behind = (stream: SseStream): void => {
+    this.#options.metrics.sseCatchUps.inc();
+    this.#catchUp(stream).catch((error: unknown) => {
+      this.#options.logger.warn({ err: error, userId: stream.userId }, "SSE stream could not catch up");
+      stream.close("error");
+    });
+  };
+
+  /**
+   * Writes from the log what the stream has not seen, as fast as its client reads
+   * (waiting whenever the client is `full`), then goes live. Live events that arrive
+   * while a page is read and written without a wait are queued in `pending`; after a
+   * wait they are dropped, for the next read returns them: each was committed before
+   * that read began. Memory: one page, plus the queue of one read.
+   */
+  async #catchUp(stream: SseStream): Promise<void> {
+    const { sse } = this.#options;
+    let read = 0;
     for (;;) {
+      if (!(await this.#drained(stream))) return;
+      stream.pending = [];
       const page = await this.#options.projection.eventsAfter(stream.cursor, stream.userId, catchUpPage);
       if (stream.closed) return;
-      caughtUp += page.events.length;
-      if (!reset && caughtUp > sse.resumeMaxEvents) {
-        // Carry on from the snapshot: what the user's conversations are there is known.
-        reset = true;
-        this.#reset(stream, position, `more than ${sse.resumeMaxEvents} events were missed; reload history`);
-        // Membership events already written may predate the snapshot's: follow its rooms again.
-        for (const conversationId of [...stream.conversations])
-          this.#index.follow(stream, conversationId, false);
-        for (const conversationId of conversations) this.#index.follow(stream, conversationId, true);
+      read += page.events.length;
+      if (read > sse.resumeMaxEvents) {
+        read = 0;
+        await this.#resetToNow(stream, `more than ${sse.resumeMaxEvents} events were missed; reload history`);
+        if (stream.closed) return;
         continue;
       }
       for (const event of page.events) {
+        if (stream.full) {
+          stream.pending = null; // the wait may be long: the next read covers what arrives
+          if (!(await this.#drained(stream))) return;
+        }
         if (
           this.#index.quietReceipt(event) &&
           (event.payload as { userId?: string }).userId !== stream.userId
@@ -272,8 +304,35 @@ export class EventHub {
           continue;
         stream.deliver(event);
       }
-      if (page.events.length < catchUpPage) break;
+      // A short page reached the applied position: the queue holds the rest, if whole.
+      if (page.events.length < catchUpPage && stream.pending !== null) {
+        stream.goLive();
+        return;
+      }
     }
+  }
+
+  /** Waits until the stream's client has read down to half its bound; false (closed) if it stalled. */
+  async #drained(stream: SseStream): Promise<boolean> {
+    if (await stream.drained(this.#options.sse.stalledClientMs)) return true;
+    stream.close("slow_client");
+    return false;
+  }
+
+  /** Too far behind: moves the stream to the applied position now, with its rooms there, and says so. */
+  async #resetToNow(stream: SseStream, reason: string): Promise<void> {
+    const { pool, topic, sse } = this.#options;
+    const { position, conversations } = await snapshot(
+      pool,
+      topic,
+      stream.userId,
+      sse.streamConversationsMax,
+    );
+    if (stream.closed) return;
+    this.#reset(stream, position, reason);
+    // Membership events already written may predate the snapshot's: follow its rooms again.
+    for (const conversationId of [...stream.conversations]) this.#index.follow(stream, conversationId, false);
+    for (const conversationId of conversations) this.#index.follow(stream, conversationId, true);
   }
 
   /** Moves the stream to `position` and tells the client to reload history. */

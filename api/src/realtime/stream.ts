@@ -1,8 +1,13 @@
 /**
  * One SSE connection: its position (a per-partition offset vector), the
  * conversations it follows, and back-pressure. The socket's unsent bytes are
- * bounded: a client that reads slower than events arrive is disconnected (it
- * reconnects with Last-Event-ID and resumes) instead of growing server memory.
+ * bounded without dropping anything: when a client reads slower than events arrive
+ * and its unread bytes pass `maxBufferedBytes`, the stream stops writing live events
+ * and falls behind (`catchingUp`); the hub then writes the rest from the event log,
+ * a page at a time as the client reads, and the stream goes live again. Memory per
+ * stream is the socket bound plus one frame; the position alone says what is owed.
+ * (Until issue 18's follow-up such a client was disconnected, and at 8,000 events/s
+ * a client that merely paused lost the stream after ~4,000 frames.)
  */
 
 import type { ServerResponse } from "node:http";
@@ -30,6 +35,8 @@ export interface StreamOptions {
   expiresAt?: number;
   /** Called once with each delivered event (metrics, delivered receipts). */
   onDelivered: (stream: SseStream, event: LoggedEvent) => void;
+  /** A live stream's unread bytes passed the bound: the hub catches it up from the log. */
+  onBehind: (stream: SseStream) => void;
   onClose: (stream: SseStream, reason: CloseReason) => void;
 }
 
@@ -63,7 +70,15 @@ export class SseStream {
   readonly conversations = new Set<string>();
   /** Offset of the last event written, per partition (inclusive). */
   readonly cursor: EventCursor;
-  /** While catching up, live events wait here (in hub order). */
+  /**
+   * True while the hub writes from the log (at open, and after the client fell
+   * behind) instead of live events; `goLive` ends it.
+   */
+  catchingUp = true;
+  /**
+   * While catching up: live events that wait for the log read in flight (in hub
+   * order), or null when they are dropped because the next log read covers them.
+   */
   pending: LoggedEvent[] | null = [];
   closed = false;
   readonly #response: ServerResponse;
@@ -102,25 +117,56 @@ export class SseStream {
 
   /** Bytes written but not yet taken by the client's TCP window. */
   get buffered(): number {
-    return this.#response.writableLength + (this.#response.socket?.writableLength ?? 0);
+    // A ServerResponse's writableLength already includes its socket's (Node's
+    // _http_outgoing.js); adding the socket's again counted those bytes twice.
+    return this.#response.writableLength;
   }
 
-  /** Writes raw SSE text; disconnects the client when its unread bytes pass the bound. */
+  /** True when the client has more unread bytes than the bound: write no more events now. */
+  get full(): boolean {
+    return this.buffered > this.#maxBufferedBytes;
+  }
+
+  /**
+   * Resolves true once the client has read down to half the bound, false when it
+   * read nothing for `stalledMs` (or the stream closed). Polled: `drain` fires only
+   * after a write that returned false, and the socket's own buffer counts too.
+   */
+  async drained(stalledMs: number, pollMs = 25): Promise<boolean> {
+    let last = this.buffered;
+    let progressAt = Date.now();
+    while (!this.closed && this.buffered > this.#maxBufferedBytes / 2) {
+      await new Promise((resolve) => setTimeout(resolve, pollMs));
+      const now = this.buffered;
+      if (now < last) progressAt = Date.now();
+      last = now;
+      if (Date.now() - progressAt > stalledMs) return false;
+    }
+    return !this.closed;
+  }
+
+  /** Writes raw SSE text; a live stream whose unread bytes pass the bound falls behind. */
   write(text: string): void {
     if (this.closed) return;
     this.#response.write(text);
-    if (this.buffered > this.#maxBufferedBytes) this.close("slow_client");
+    if (this.full && !this.catchingUp) {
+      this.catchingUp = true;
+      this.pending = null; // everything from here on is read from the log
+      this.#options.onBehind(this);
+    }
   }
 
-  /** Hub entry point: queue while catching up, write once live. */
+  /** Hub entry point: write when live; while catching up, queue or drop (the log has it). */
   offer(event: LoggedEvent): void {
     if (this.closed) return;
-    if (this.pending) {
-      this.pending.push(event);
-      if (this.pending.length > 50_000) this.close("slow_client");
+    if (!this.catchingUp) {
+      this.deliver(event);
       return;
     }
-    this.deliver(event);
+    if (this.pending === null) return;
+    this.pending.push(event);
+    // A queue this long means the log read is slow: drop it, the next read covers it.
+    if (this.pending.length > 50_000) this.pending = null;
   }
 
   /**
@@ -150,11 +196,20 @@ export class SseStream {
     }
   }
 
-  /** Ends catch-up: writes queued live events the catch-up did not already cover. */
+  /**
+   * Ends catch-up: writes queued live events the catch-up did not already cover.
+   * Only when the queue is whole (`pending` not null) and the client not full.
+   * If the client falls behind again while the queue drains, the rest is left to
+   * the log (`onBehind` was called).
+   */
   goLive(): void {
     const queued = this.pending ?? [];
     this.pending = null;
-    for (const event of queued) this.deliver(event);
+    this.catchingUp = false;
+    for (const event of queued) {
+      if (this.catchingUp) return;
+      this.deliver(event);
+    }
   }
 
   /** Writes a named event without an id (presence, reset are not positions in the log). */

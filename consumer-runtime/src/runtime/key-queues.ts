@@ -14,7 +14,13 @@ export type Step =
   /** Give the item up without finishing it (shutdown): it is dropped with its key's queue. */
   | { kind: "abandon" };
 
-/** A counting semaphore with FIFO waiters. */
+/** A step that finished: one shared object (nobody changes it), not one per event. */
+export const stepDone: Step = Object.freeze({ kind: "done" });
+
+/**
+ * A counting semaphore with FIFO waiters. Taken and given back without promises or
+ * closures of its own: the key queues take a slot for every event they run.
+ */
 export class Slots {
   #free: number;
   #waiters: (() => void)[] = [];
@@ -32,24 +38,23 @@ export class Slots {
     return this.#waiters.length > 0;
   }
 
-  /** Resolves when a slot is free; call the returned function once to free it. */
-  acquire(): Promise<() => void> {
-    if (this.#free > 0) {
-      this.#free--;
-      return Promise.resolve(this.#releaser());
-    }
-    return new Promise((resolve) => this.#waiters.push(() => resolve(this.#releaser())));
+  /** Takes a free slot (true), or returns false when all are in use. */
+  tryTake(): boolean {
+    if (this.#free === 0) return false;
+    this.#free--;
+    return true;
   }
 
-  #releaser(): () => void {
-    let released = false;
-    return () => {
-      if (released) return;
-      released = true;
-      const next = this.#waiters.shift();
-      if (next) next();
-      else this.#free++;
-    };
+  /** Calls `granted` (synchronously, from `release`) once a slot was handed over to it. */
+  wait(granted: () => void): void {
+    this.#waiters.push(granted);
+  }
+
+  /** Gives a taken slot back: to the longest waiter, else to the free ones. Once per take. */
+  release(): void {
+    const next = this.#waiters.shift();
+    if (next) next();
+    else this.#free++;
   }
 }
 
@@ -78,7 +83,7 @@ export class KeyQueues<T> {
 
   constructor(
     private readonly slots: Slots,
-    private readonly run: (item: T) => Promise<Step>,
+    private readonly run: (item: T) => Step | Promise<Step>,
     private readonly onDone: (item: T) => void,
   ) {}
 
@@ -160,18 +165,21 @@ export class KeyQueues<T> {
   #schedule(key: string, state: KeyState<T>): void {
     state.state = "ready";
     this.#ready++;
-    void this.slots.acquire().then((release) => {
+    // The head always starts in a later microtask, never inside push() or release().
+    const start = () => {
       this.#ready--;
       if (this.#closed) {
-        release();
+        this.slots.release();
         this.#notify();
         return;
       }
-      void this.#runHead(key, state, release);
-    });
+      void this.#runHead(key, state);
+    };
+    if (this.slots.tryTake()) queueMicrotask(start);
+    else this.slots.wait(() => queueMicrotask(start));
   }
 
-  async #runHead(key: string, state: KeyState<T>, release: () => void): Promise<void> {
+  async #runHead(key: string, state: KeyState<T>): Promise<void> {
     let step: Step;
     let streak = 0;
     for (;;) {
@@ -201,7 +209,7 @@ export class KeyQueues<T> {
       }
       break;
     }
-    release();
+    this.slots.release();
     if (this.#closed) {
       this.#notify();
       return;

@@ -14,6 +14,13 @@ export type Step =
   /** Give the item up without finishing it (shutdown): it is dropped with its key's queue. */
   | { kind: "abandon" };
 
+/**
+ * Starts work in a later microtask: `resolved.then(f)` is one small reaction, where
+ * Node's queueMicrotask makes an AsyncResource per call (6 % of the no-op runtime's
+ * CPU in its profile).
+ */
+const resolved = Promise.resolve();
+
 /** A step that finished: one shared object (nobody changes it), not one per event. */
 export const stepDone: Step = Object.freeze({ kind: "done" });
 
@@ -175,8 +182,8 @@ export class KeyQueues<T> {
       }
       void this.#runHead(key, state);
     };
-    if (this.slots.tryTake()) queueMicrotask(start);
-    else this.slots.wait(() => queueMicrotask(start));
+    if (this.slots.tryTake()) void resolved.then(start);
+    else this.slots.wait(() => void resolved.then(start));
   }
 
   async #runHead(key: string, state: KeyState<T>): Promise<void> {

@@ -257,7 +257,7 @@ export class EventRunner {
     }
     this.#forgetFailures(item);
     this.counts.processed++;
-    this.#o.typeMetrics(event.type).handled.inc();
+    this.#o.typeMetrics(event.type).handledPending++;
     this.#endToEnd.observe(Math.max(0, Date.now() - event.time.getTime()) / 1000);
     return stepDone;
   }

@@ -30,7 +30,9 @@ export const stepDone: Step = Object.freeze({ kind: "done" });
  */
 export class Slots {
   #free: number;
+  /** FIFO of waiters from `#head` on: Array#shift copies a long array (one waiter per ready key). */
   #waiters: (() => void)[] = [];
+  #head = 0;
 
   constructor(readonly size: number) {
     this.#free = size;
@@ -42,7 +44,7 @@ export class Slots {
 
   /** True when someone waits for a slot. */
   get contended(): boolean {
-    return this.#waiters.length > 0;
+    return this.#head < this.#waiters.length;
   }
 
   /** Takes a free slot (true), or returns false when all are in use. */
@@ -59,11 +61,26 @@ export class Slots {
 
   /** Gives a taken slot back: to the longest waiter, else to the free ones. Once per take. */
   release(): void {
-    const next = this.#waiters.shift();
-    if (next) next();
-    else this.#free++;
+    if (this.#head === this.#waiters.length) {
+      this.#free++;
+      return;
+    }
+    const next = this.#waiters[this.#head]!;
+    this.#waiters[this.#head++] = noWaiter;
+    // Drop the served part now and then, so that the array does not grow for ever.
+    if (this.#head === this.#waiters.length) {
+      this.#waiters = [];
+      this.#head = 0;
+    } else if (this.#head > 1024 && this.#head * 2 > this.#waiters.length) {
+      this.#waiters = this.#waiters.slice(this.#head);
+      this.#head = 0;
+    }
+    next();
   }
 }
+
+/** Put in a served waiter's place, so that the array holds no finished closure. */
+const noWaiter = () => {};
 
 interface Waiter {
   check: () => boolean;

@@ -17,12 +17,17 @@
  * Without `--conditions=@chatbus/source` the packages load from their built dist/
  * (`npm run prepare` builds them): no esbuild `__name` wrappers, the code users run.
  *
+ * `--only runtime --compare <dir>` runs another checkout's built runtime (e.g. main's,
+ * `git archive main | tar -x -C /tmp/main && cd /tmp/main && npm ci`) in the same
+ * process, alternating with this one round by round (`--rounds`, default 4 each) on
+ * the same topic: on a loaded machine only such side-by-side numbers compare.
+ *
  * Uses KAFKA_BROKERS (default 127.0.0.1:9092) and DATABASE_URL; makes its own topic and schema.
  */
 import { mkdir, writeFile } from "node:fs/promises";
 import { Session } from "node:inspector/promises";
 import { loadavg } from "node:os";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { createRuntime, type Runtime } from "@chatbus/consumer-runtime";
 import { decodeRecord, encodeEvent } from "@chatbus/producer-sdk";
@@ -38,6 +43,8 @@ const { values } = parseArgs({
     partitions: { type: "string", default: "12" },
     only: { type: "string", default: "" },
     profile: { type: "string", default: "" },
+    compare: { type: "string", default: "" },
+    rounds: { type: "string", default: "4" },
   },
 });
 const events = Number(values.events);
@@ -56,6 +63,7 @@ interface Result {
   name: string;
   handled: number;
   ms: number;
+  cpuPerEvent: number;
 }
 const rate = (r: Result) => (r.handled / r.ms) * 1000;
 
@@ -110,10 +118,11 @@ async function measure(
   });
   await done;
   const cpu = process.cpuUsage(cpuAtFirst);
-  const result = { name, handled, ms: Math.max(1, last - first) };
+  const cpuPerEvent = (cpu.user + cpu.system) / handled;
+  const result = { name, handled, ms: Math.max(1, last - first), cpuPerEvent };
   await stop();
   say(
-    `  ${name}: ${handled} events in ${(result.ms / 1000).toFixed(2)} s = ${rate(result).toFixed(0)} events/s, ${((cpu.user + cpu.system) / handled).toFixed(1)} µs CPU per event`,
+    `  ${name}: ${handled} events in ${(result.ms / 1000).toFixed(2)} s = ${rate(result).toFixed(0)} events/s, ${cpuPerEvent.toFixed(1)} µs CPU per event`,
   );
   return result;
 }
@@ -152,9 +161,15 @@ function rawEachMessage(topic: string, waitMs: number, concurrentPartitions: num
   };
 }
 
-function chatbus(topic: string, pool: import("pg").Pool, waitMs: number, concurrency: number) {
+function chatbus(
+  topic: string,
+  pool: import("pg").Pool,
+  waitMs: number,
+  concurrency: number,
+  create: typeof createRuntime = createRuntime,
+) {
   return async (onEvent: () => void) => {
-    const runtime: Runtime = createRuntime({
+    const runtime: Runtime = create({
       group: uniqueName("bench-chatbus"),
       topic,
       brokers: kafkaBrokers(),
@@ -188,6 +203,38 @@ async function profiled<T>(file: string, task: () => Promise<T>): Promise<T> {
   }
 }
 
+/** `--compare`: this runtime and another checkout's, alternating, in one process on one topic. */
+async function compareRuntimes(topic: string, pool: import("pg").Pool, limit: number): Promise<void> {
+  const other = (await import(resolve(values.compare, "consumer-runtime/dist/index.js"))) as {
+    createRuntime: typeof createRuntime;
+  };
+  const sides = [
+    {
+      name: `chatbus no-op handler (${values.compare})`,
+      create: other.createRuntime,
+      results: [] as Result[],
+    },
+    { name: "chatbus no-op handler (this checkout)", create: createRuntime, results: [] as Result[] },
+  ];
+  for (let round = 1; round <= Number(values.rounds); round++) {
+    for (const side of round % 2 === 1 ? sides : [...sides].reverse()) {
+      side.results.push(
+        await measure(side.name, events, limit * 3, chatbus(topic, pool, 0, 64, side.create)),
+      );
+    }
+  }
+  const median = (list: number[]) => [...list].sort((a, b) => a - b)[Math.floor(list.length / 2)]!;
+  say("\n| runtime | events/s, best | median | CPU µs per event, best | median |");
+  say("|---|---:|---:|---:|---:|");
+  for (const side of sides) {
+    const rates = side.results.map(rate);
+    const cpu = side.results.map((r) => r.cpuPerEvent);
+    say(
+      `| ${side.name} | ${Math.max(...rates).toFixed(0)} | ${median(rates).toFixed(0)} | ${Math.min(...cpu).toFixed(1)} | ${median(cpu).toFixed(1)} |`,
+    );
+  }
+}
+
 async function main(): Promise<void> {
   say(`consumer bench: load average ${load()}`);
   const schema = await createTestSchema("bench_consumer");
@@ -197,6 +244,10 @@ async function main(): Promise<void> {
     const limit = seconds * 1000;
     say(`\nno-op handler (${events} events, ${partitions} partitions, ${conversations} conversations):`);
     const noop: Result[] = [];
+    if (values.only === "runtime" && values.compare) {
+      await compareRuntimes(topic, schema.pool, limit);
+      return;
+    }
     if (values.only === "runtime") {
       for (let round = 1; round <= 2; round++) {
         const run = () =>

@@ -190,6 +190,66 @@ function unstorableString(text: string): Pick<UnstorableValue, "rule" | "reason"
   return undefined;
 }
 
+/** `path.key`, or `key` at the top (the path format of UnstorableValue). */
+const joinPath = (path: string, key: string): string => (path ? `${path}.${key}` : key);
+
+/**
+ * Where `findUnstorableValue` found a bad value: the path segments below the start,
+ * innermost first (added while the search unwinds, so that a clean value, the
+ * common case, builds no path strings at all).
+ */
+interface Found {
+  segments: string[];
+  /** The bad thing is an object key (its segment is the key itself), not a value. */
+  isKey: boolean;
+  bad: Pick<UnstorableValue, "rule" | "reason">;
+}
+
+const unsafeInteger: Pick<UnstorableValue, "rule" | "reason"> = {
+  rule: "unsafeInteger",
+  reason: `must be an integer between -${Number.MAX_SAFE_INTEGER} and ${Number.MAX_SAFE_INTEGER} (2^53-1)`,
+};
+
+function findUnstorable(value: unknown): Found | undefined {
+  if (typeof value === "string") {
+    const bad = unstorableString(value);
+    return bad && { segments: [], isKey: false, bad };
+  }
+  if (typeof value === "number") {
+    if (Number.isInteger(value) && !Number.isSafeInteger(value)) {
+      return { segments: [], isKey: false, bad: unsafeInteger };
+    }
+    return undefined;
+  }
+  if (typeof value !== "object" || value === null) return undefined;
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) {
+      const found = findUnstorable(value[i]);
+      if (found) {
+        found.segments.push(String(i));
+        return found;
+      }
+    }
+    return undefined;
+  }
+  // for-in with hasOwn visits what Object.entries would (own enumerable string keys,
+  // in the same order) without allocating an array per object: this runs for every
+  // consumed event (decodeRecord), where those arrays and the eager path strings
+  // were a tenth of the runtime's allocations in the no-op benchmark.
+  const object = value as Record<string, unknown>;
+  for (const key in object) {
+    if (!Object.hasOwn(object, key)) continue;
+    const badKey = unstorableString(key);
+    if (badKey) return { segments: [JSON.stringify(key).slice(1, -1)], isKey: true, bad: badKey };
+    const found = findUnstorable(object[key]);
+    if (found) {
+      found.segments.push(key);
+      return found;
+    }
+  }
+  return undefined;
+}
+
 /**
  * The first string (value or object key) holding U+0000 or a lone surrogate, or
  * integer beyond 2^53-1, anywhere in `value`: what the schemas cannot say about
@@ -198,37 +258,11 @@ function unstorableString(text: string): Pick<UnstorableValue, "rule" | "reason"
  * the value itself (request bodies are size-limited before they get here).
  */
 export function findUnstorableValue(value: unknown, path = ""): UnstorableValue | undefined {
-  const at = (key: string) => (path ? `${path}.${key}` : key);
-  if (typeof value === "string") {
-    const bad = unstorableString(value);
-    return bad && { path: path || "(value)", ...bad };
-  }
-  if (typeof value === "number") {
-    if (Number.isInteger(value) && !Number.isSafeInteger(value)) {
-      return {
-        path: path || "(value)",
-        rule: "unsafeInteger",
-        reason: `must be an integer between -${Number.MAX_SAFE_INTEGER} and ${Number.MAX_SAFE_INTEGER} (2^53-1)`,
-      };
-    }
-    return undefined;
-  }
-  if (Array.isArray(value)) {
-    for (let i = 0; i < value.length; i++) {
-      const found = findUnstorableValue(value[i], at(String(i)));
-      if (found) return found;
-    }
-    return undefined;
-  }
-  if (typeof value === "object" && value !== null) {
-    for (const [key, item] of Object.entries(value)) {
-      const badKey = unstorableString(key);
-      if (badKey) return { path: at(JSON.stringify(key).slice(1, -1)), ...badKey };
-      const found = findUnstorableValue(item, at(key));
-      if (found) return found;
-    }
-  }
-  return undefined;
+  const found = findUnstorable(value);
+  if (!found) return undefined;
+  let at = path;
+  for (let i = found.segments.length - 1; i >= 0; i--) at = joinPath(at, found.segments[i]!);
+  return { path: found.isKey ? at : at || "(value)", ...found.bad };
 }
 
 /**

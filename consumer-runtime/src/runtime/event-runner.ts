@@ -31,7 +31,7 @@ import {
   type RunningCall,
   type RunningCalls,
 } from "./handler-call.ts";
-import type { Step } from "./key-queues.ts";
+import { type Step, stepDone } from "./key-queues.ts";
 import type { RuntimeMetrics, TypeMetrics } from "./metrics.ts";
 import type { ResolvedRuntimeOptions } from "./options.ts";
 import { systemRetryDelay } from "./retry.ts";
@@ -172,8 +172,12 @@ export class EventRunner {
     if (work.backPressure) this.#o.assignment.checkBackPressure(work);
   }
 
-  /** Runs (or goes on running) one item; never throws. */
-  async run(item: Item): Promise<Step> {
+  /**
+   * Runs (or goes on running) one item; never throws. Not an async function: the
+   * checks before the handlers answer synchronously, and the handlers' run is the one
+   * promise per event (`#runHandlers`), not wrapped in a second one.
+   */
+  run(item: Item): Step | Promise<Step> {
     const { calls, fencing, assignment, stopping, stopSignal, breaker, metrics, config } = this.#o;
     if (stopping() || item.work.generation !== assignment.generation) return { kind: "abandon" };
     if (fencing.active) return { kind: "later", when: fencing.whenOver() };
@@ -200,7 +204,7 @@ export class EventRunner {
     }
     const event = decoded.event;
     item.remaining ??= this.handlersFor(event.type).slice();
-    if (item.remaining.length === 0) return { kind: "done" };
+    if (item.remaining.length === 0) return stepDone;
 
     if (breaker.state === "open") return { kind: "later", when: breaker.nextTransition() };
     let probe = false;
@@ -208,51 +212,54 @@ export class EventRunner {
       if (this.#probeInFlight) return { kind: "later", when: breaker.nextTransition() };
       this.#probeInFlight = probe = true;
     }
+    return this.#runHandlers(item, event, probe);
+  }
+
+  /**
+   * Calls the handlers still to succeed, in order, and counts the event handled when
+   * all did; a Step for the key queue either way. `probe`: this is the half-open
+   * breaker's one probe, which ends with this run.
+   */
+  async #runHandlers(item: Item, event: ChatEvent, probe: boolean): Promise<Step> {
+    const remaining = item.remaining!;
+    const { breaker } = this.#o;
     try {
-      const unfinished = await this.#runHandlers(item, event);
-      if (unfinished) return unfinished;
+      while (remaining.length > 0) {
+        const registration = remaining[0]!;
+        const attempt = ++item.attempts;
+        const duration = this.#o.typeMetrics(event.type).duration;
+        const startedAt = performance.now();
+        let outcome: CallOutcome;
+        try {
+          outcome = this.#judged(await this.#callOnce(item, registration, attempt));
+        } catch (error) {
+          duration.observe((performance.now() - startedAt) / 1000);
+          if (failureKind(error) === "hold") {
+            item.attempts = attempt - 1;
+            return breaker.state === "closed"
+              ? this.#later(50)
+              : { kind: "later", when: breaker.nextTransition() };
+          }
+          if (error instanceof HandlerTimeoutError)
+            this.#onTimeout(item, error, registration.handlerTimeoutMs);
+          if (item.skip) return await this.#applySkip(item, item.skip);
+          return await this.#onFailure(item, registration, error);
+        }
+        duration.observe((performance.now() - startedAt) / 1000);
+        // Aborted by a fence or a stop: whatever it did, it is not counted as handled.
+        if (outcome.kind === "aborted") return { kind: "abandon" };
+        headSucceeded(item);
+        item.systemFailures = 0;
+        item.systemSince = null;
+      }
     } finally {
       if (probe) this.#probeInFlight = false;
     }
     this.#forgetFailures(item);
     this.counts.processed++;
-    this.#o.typeMetrics(event.type).handled.inc();
+    this.#o.typeMetrics(event.type).handledPending++;
     this.#endToEnd.observe(Math.max(0, Date.now() - event.time.getTime()) / 1000);
-    return { kind: "done" };
-  }
-
-  /** Calls the handlers still to succeed, in order; a Step when one did not (null: all succeeded). */
-  async #runHandlers(item: Item, event: ChatEvent): Promise<Step | null> {
-    const remaining = item.remaining!;
-    const { breaker } = this.#o;
-    while (remaining.length > 0) {
-      const registration = remaining[0]!;
-      const attempt = ++item.attempts;
-      const duration = this.#o.typeMetrics(event.type).duration;
-      const startedAt = performance.now();
-      let outcome: CallOutcome;
-      try {
-        outcome = this.#judged(await this.#callOnce(item, registration, attempt));
-      } catch (error) {
-        duration.observe((performance.now() - startedAt) / 1000);
-        if (failureKind(error) === "hold") {
-          item.attempts = attempt - 1;
-          return breaker.state === "closed"
-            ? this.#later(50)
-            : { kind: "later", when: breaker.nextTransition() };
-        }
-        if (error instanceof HandlerTimeoutError) this.#onTimeout(item, error, registration.handlerTimeoutMs);
-        if (item.skip) return this.#applySkip(item, item.skip);
-        return await this.#onFailure(item, registration, error);
-      }
-      duration.observe((performance.now() - startedAt) / 1000);
-      // Aborted by a fence or a stop: whatever it did, it is not counted as handled.
-      if (outcome.kind === "aborted") return { kind: "abandon" };
-      headSucceeded(item);
-      item.systemFailures = 0;
-      item.systemSince = null;
-    }
-    return null;
+    return stepDone;
   }
 
   #context(item: Item, attempt: number, call: RunningCall): HandlerContext {
@@ -540,7 +547,7 @@ export class EventRunner {
       message: `Subscription ${this.#subscription} is dead-lettering events (latest: ${input.failureClass} ${input.errorCode}: ${input.errorMessage}).`,
       details: { failureClass: input.failureClass, errorCode: input.errorCode, partition: input.partition },
     });
-    return { kind: "done" };
+    return stepDone;
   }
 
   /** An operator skip: the record becomes a dead letter of class `operator` and the key moves on. */
@@ -626,7 +633,7 @@ export class EventRunner {
       });
       log.info("dead letter replayed");
     } else log.warn(`replayed dead letter failed again; it is waiting again: ${replay.mark.error}`);
-    return { kind: "done" };
+    return stepDone;
   }
 
   /** Runs the handlers a replay still needs; resolves with the mark to write, or a step. */

@@ -27,11 +27,29 @@ export interface RuntimeMetrics {
   oldestInFlight: Gauge<"subscription">;
 }
 
-function counter<L extends string>(registry: Registry, name: string, help: string, labels: L[]): Counter<L> {
+function counter<L extends string>(
+  registry: Registry,
+  name: string,
+  help: string,
+  labels: L[],
+  collect?: () => void,
+): Counter<L> {
   return (
     (registry.getSingleMetric(name) as Counter<L> | undefined) ??
-    new Counter({ name, help, labelNames: labels, registers: [registry] })
+    new Counter({ name, help, labelNames: labels, registers: [registry], ...(collect ? { collect } : {}) })
   );
+}
+
+/**
+ * Adds the handled events every live runtime counted but did not add yet
+ * (`TypeMetrics.handledPending`). prom-client calls a counter's `collect` before every
+ * read of it (a scrape, `registry.metrics()`, `counter.get()`), so nobody reads a
+ * count that misses events.
+ */
+const pendingHandledFlushes = new Set<() => void>();
+
+function flushPendingHandled(): void {
+  for (const flush of pendingHandledFlushes) flush();
 }
 
 function gauge<L extends string>(registry: Registry, name: string, help: string, labels: L[]): Gauge<L> {
@@ -60,10 +78,13 @@ export function runtimeMetrics(registry: Registry): RuntimeMetrics {
       "subscription",
       "type",
     ]),
-    handled: counter(registry, "chatbus_events_handled_total", "Events whose handlers succeeded.", [
-      "subscription",
-      "type",
-    ]),
+    handled: counter(
+      registry,
+      "chatbus_events_handled_total",
+      "Events whose handlers succeeded.",
+      ["subscription", "type"],
+      flushPendingHandled,
+    ),
     failed: counter(registry, "chatbus_events_failed_total", "Failed handler attempts and poison records.", [
       "subscription",
       "failure_class",
@@ -149,22 +170,51 @@ export function initSubscriptionMetrics(metrics: RuntimeMetrics, subscription: s
 export interface TypeMetrics {
   consumed: ReturnType<RuntimeMetrics["consumed"]["labels"]>;
   handled: ReturnType<RuntimeMetrics["handled"]["labels"]>;
+  /**
+   * Events handled and not yet added to `handled`: the runner counts here, and the
+   * sum goes to prom-client in one `inc` when the counter is read. Its `inc` hashes
+   * the labels on every call; per event, prom-client was 5 % of the no-op runtime's
+   * CPU and 6 % of its allocations.
+   */
+  handledPending: number;
   duration: ReturnType<RuntimeMetrics["handlerDuration"]["labels"]>;
 }
 
-/** Labelled children cached per event type: the hot path does no label lookups. */
-export function metricsByType(metrics: RuntimeMetrics, subscription: string): (type: string) => TypeMetrics {
+/**
+ * Labelled children cached per event type: the hot path does no label lookups. Call
+ * `close` when the runtime stops (after its last handled event): it adds what is
+ * pending and stops taking part in the counter's reads.
+ */
+export function metricsByType(
+  metrics: RuntimeMetrics,
+  subscription: string,
+): { get: (type: string) => TypeMetrics; close: () => void } {
   const byType = new Map<string, TypeMetrics>();
-  return (type) => {
+  const flush = () => {
+    for (const entry of byType.values()) {
+      if (entry.handledPending === 0) continue;
+      entry.handled.inc(entry.handledPending);
+      entry.handledPending = 0;
+    }
+  };
+  const get = (type: string): TypeMetrics => {
     let found = byType.get(type);
     if (!found) {
+      // Joins the counter's reads with its first type: a runtime never started never joins.
+      pendingHandledFlushes.add(flush);
       found = {
         consumed: metrics.consumed.labels({ subscription, type }),
         handled: metrics.handled.labels({ subscription, type }),
+        handledPending: 0,
         duration: metrics.handlerDuration.labels({ subscription, type }),
       };
       byType.set(type, found);
     }
     return found;
   };
+  const close = () => {
+    flush();
+    pendingHandledFlushes.delete(flush);
+  };
+  return { get, close };
 }

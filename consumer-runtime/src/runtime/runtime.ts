@@ -140,6 +140,8 @@ class SubscriptionRuntime implements Runtime {
   #phase: Phase = "idle";
   #registrations: Registration[] = [];
   #breaker: CircuitBreaker;
+  /** Adds the handled counts still pending to the counter and leaves its reads (metrics.ts). */
+  #closeTypeMetrics: () => void;
   #alerts: AlertSender;
   #calls = new RunningCalls();
   #connections: Connections;
@@ -164,7 +166,9 @@ class SubscriptionRuntime implements Runtime {
     });
     this.#logger = logger;
     const metrics = runtimeMetrics(config.registry ?? new Registry());
-    const typeMetrics = metricsByType(metrics, subscription);
+    const byType = metricsByType(metrics, subscription);
+    this.#closeTypeMetrics = byType.close;
+    const typeMetrics = byType.get;
     const breaker = createCircuitBreaker(subscription, config.breaker);
     this.#breaker = breaker;
     const alerts = createAlertSender({
@@ -317,6 +321,7 @@ class SubscriptionRuntime implements Runtime {
       this.#phase = "stopped";
       for (const timer of this.#timers) clearInterval(timer);
       this.#breaker.shutdown();
+      this.#closeTypeMetrics();
       await Promise.all([
         this.#supervisor.consumer?.disconnect().catch(() => {}),
         this.#connections.disconnectKafka(),
@@ -363,6 +368,7 @@ class SubscriptionRuntime implements Runtime {
       .catch((error) => this.#logger.warn({ err: error }, "leaving the group failed"));
     this.#phase = "stopped";
     this.#breaker.shutdown();
+    this.#closeTypeMetrics();
     await Promise.all([
       this.#connections.disconnectKafka(),
       removeSubscriptionStatus(this.#connections.pool, this.subscription, this.instanceId).catch(() => {}),

@@ -4,7 +4,7 @@
  * retried with the partition held), reports it to the status and metrics, and only
  * then resolves and commits the Kafka offset (a hint; the stored offset is the truth).
  * A batch above the stored offset is never applied: the consumer seeks back instead,
- * unless Kafka itself holds nothing in between (see `gapDecision`).
+ * unless Kafka itself holds nothing in between (see `acceptGap` and `onGap`).
  */
 import type { EachBatchPayload } from "kafkajs";
 import type pg from "pg";

@@ -3,6 +3,8 @@
  * protocol chatbus uses: admin (CreateTopics, DescribeConfigs, Metadata), idempotent
  * produce with acks=-1, group membership, offset commits and a rebalance.
  */
+
+import { waitForPartitionLeaders } from "@chatbus/producer-sdk/internal";
 import { ConfigResourceTypes, type Consumer, Kafka, logLevel } from "kafkajs";
 import { afterAll, describe, expect, it } from "vitest";
 import { kafkaBrokers } from "./support/env.ts";
@@ -72,11 +74,11 @@ describe("pinned Kafka broker with kafkajs", () => {
       expect(
         await admin.createTopics({
           topics: [{ topic, numPartitions: 12, replicationFactor: 1 }],
-          waitForLeaders: true,
         }),
       ).toBe(true);
-      const metadata = await admin.fetchTopicMetadata({ topics: [topic] });
-      expect(metadata.topics[0]!.partitions).toHaveLength(12);
+      // Throws unless all 12 partitions get a leader (kafkajs's waitForLeaders gives up
+      // on UNKNOWN_TOPIC_OR_PARTITION while a busy broker propagates a new topic).
+      await waitForPartitionLeaders(admin, topic, 12, 30_000);
       const configs = await admin.describeConfigs({
         includeSynonyms: false,
         resources: [{ type: ConfigResourceTypes.TOPIC, name: topic, configNames: ["cleanup.policy"] }],

@@ -6,6 +6,7 @@
  */
 
 import { ensureTopic, topicRetentionMs } from "@chatbus/producer-sdk";
+import { waitForPartitionLeaders } from "@chatbus/producer-sdk/internal";
 import { type Admin, ConfigResourceTypes, Kafka, logLevel } from "kafkajs";
 import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
@@ -69,8 +70,8 @@ describe("the chat topic", () => {
     created.push(topic);
     await admin.createTopics({
       topics: [{ topic, numPartitions: 2, configEntries: [{ name: "retention.ms", value: "604800000" }] }],
-      waitForLeaders: true,
     });
+    await waitForPartitionLeaders(admin, topic, 2, 30_000);
     const { logger, lines } = capturingLogger();
     expect(await ensureTopic(admin, { topic, partitions: 2, logger })).toBe("exists");
     const warnings = lines.filter((l) => l.level >= 40);

@@ -4,6 +4,8 @@
  * restart, and nothing is lost or reordered. Runs a private broker on port 19192
  * (controller 19193), never the shared one.
  */
+
+import { waitForPartitionLeaders } from "@chatbus/producer-sdk/internal";
 import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { killBroker, restartBroker, startKafka, stopKafka } from "../../scripts/kafka.ts";
@@ -46,8 +48,8 @@ describe("broker outage", () => {
     await admin.connect();
     await admin.createTopics({
       topics: [{ topic, numPartitions: 4, replicationFactor: 1 }],
-      waitForLeaders: true,
     });
+    await waitForPartitionLeaders(admin, topic, 4, 30_000);
     await admin.disconnect();
     const conversations = 20;
     const perConversation = 50;

@@ -7,6 +7,7 @@
  */
 import { rmSync } from "node:fs";
 import { createServer } from "node:net";
+import { waitForPartitionLeaders } from "@chatbus/producer-sdk/internal";
 import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { brokerDir, killBroker, restartBroker, startKafka, stopKafka } from "../../scripts/kafka.ts";
@@ -73,8 +74,8 @@ describe("fencing at a consumer restart", () => {
     await admin.connect();
     await admin.createTopics({
       topics: [{ topic, numPartitions: 2, replicationFactor: 1 }],
-      waitForLeaders: true,
     });
+    await waitForPartitionLeaders(admin, topic, 2, 30_000);
     await admin.disconnect();
     const conversations = 6;
     const perConversation = 4;

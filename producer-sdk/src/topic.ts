@@ -83,27 +83,14 @@ export async function ensureTopic(admin: Admin, options: EnsureTopicOptions): Pr
     ],
     waitForLeaders: false,
   });
-  const deadline = Date.now() + (options.timeoutMs ?? 30_000);
-  for (;;) {
-    const metadata = await admin.fetchTopicMetadata({ topics: [topic] }).catch((error: unknown) => {
-      if ((error as { retriable?: boolean }).retriable) return undefined;
-      throw error;
-    });
-    const found = metadata?.topics.find((t) => t.name === topic)?.partitions ?? [];
-    if (!created && found.length > 0 && found.length !== partitions) {
+  await waitForPartitionLeaders(admin, topic, partitions, options.timeoutMs ?? 30_000, (found) => {
+    if (!created && found > 0 && found !== partitions) {
       throw new TopicMismatchError(
-        `topic "${topic}" has ${found.length} partitions but this bus expects ${partitions} (CHATBUS_PARTITIONS); ` +
-          `set CHATBUS_PARTITIONS=${found.length} (or the partitions option) to match it, or use another topic.`,
+        `topic "${topic}" has ${found} partitions but this bus expects ${partitions} (CHATBUS_PARTITIONS); ` +
+          `set CHATBUS_PARTITIONS=${found} (or the partitions option) to match it, or use another topic.`,
       );
     }
-    if (found.length === partitions && found.every((p) => p.leader >= 0)) break;
-    if (Date.now() > deadline) {
-      // Not a shape problem but an unhealthy cluster: the caller reports the brokers.
-      const led = found.filter((p) => p.leader >= 0).length;
-      throw new Error(`topic "${topic}" has a leader for ${led} of ${partitions} partitions after waiting`);
-    }
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
+  });
   if (created) {
     options.logger?.info(
       { topic, partitions, retentionMs: chatTopicRetentionMs },
@@ -113,6 +100,37 @@ export async function ensureTopic(admin: Admin, options: EnsureTopicOptions): Pr
   }
   await warnOnFiniteRetention(admin, topic, options.logger);
   return "exists";
+}
+
+/**
+ * Polls the topic's metadata until it has `partitions` partitions, each with a leader.
+ * kafkajs's own `waitForLeaders` gives up on UNKNOWN_TOPIC_OR_PARTITION, which a busy
+ * broker answers while a new topic's metadata propagates; here any retriable error
+ * means "not yet". `check` sees each answer's partition count and may throw.
+ * Throws a plain Error (an unhealthy cluster, not a shape problem) after `timeoutMs`.
+ */
+export async function waitForPartitionLeaders(
+  admin: Admin,
+  topic: string,
+  partitions: number,
+  timeoutMs: number,
+  check: (found: number) => void = () => {},
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const metadata = await admin.fetchTopicMetadata({ topics: [topic] }).catch((error: unknown) => {
+      if ((error as { retriable?: boolean }).retriable) return undefined;
+      throw error;
+    });
+    const found = metadata?.topics.find((t) => t.name === topic)?.partitions ?? [];
+    check(found.length);
+    if (found.length === partitions && found.every((p) => p.leader >= 0)) return;
+    if (Date.now() > deadline) {
+      const led = found.filter((p) => p.leader >= 0).length;
+      throw new Error(`topic "${topic}" has a leader for ${led} of ${partitions} partitions after waiting`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
 }
 
 async function warnOnFiniteRetention(admin: Admin, topic: string, logger: Logger | undefined): Promise<void> {

@@ -2,7 +2,9 @@
  * Per-test-file isolation on the shared broker and database: unique topic names and
  * a fresh PostgreSQL schema (migrated), dropped again by `cleanup()`.
  */
+
 import { randomBytes } from "node:crypto";
+import { waitForPartitionLeaders } from "@chatbus/producer-sdk/internal";
 import { Kafka, logLevel } from "kafkajs";
 import pg from "pg";
 import { migrate } from "../../consumer-runtime/src/database/migrate.ts";
@@ -24,17 +26,7 @@ export async function createTestTopic(prefix: string, partitions = 12): Promise<
   await admin.connect();
   try {
     await admin.createTopics({ topics: [{ topic, numPartitions: partitions, replicationFactor: 1 }] });
-    // Poll metadata instead of kafkajs's waitForLeaders, which fails with
-    // UNKNOWN_TOPIC_OR_PARTITION on a busy broker.
-    const deadline = Date.now() + 30_000;
-    for (;;) {
-      const metadata = await admin.fetchTopicMetadata({ topics: [topic] }).catch(() => undefined);
-      const ready = metadata?.topics[0]?.partitions.filter((p) => p.leader >= 0).length ?? 0;
-      if (ready === partitions) break;
-      if (Date.now() > deadline)
-        throw new Error(`topic ${topic} has ${ready} of ${partitions} partition leaders after 30 s`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
+    await waitForPartitionLeaders(admin, topic, partitions, 30_000);
   } finally {
     await admin.disconnect();
   }

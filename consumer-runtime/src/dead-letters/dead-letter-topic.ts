@@ -5,6 +5,7 @@
  * keeps its records for a long but finite time (`CHATBUS_DLQ_RETENTION_MS`, default
  * 365 days) rather than forever like the chat topic.
  */
+import { waitForPartitionLeaders } from "@chatbus/producer-sdk/internal";
 import type { Admin, Producer } from "kafkajs";
 import type { DeadLetterInput } from "./types.ts";
 
@@ -83,6 +84,9 @@ export async function ensureDeadLetterTopic(
         configEntries: [{ name: "retention.ms", value: String(retentionMs) }],
       },
     ],
-    waitForLeaders: true,
+    // kafkajs's waitForLeaders fails on UNKNOWN_TOPIC_OR_PARTITION while a busy
+    // broker propagates the new topic: poll instead.
+    waitForLeaders: false,
   });
+  await waitForPartitionLeaders(admin, topic, partitions, 30_000);
 }

@@ -102,14 +102,18 @@ describe("gaps the materialiser refuses", () => {
       retryInitialMs: 10,
       retryMaxMs: 100,
       stuckAfterMs: 60_000,
+      concurrency: 1,
+      maxQueuedRecords: 1000,
+      maxRecordsPerApply: 1000,
       running: () => true,
       seek: (_partition, offset) => seeks.push(offset),
       logStartOffset: async () => "0",
     });
-    // What kafkajs hands over: a batch fetched at `fetchedOffset` holding `messages`.
-    const deliver = (fetchedOffset: number, from: number, to: number) => {
+    // What kafkajs hands over: a batch fetched at `fetchedOffset` holding `messages`;
+    // resolves once the lane has dealt with it.
+    const deliver = async (fetchedOffset: number, from: number, to: number) => {
       const messages = records.slice(from, to);
-      return handle({
+      await handle.eachBatch({
         batch: {
           topic,
           partition: 0,
@@ -125,6 +129,7 @@ describe("gaps the materialiser refuses", () => {
         isRunning: () => true,
         isStale: () => false,
       } as unknown as EachBatchPayload);
+      await handle.idle();
     };
     await deliver(25, 25, 41);
     expect(seeks).toEqual(["11"]);

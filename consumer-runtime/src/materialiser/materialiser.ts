@@ -1,8 +1,9 @@
 /**
  * The live materialiser: the built-in subscription `materialiser`, with its own
- * kafkajs consumption loop because it needs more than at-least-once. Each partition
- * batch goes through `applyBatch` (one transaction with the partition's offset), so a
- * crash at any point either applied a batch with its offset or did neither.
+ * kafkajs consumption loop because it needs more than at-least-once. Fetched batches go
+ * onto per-partition lanes (partition-batch.ts) that apply them with `applyBatch` (one
+ * transaction with the partition's offset), so a crash at any point either applied a
+ * batch with its offset or did neither, and one slow partition does not hold the others.
  *
  * Assignment: no seek. Kafka's committed offset is at most the stored one (it is
  * committed only after the PostgreSQL commit), so consumption restarts at or before
@@ -111,7 +112,7 @@ function recordWaitHistogram(registry: Registry): Histogram<"subscription"> {
   if (existing) return existing as Histogram<"subscription">;
   return new Histogram({
     name,
-    help: "Time from the Kafka record timestamp (the producer's send) of the oldest record of each partition batch the materialiser applies to the start of its handling: producer, broker, fetch and waiting for the previous fetch's batches, without the write itself.",
+    help: "Time from the Kafka record timestamp (the producer's send) of the oldest record of each batch the materialiser applies to the start of its transaction: producer, broker, fetch and the partition lane's queue, without the write itself.",
     labelNames: ["subscription"],
     buckets: latencyBuckets,
     registers: [registry],
@@ -285,7 +286,7 @@ export async function startMaterialiser(options: MaterialiserOptions): Promise<M
   }, s.statusIntervalMs);
   statusTimer.unref();
 
-  const eachBatch = partitionBatchHandler({
+  const batches = partitionBatchHandler({
     pool,
     topic,
     schema,
@@ -299,22 +300,39 @@ export async function startMaterialiser(options: MaterialiserOptions): Promise<M
     retryInitialMs: s.retryInitialMs,
     retryMaxMs: s.retryMaxMs,
     stuckAfterMs: s.stuckAfterMs,
+    concurrency: s.partitionsConsumedConcurrently,
+    maxQueuedRecords: materialiserDefaults.maxQueuedRecordsPerPartition,
+    maxRecordsPerApply: materialiserDefaults.maxRecordsPerApply,
     running: () => running,
     seek: (partition, offset) => consumer.seek({ topic, partition, offset }),
     logStartOffset: (partition) => logStartOffset(kafka, topic, partition),
     ...(faults?.beforeBatch ? { beforeBatch: faults.beforeBatch } : {}),
   });
+  // A new assignment fetches from the committed offset again: what the lanes still
+  // queue would come twice (harmlessly skipped, but applied work for nothing).
+  consumer.on(consumer.events.GROUP_JOIN, () => batches.dropQueued());
+  const commitApplied = async () => {
+    const offsets = [...batches.takeApplied()].map(([partition, offset]) => ({ topic, partition, offset }));
+    if (offsets.length === 0) return;
+    // Only a hint of where to fetch from after a restart; the stored offset is the truth.
+    await consumer
+      .commitOffsets(offsets)
+      .catch((error) => log?.debug({ err: error }, "offset commit failed (harmless)"));
+  };
+  // Kafka commits are only a hint (the stored offset is the truth): one request per 5 s
+  // with the offsets the lanes applied, never a resolved offset that is not yet applied.
+  const commitTimer = setInterval(() => void commitApplied(), 5000);
+  commitTimer.unref();
   const run = async () => {
+    batches.dropQueued();
     await consumer.connect();
     await consumer.subscribe({ topic, fromBeginning: true });
     await consumer.run({
-      autoCommit: true,
-      // Kafka commits are only a hint (the stored offset is the truth): at most one per
-      // 5 s instead of one request per batch, which would add a broker round trip to each.
-      autoCommitInterval: 5000,
+      // kafkajs would commit resolved offsets, and the lanes resolve before applying.
+      autoCommit: false,
       eachBatchAutoResolve: false,
       partitionsConsumedConcurrently: s.partitionsConsumedConcurrently,
-      eachBatch,
+      eachBatch: batches.eachBatch,
     });
   };
   await superviseConsumer(consumer, run, { running: () => running, faults, metrics, labels, log });
@@ -327,6 +345,10 @@ export async function startMaterialiser(options: MaterialiserOptions): Promise<M
       running = false;
       clearInterval(statusTimer);
       clearInterval(replayTimer);
+      clearInterval(commitTimer);
+      // The lanes give up at their next attempt (running() is false); what they applied is stored.
+      await batches.idle();
+      await commitApplied();
       await consumer.disconnect();
       await producer.disconnect();
       pool.off("error", onPoolError);

@@ -41,6 +41,11 @@ export const materialiserDefaults = {
   partitionsConsumedConcurrently: 12, // partition batches applied at once (one connection each)
   maxBytesPerPartition: 4 * 1024 * 1024, // 4 MiB per partition fetch
   sessionTimeoutMs: 30_000, // 30 s
+  // A partition lane holding more fetched records than this holds the fetch loop
+  // (back-pressure; about 4 MiB of 1 KiB messages per partition).
+  maxQueuedRecordsPerPartition: 4_000,
+  // Consecutive queued batches of a partition are applied as one transaction up to this size.
+  maxRecordsPerApply: 2_000,
   measureLatency: true, // observe chatbus_end_to_end_latency_seconds (off for rebuilds)
   stuckAfterMs: 60_000, // a record retried (system failures) this long is published as stuck
   statementTimeoutMs: 30_000, // every statement of the materialiser's connections

@@ -1,12 +1,22 @@
 /**
- * The materialiser's `eachBatch`: applies one partition batch (apply-isolated.ts: one
- * atomic applyBatch with the offset per attempt, bad events isolated, system failures
- * retried with the partition held), reports it to the status and metrics, and only
- * then resolves and commits the Kafka offset (a hint; the stored offset is the truth).
- * A batch above the stored offset is never applied: the consumer seeks back instead,
- * unless Kafka itself holds nothing in between (see `acceptGap` and `onGap`).
+ * The materialiser's `eachBatch`, pipelined per partition. kafkajs's fetcher hands the
+ * batches of one fetch to `eachBatch` and fetches again only after EVERY batch of that
+ * fetch finished (fetcher.js awaits workerQueue.push of all of them), so with one
+ * broker a single slow partition transaction held every other partition's records
+ * (issue 12: p99 ~450 ms before the write transaction started). Here `eachBatch` only
+ * queues the records on their partition's lane and resolves the offset so that kafkajs
+ * fetches on; each lane applies its queue in order on its own (apply-isolated.ts: one
+ * atomic applyBatch with the offset per attempt), consecutive queued batches as one.
+ *
+ * The guarantees stay with the stored offset: a lane applies its partition in log order,
+ * and a batch above the stored offset is never applied: the consumer seeks back instead,
+ * unless Kafka itself holds nothing in between (see `acceptGap` and `onGap`). Records
+ * queued but not applied when a lane gives up are dropped, and either kafkajs delivers
+ * them again (a rejoin fetches from the committed offset, which is only committed from
+ * applied offsets, see `takeApplied`) or the next batch starts above the stored offset
+ * and is refused, which seeks back.
  */
-import type { EachBatchPayload } from "kafkajs";
+import type { EachBatchPayload, KafkaMessage } from "kafkajs";
 import type pg from "pg";
 import type { Logger } from "pino";
 import type { Counter, Histogram } from "prom-client";
@@ -31,6 +41,12 @@ export interface PartitionBatchDeps {
   retryInitialMs: number;
   retryMaxMs: number;
   stuckAfterMs: number;
+  /** Partition batches applied at once (one connection each). */
+  concurrency: number;
+  /** A lane holding more records than this makes `eachBatch` wait (back-pressure). */
+  maxQueuedRecords: number;
+  /** At most this many queued records are applied in one transaction. */
+  maxRecordsPerApply: number;
   /** False once the materialiser stops. */
   running: () => boolean;
   /** Seeks the consumer (after a gap). */
@@ -40,63 +56,220 @@ export interface PartitionBatchDeps {
   beforeBatch?: (partition: number) => void;
 }
 
-/** Returns the `eachBatch` of the materialiser's consumer. */
-export function partitionBatchHandler(
-  deps: PartitionBatchDeps,
-): (payload: EachBatchPayload) => Promise<void> {
-  // Per partition, the log start offset Kafka reported when a gap was seen: records
-  // below it are gone from the log (retention), so a gap up to it is accepted.
-  const logStarts = new Map<number, bigint>();
-  return async (payload) => {
+/** The handler and what the materialiser asks of its lanes. */
+export interface PartitionBatches {
+  eachBatch: (payload: EachBatchPayload) => Promise<void>;
+  /** Drops every queued record not yet being applied and starts a new run (a restart or rejoin fetches them again). */
+  dropQueued: () => void;
+  /** Resolves once no lane is applying. */
+  idle: () => Promise<void>;
+  /** Next offsets applied since the last call, per partition (for the Kafka commit hint). */
+  takeApplied: () => Map<number, string>;
+}
+
+/** A fetched batch (or consecutive batches) waiting on its lane. */
+interface Queued {
+  records: KafkaMessage[];
+  highWatermark: string;
+  payload: EachBatchPayload;
+  /** The offset kafkajs fetched the first of these batches at (see `fetchedOffset`). */
+  fetchedOffset: string | undefined;
+  /** Which run of the consumer fetched it (a restart or a rejoin starts a new one). */
+  generation: number;
+}
+
+/** One partition's queue and its drain loop. */
+interface Lane {
+  partition: number;
+  queue: Queued[];
+  queuedRecords: number;
+  draining: Promise<void> | null;
+  /** The log start offset Kafka reported at a gap: records below it are gone (retention), so a gap up to it is accepted. */
+  logStart: bigint;
+}
+
+/** What applying one queued run came to. */
+type Outcome = "applied" | "drop" | "again";
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+/** A counting semaphore: at most `limit` applies hold a connection at once. */
+function slots(limit: number) {
+  let free = limit;
+  const waiting: (() => void)[] = [];
+  return {
+    async acquire(): Promise<void> {
+      if (free > 0) {
+        free--;
+        return;
+      }
+      await new Promise<void>((resolve) => waiting.push(resolve));
+    },
+    release(): void {
+      const next = waiting.shift();
+      if (next) next();
+      else free++;
+    },
+  };
+}
+
+/** Takes the head of the lane and the batches that continue it (consecutive offsets), up to `max` records. */
+function takeConsecutive(lane: Lane, max: number): Queued {
+  const head = lane.queue.shift()!;
+  let records = head.records;
+  let last = head;
+  while (lane.queue.length > 0) {
+    const next = lane.queue[0]!;
+    const expected = BigInt(records[records.length - 1]!.offset) + 1n;
+    if (next.generation !== head.generation) break;
+    if (BigInt(next.records[0]!.offset) !== expected || records.length + next.records.length > max) break;
+    lane.queue.shift();
+    records = records.concat(next.records);
+    last = next;
+  }
+  lane.queuedRecords -= records.length;
+  // The newest payload: its heartbeat and liveness are the current ones.
+  return { ...head, records, highWatermark: last.highWatermark, payload: last.payload };
+}
+
+/** Returns the materialiser's pipelined `eachBatch` and its lanes. */
+export function partitionBatchHandler(deps: PartitionBatchDeps): PartitionBatches {
+  const lanes = new Map<number, Lane>();
+  const applied = new Map<number, string>();
+  const connections = slots(deps.concurrency);
+  // An unexpected failure of a lane crashes the consumer at the next eachBatch (as it
+  // would have inside eachBatch), so that the supervisor restarts it.
+  let failure: unknown = null;
+
+  // A restart or a rejoin fetches from the committed offset again: what was queued
+  // before is dropped then, and a lane that gives up on a batch drops only the batches
+  // of that batch's run, never those a newer run fetched (kafkajs has moved past them
+  // and would not deliver them again: they would wait for the next gap to be fetched).
+  let generation = 0;
+  const clear = (lane: Lane, upTo = Number.POSITIVE_INFINITY) => {
+    lane.queue = lane.queue.filter((q) => q.generation > upTo);
+    lane.queuedRecords = lane.queue.reduce((n, q) => n + q.records.length, 0);
+  };
+
+  /** Applies one queued run of records. */
+  const applyQueued = async (lane: Lane, item: Queued): Promise<Outcome> => {
+    const p = lane.partition;
+    await connections.acquire();
+    // Where a record's time goes before its transaction (producer, broker, fetch, the
+    // lane's queue): the oldest record, by its Kafka timestamp.
+    deps.recordWait?.observe(
+      { subscription: deps.subscription },
+      Math.max(0, Date.now() - Number(item.records[0]!.timestamp)) / 1000,
+    );
+    const inFlight = deps.status.batchStarted(item.records.length);
+    const started = process.hrtime.bigint();
+    let result: BatchResult | null = null;
+    let gap: OffsetGapError | null = null;
+    try {
+      result = await apply(deps, p, item, lane.logStart, inFlight);
+    } catch (error) {
+      if (!(error instanceof OffsetGapError)) throw error;
+      gap = error;
+    } finally {
+      connections.release();
+      deps.status.batchFinished(inFlight, p);
+    }
+    if (gap) return (await onGap(deps, gap, item.fetchedOffset, lane)) ? "again" : "drop";
+    if (result === null) return "drop";
+    const last = item.records[item.records.length - 1]!.offset;
+    record(deps, result, Number(process.hrtime.bigint() - started) / 1e9, {
+      partition: p,
+      lastOffset: last,
+      highWatermark: item.highWatermark,
+    });
+    applied.set(p, (BigInt(last) + 1n).toString());
+    return "applied";
+  };
+
+  const drain = async (lane: Lane) => {
+    while (lane.queue.length > 0) {
+      const item = takeConsecutive(lane, deps.maxRecordsPerApply);
+      try {
+        let outcome = await applyQueued(lane, item);
+        // A gap Kafka itself has (retention) is accepted from now on: apply the same records again.
+        if (outcome === "again") outcome = await applyQueued(lane, item);
+        if (outcome !== "applied") clear(lane, item.generation);
+      } catch (error) {
+        clear(lane, item.generation);
+        failure ??= error;
+        deps.log?.error({ err: error, partition: lane.partition }, "materialiser lane failed");
+      }
+    }
+  };
+
+  const eachBatch = async (payload: EachBatchPayload) => {
+    if (failure !== null) {
+      const error = failure;
+      failure = null;
+      throw error;
+    }
     const { batch } = payload;
     if (batch.messages.length === 0) return;
     deps.beforeBatch?.(batch.partition);
     const p = batch.partition;
-    // Where a record's time goes before its transaction (producer, broker, fetch, the
-    // other partitions' batches of the previous fetch): the batch's oldest record, by its
-    // Kafka timestamp.
-    deps.recordWait?.observe(
-      { subscription: deps.subscription },
-      Math.max(0, Date.now() - Number(batch.messages[0]!.timestamp)) / 1000,
-    );
-    const inFlight = deps.status.batchStarted(batch.messages.length);
-    const started = process.hrtime.bigint();
-    let result: BatchResult | null;
-    try {
-      result = await apply(deps, payload, inFlight, logStarts.get(p) ?? -1n);
-    } catch (error) {
-      if (!(error instanceof OffsetGapError)) throw error;
-      await onGap(deps, error, fetchedOffset(batch), logStarts);
-      return;
-    } finally {
-      deps.status.batchFinished(inFlight, p);
+    let lane = lanes.get(p);
+    if (!lane) {
+      lane = { partition: p, queue: [], queuedRecords: 0, draining: null, logStart: -1n };
+      lanes.set(p, lane);
     }
-    if (result === null) return;
-    const last = batch.lastOffset();
-    record(deps, result, Number(process.hrtime.bigint() - started) / 1e9, {
-      partition: p,
-      lastOffset: last,
+    lane.queue.push({
+      records: batch.messages,
       highWatermark: batch.highWatermark,
+      payload,
+      fetchedOffset: fetchedOffset(batch),
+      generation,
     });
-    payload.resolveOffset(last);
-    // Only a hint of where to fetch from after a restart; the stored offset is the truth.
-    await payload
-      .commitOffsetsIfNecessary()
-      .catch((error) => deps.log?.debug({ err: error, partition: p }, "offset commit failed (harmless)"));
+    lane.queuedRecords += batch.messages.length;
+    // kafkajs fetches from the resolved offset: resolving now lets it fetch on while the
+    // lane applies. Kafka's committed offset comes from applied offsets only (takeApplied).
+    payload.resolveOffset(batch.lastOffset());
+    if (!lane.draining) {
+      const current = lane;
+      current.draining = drain(current).finally(() => {
+        current.draining = null;
+      });
+    }
+    // Back-pressure: a lane that cannot keep up (or retries a system failure) holds the
+    // fetch loop, as every batch did before, instead of queueing without bound.
+    while (lane.queuedRecords > deps.maxQueuedRecords && lane.draining && payload.isRunning()) {
+      await Promise.race([lane.draining, sleep(250)]);
+      await payload.heartbeat().catch(() => {});
+    }
+  };
+
+  return {
+    eachBatch,
+    dropQueued: () => {
+      generation++;
+      for (const lane of lanes.values()) clear(lane);
+    },
+    idle: async () => {
+      await Promise.all([...lanes.values()].map((lane) => lane.draining));
+    },
+    takeApplied: () => {
+      const taken = new Map(applied);
+      applied.clear();
+      return taken;
+    },
   };
 }
 
-/** Applies the batch, retrying system failures while the partition is ours (null: given up). */
+/** Applies the records, retrying system failures while the partition is ours (null: given up). */
 function apply(
   deps: PartitionBatchDeps,
-  { batch, heartbeat, isRunning, isStale }: EachBatchPayload,
-  inFlight: BatchInFlight,
+  p: number,
+  { records, payload, fetchedOffset: fetched }: Queued,
   logStart: bigint,
+  inFlight: BatchInFlight,
 ): Promise<BatchResult | null> {
-  const p = batch.partition;
+  const { heartbeat, isRunning, isStale } = payload;
   const labels = { subscription: deps.subscription };
   const context: ApplyContext = {
-    topic: batch.topic,
+    topic: deps.topic,
     partition: p,
     schema: deps.schema,
     subscription: deps.subscription,
@@ -104,11 +277,11 @@ function apply(
     // fetched at or below the stored offset (what lies between was control records or
     // aborted ones), or at or below the log start Kafka reported (deleted by retention).
     acceptGap: (_first, stored) => {
-      const fetched = BigInt(fetchedOffset(batch) ?? "-1");
-      return fetched >= 0n && (fetched <= BigInt(stored ?? "0") || fetched <= logStart);
+      const at = BigInt(fetched ?? "-1");
+      return at >= 0n && (at <= BigInt(stored ?? "0") || at <= logStart);
     },
   };
-  return applyIsolated(deps.pool, context, batch.messages, {
+  return applyIsolated(deps.pool, context, records, {
     running: () => deps.running() && isRunning() && !isStale(),
     heartbeat,
     retryInitialMs: deps.retryInitialMs,
@@ -116,8 +289,8 @@ function apply(
     stuckAfterMs: deps.stuckAfterMs,
     onFailure: (error, attempt, delayMs) => {
       deps.status.batchFailed(inFlight);
-      deps.metrics?.failed.inc({ ...labels, failure_class: "system" }, batch.messages.length);
-      deps.metrics?.retried.inc({ ...labels, failure_class: "system" }, batch.messages.length);
+      deps.metrics?.failed.inc({ ...labels, failure_class: "system" }, records.length);
+      deps.metrics?.retried.inc({ ...labels, failure_class: "system" }, records.length);
       deps.log?.warn(
         { err: error, partition: p, attempt, delayMs },
         "materialiser batch failed; retrying with the partition held",
@@ -150,31 +323,32 @@ function fetchedOffset(batch: EachBatchPayload["batch"]): string | undefined {
 /**
  * A batch started above the stored offset. When Kafka no longer holds the records in
  * between (the log start moved past them: retention), they can never be applied: say
- * so loudly and accept the gap from now on (the same position is fetched again, since
- * nothing was resolved). Otherwise the records exist and were not applied: seek back to
- * the stored offset. Either way nothing was written.
+ * so loudly, accept the gap from now on and return true (the lane applies the same
+ * records again). Otherwise the records exist and were not applied: seek back to the
+ * stored offset and return false. Either way nothing was written.
  */
 async function onGap(
   deps: PartitionBatchDeps,
   gap: OffsetGapError,
   fetched: string | undefined,
-  logStarts: Map<number, bigint>,
-): Promise<void> {
+  lane: Lane,
+): Promise<boolean> {
   const p = gap.partition;
   const logStart = await deps.logStartOffset(p).then(BigInt, (error: unknown) => {
     deps.log?.warn({ err: error, partition: p }, "could not read the partition's log start offset");
     return -1n;
   });
   if (fetched !== undefined && logStart > BigInt(gap.stored) && BigInt(fetched) <= logStart) {
-    logStarts.set(p, logStart);
+    lane.logStart = logStart;
     deps.log?.error(
       { partition: p, stored: gap.stored, logStart: logStart.toString() },
       `records ${gap.stored}..${logStart - 1n} of partition ${p} were deleted from Kafka (retention) before the materialiser applied them; they are lost to the projection, which goes on from ${logStart}`,
     );
-    return;
+    return true;
   }
   deps.log?.warn({ partition: p, stored: gap.stored, first: gap.first, fetched }, gap.message);
   deps.seek(p, gap.stored);
+  return false;
 }
 
 /** Reports an applied batch to the status and the metrics. */

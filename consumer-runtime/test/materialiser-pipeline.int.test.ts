@@ -11,6 +11,7 @@
 import { startMaterialiser } from "@chatbus/consumer-runtime/materialiser";
 import { type ChatEventInput, encodeEvent, uuidv7 } from "@chatbus/producer-sdk";
 import type { EachBatchPayload, KafkaMessage } from "kafkajs";
+import { Registry } from "prom-client";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { kafkaBrokers } from "../../test/support/env.ts";
 import {
@@ -47,6 +48,9 @@ const text = (id: string, t: string) =>
 describe("partition lanes", () => {
   it("apply another partition while one partition's transaction hangs, and count every event once in order", async () => {
     const topic = await createTestTopic("mat_pipe", 2);
+    const registry = new Registry();
+    const inFlight = async () =>
+      (await registry.getSingleMetric("chatbus_events_in_flight")!.get()).values[0]?.value ?? 0;
     // A message "SLOW" holds its partition's transaction for 8 s.
     await db.pool.query(`
       CREATE FUNCTION test_pipe_slow() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -62,6 +66,7 @@ describe("partition lanes", () => {
       topic,
       brokers: kafkaBrokers(),
       groupId: uniqueName("mat-pipe"),
+      registry,
     });
     try {
       const ids = Array.from({ length: 10 }, (_, i) => `pipe-${i}`);
@@ -105,6 +110,13 @@ describe("partition lanes", () => {
         if (Date.now() > deadline) throw new Error(`the fast partition was not applied: ${rows[0]!.n} of 20`);
         await sleep(10);
       }
+      // Records fetched behind the slow transaction wait on its lane, and are in flight:
+      // the 2 being applied and these 5 queued.
+      await produceWorkload(
+        topic,
+        Array.from({ length: 5 }, (_, i) => text(slow, `queued-${i + 1}`)),
+      );
+      await expect.poll(inFlight, { timeout: 5000, interval: 20 }).toBe(7);
 
       await waitUntilApplied(db.pool, topic, 60_000);
       const ends = await topicEnds(topic);
@@ -116,7 +128,12 @@ describe("partition lanes", () => {
       const { rows: messages } = await db.pool.query<{ c: string; seq: string; t: string }>(
         "SELECT conversation_id AS c, seq, content->>'text' AS t FROM messages ORDER BY conversation_id, seq",
       );
-      expect(messages.filter((m) => m.c === slow).map((m) => m.t)).toEqual(["SLOW", "after"]);
+      expect(messages.filter((m) => m.c === slow).map((m) => m.t)).toEqual([
+        "SLOW",
+        "after",
+        ...Array.from({ length: 5 }, (_, i) => `queued-${i + 1}`),
+      ]);
+      expect(await inFlight()).toBe(0);
       expect(messages.filter((m) => m.c === fast).map((m) => [m.seq, m.t])).toEqual(
         Array.from({ length: 20 }, (_, i) => [String(i + 1), `fast-${i + 1}`]),
       );

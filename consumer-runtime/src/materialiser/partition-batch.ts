@@ -126,7 +126,6 @@ function takeConsecutive(lane: Lane, max: number): Queued {
     records = records.concat(next.records);
     last = next;
   }
-  lane.queuedRecords -= records.length;
   // The newest payload: its heartbeat and liveness are the current ones.
   return { ...head, records, highWatermark: last.highWatermark, payload: last.payload };
 }
@@ -145,9 +144,21 @@ export function partitionBatchHandler(deps: PartitionBatchDeps): PartitionBatche
   // of that batch's run, never those a newer run fetched (kafkajs has moved past them
   // and would not deliver them again: they would wait for the next gap to be fetched).
   let generation = 0;
+  // Queued records are in flight too (fetched, not finished): `chatbus_events_in_flight`
+  // counts them besides the batches being applied (MaterialiserStatus).
+  const labels = { subscription: deps.subscription };
+  const setQueued = (lane: Lane, records: number) => {
+    const change = records - lane.queuedRecords;
+    if (change > 0) deps.metrics?.inFlight.inc(labels, change);
+    else if (change < 0) deps.metrics?.inFlight.dec(labels, -change);
+    lane.queuedRecords = records;
+  };
   const clear = (lane: Lane, upTo = Number.POSITIVE_INFINITY) => {
     lane.queue = lane.queue.filter((q) => q.generation > upTo);
-    lane.queuedRecords = lane.queue.reduce((n, q) => n + q.records.length, 0);
+    setQueued(
+      lane,
+      lane.queue.reduce((n, q) => n + q.records.length, 0),
+    );
   };
 
   /** Applies one queued run of records. */
@@ -188,6 +199,7 @@ export function partitionBatchHandler(deps: PartitionBatchDeps): PartitionBatche
   const drain = async (lane: Lane) => {
     while (lane.queue.length > 0) {
       const item = takeConsecutive(lane, deps.maxRecordsPerApply);
+      setQueued(lane, lane.queuedRecords - item.records.length);
       try {
         let outcome = await applyQueued(lane, item);
         // A gap Kafka itself has (retention) is accepted from now on: apply the same records again.
@@ -223,7 +235,7 @@ export function partitionBatchHandler(deps: PartitionBatchDeps): PartitionBatche
       fetchedOffset: fetchedOffset(batch),
       generation,
     });
-    lane.queuedRecords += batch.messages.length;
+    setQueued(lane, lane.queuedRecords + batch.messages.length);
     // kafkajs fetches from the resolved offset: resolving now lets it fetch on while the
     // lane applies. Kafka's committed offset comes from applied offsets only (takeApplied).
     payload.resolveOffset(batch.lastOffset());

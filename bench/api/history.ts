@@ -119,9 +119,17 @@ try {
       headers: { authorization: `Bearer ${token}` },
     });
     const before = process.cpuUsage();
-    const child = spawn(process.execPath, [...process.execArgv.filter((arg) => !arg.startsWith("--cpu-prof")), join(import.meta.dirname, "cannon.ts"), options], {
-      stdio: ["ignore", "pipe", "inherit"],
-    });
+    const child = spawn(
+      process.execPath,
+      [
+        ...process.execArgv.filter((arg) => !arg.startsWith("--cpu-prof")),
+        join(import.meta.dirname, "cannon.ts"),
+        options,
+      ],
+      {
+        stdio: ["ignore", "pipe", "inherit"],
+      },
+    );
     let output = "";
     child.stdout.on("data", (chunk: Buffer) => {
       output += chunk.toString();

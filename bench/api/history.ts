@@ -10,11 +10,15 @@
  * 2. pages/s, p50 and p99 over a socket from autocannon in a child process
  *    (`cannon.ts`), 8 connections, and this process's CPU µs per page meanwhile.
  *
+ * With PostgreSQL on this machine, each also reports the CPU µs per page of the pool's
+ * server processes (from /proc): on a small machine they share its cores with the API.
+ *
  *   npx tsx --conditions=@chatbus/source bench/api/history.ts [--rounds 3] [--seconds 5] [--log warn]
  *
  * Uses DATABASE_URL; its schema is its own (dropped at the end).
  */
 import { spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { loadavg } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
@@ -95,8 +99,32 @@ try {
   if (first.statusCode !== 200) throw new Error(`history answered ${first.statusCode}: ${first.body}`);
   console.log(`page of ${first.body.length} bytes`);
 
-  /** CPU µs per page over REQUESTS injected pages, CONNECTIONS at a time. */
-  async function injected(): Promise<number> {
+  // The pool's server processes: all its connections at once, each asked for its pid.
+  const clients = await Promise.all(
+    Array.from({ length: schema.pool.options.max }, () => schema.pool.connect()),
+  );
+  const backends = await Promise.all(
+    clients.map(async (c) => (await c.query<{ pid: number }>("SELECT pg_backend_pid() AS pid")).rows[0]!.pid),
+  );
+  for (const c of clients) c.release();
+  /**
+   * CPU µs of those server processes so far; NaN when PostgreSQL is not on this machine.
+   * A process gone (the pool closes idle connections) counts what it had used.
+   */
+  const lastSeen = new Map<number, number>();
+  const serverMicros = () =>
+    backends.reduce((sum, pid) => {
+      try {
+        // Fields 14 and 15 (utime, stime) in clock ticks, after the parenthesised name.
+        const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+        lastSeen.set(pid, ((Number(fields[11]) + Number(fields[12])) * 1e6) / 100);
+      } catch {}
+      return sum + (lastSeen.get(pid) ?? Number.NaN);
+    }, 0);
+
+  /** CPU µs per page over REQUESTS injected pages, CONNECTIONS at a time: this process's, the server's. */
+  async function injected(): Promise<{ api: number; server: number }> {
+    const server = serverMicros();
     const before = process.cpuUsage();
     for (let i = 0; i < REQUESTS; i += CONNECTIONS) {
       const answers = await Promise.all(
@@ -107,17 +135,18 @@ try {
       if (answers.some((a) => a.statusCode !== 200)) throw new Error("a page was not 200");
     }
     const cpu = process.cpuUsage(before);
-    return (cpu.user + cpu.system) / REQUESTS;
+    return { api: (cpu.user + cpu.system) / REQUESTS, server: (serverMicros() - server) / REQUESTS };
   }
 
   /** One autocannon run from a child process, with this process's CPU µs per page meanwhile. */
-  async function socket(): Promise<{ rps: number; p50: number; p99: number; cpu: number }> {
+  async function socket(): Promise<{ rps: number; p50: number; p99: number; cpu: number; server: number }> {
     const options = JSON.stringify({
       connections: CONNECTIONS,
       duration: SECONDS,
       url: `${url}${path}`,
       headers: { authorization: `Bearer ${token}` },
     });
+    const server = serverMicros();
     const before = process.cpuUsage();
     const child = spawn(
       process.execPath,
@@ -143,6 +172,7 @@ try {
       p50: result.latency.p50,
       p99: result.latency.p99,
       cpu: (cpu.user + cpu.system) / result.requests.total,
+      server: (serverMicros() - server) / result.requests.total,
     };
   }
 
@@ -151,7 +181,7 @@ try {
     const cpu = await injected();
     const s = await socket();
     console.log(
-      `round ${round}: inject ${cpu.toFixed(0)} µs CPU/page | socket ${Math.round(s.rps)} pages/s, p50 ${s.p50} ms, p99 ${s.p99} ms, ${s.cpu.toFixed(0)} µs CPU/page | load ${loadavg()
+      `round ${round}: inject ${cpu.api.toFixed(0)} µs CPU/page (PostgreSQL ${cpu.server.toFixed(0)}) | socket ${Math.round(s.rps)} pages/s, p50 ${s.p50} ms, p99 ${s.p99} ms, ${s.cpu.toFixed(0)} µs CPU/page (PostgreSQL ${s.server.toFixed(0)}) | load ${loadavg()
         .map((l) => l.toFixed(1))
         .join(" ")}`,
     );

@@ -291,8 +291,10 @@ function checkLimit(limit: number, max: number): number {
 
 /**
  * The projection's read functions over `pool` (whose search_path names the schema).
- * Plain queries (no named prepared statements) so that a rebuild's table switch is
- * picked up by the next query.
+ * Plain queries, except the history page: a named prepared statement, since planning
+ * it cost PostgreSQL as much as running it (issue 16). A rebuild's table switch is
+ * picked up by it too: moving a table to another schema invalidates the statements
+ * that use it, and PostgreSQL analyses them again under the current search_path.
  */
 export function createProjectionReader(pool: pg.Pool): ProjectionReader {
   return {
@@ -333,8 +335,10 @@ export function createProjectionReader(pool: pg.Pool): ProjectionReader {
       const { text, values } = historyQuery(conversationId, options);
       // The members' positions ride on the page's first row only (an InitPlan, run once):
       // one round trip instead of a second query, without repeating them on every row.
-      const { rows } = await pool.query<HistoryRow>(
-        `WITH page AS (${text})
+      const { rows } = await pool.query<HistoryRow>({
+        // One statement per shape of the query (after and before given or not).
+        name: `chatbus_history_page_${options.after === undefined ? "" : "a"}${options.before === undefined ? "" : "b"}`,
+        text: `WITH page AS (${text})
          SELECT page.seq, page.event_id, page.sender_id, page.client_msg_id,
                 CASE WHEN page.recalled_at IS NULL THEN page.content END AS content, page.priority,
                 ${isoText("page.sent_at")} AS sent_at, ${isoText("page.edited_at")} AS edited_at, page.edit_count,
@@ -344,7 +348,7 @@ export function createProjectionReader(pool: pg.Pool): ProjectionReader {
                     FROM members m WHERE m.conversation_id = $1 AND m.left_at IS NULL) END AS positions
            FROM page ORDER BY page.seq`,
         values,
-      );
+      });
       const positions = (rows[0]?.positions ?? []).map(([userId, lastDeliveredSeq, lastReadSeq]) => ({
         userId,
         lastDeliveredSeq: Number(lastDeliveredSeq),

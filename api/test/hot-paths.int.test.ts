@@ -264,6 +264,26 @@ describe("history page", () => {
     expect(await send(h.app, "ben", id)).toBe(202);
     const reader = createProjectionReader(h.schema.pool);
     await eventually("6 messages", async () => (await reader.conversation(id))?.lastSeq === 6);
+    // An edited and a recalled message: every time column of a page has a value somewhere.
+    const [, second, third] = await reader.history(id, { limit: 3, after: 0 });
+    const auth = { authorization: `Bearer ${await token("ana")}` };
+    const edit = await h.app.inject({
+      method: "PATCH",
+      url: `/v1/conversations/${id}/messages/${second!.eventId}`,
+      headers: auth,
+      payload: { content: { type: "text", text: "edited" } },
+    });
+    expect(edit.statusCode).toBe(202);
+    const recall = await h.app.inject({
+      method: "DELETE",
+      url: `/v1/conversations/${id}/messages/${third!.eventId}`,
+      headers: auth,
+    });
+    expect(recall.statusCode).toBe(202);
+    await eventually("the edit and the recall", async () => {
+      const [, edited, recalled] = await reader.history(id, { limit: 3, after: 0 });
+      return edited!.editedAt !== null && recalled!.recalledAt !== null;
+    });
     const read = async (user: string, seq: number) => {
       const res = await h.app.inject({
         method: "POST",
@@ -296,7 +316,22 @@ describe("history page", () => {
         reader.history(id, o),
         reader.members(id),
       ]);
-      expect(page.messages).toEqual(history);
+      // The same messages, its times as the text `toISOString` writes (PostgreSQL formats them).
+      expect(page.messages).toEqual(
+        history.map((m) => ({
+          seq: m.seq,
+          eventId: m.eventId,
+          senderId: m.senderId,
+          clientMsgId: m.clientMsgId,
+          content: m.content,
+          priority: m.priority,
+          sentAt: m.sentAt.toISOString(),
+          editedAt: m.editedAt?.toISOString() ?? null,
+          editCount: m.editCount,
+          recalledAt: m.recalledAt?.toISOString() ?? null,
+          recalledBy: m.recalledBy,
+        })),
+      );
       if (history.length === 0) expect(page.positions).toEqual([]);
       else
         expect([...page.positions].sort((a, b) => (a.userId < b.userId ? -1 : 1))).toEqual(
@@ -319,6 +354,29 @@ describe("history page", () => {
       .messages.map((m: { seq: number; senderId: string; delivery: unknown }) => [m.seq, m.delivery]);
     const expected = (await reader.history(id, { limit: 50 })).map((m) => [m.seq, deliveryOf(m, members)]);
     expect(delivery).toEqual(expected);
+    // Byte for byte the answer of the route when it formatted pg's Dates itself.
+    const all = await reader.history(id, { limit: 50 });
+    expect(res.body).toBe(
+      JSON.stringify({
+        messages: all.map((m) => ({
+          id: m.eventId,
+          seq: m.seq,
+          senderId: m.senderId,
+          clientMsgId: m.clientMsgId,
+          content: m.content,
+          priority: m.priority,
+          sentAt: m.sentAt.toISOString(),
+          editedAt: m.editedAt?.toISOString() ?? null,
+          editCount: m.editCount,
+          recalledAt: m.recalledAt?.toISOString() ?? null,
+          recalledBy: m.recalledBy,
+          delivery: deliveryOf(m, members),
+        })),
+        limit: 50,
+        nextAfter: all.at(-1)!.seq,
+        prevBefore: all[0]!.seq,
+      }),
+    );
     // Not all alike: ben read 3 of ana's 5 messages, cy all of them; dee left and counts for nobody.
     const counts = expected.slice(0, 5).map(([, d]) => {
       const { readBy, recipients } = d as { readBy: number; recipients: number };

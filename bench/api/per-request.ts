@@ -12,7 +12,7 @@
  */
 import { loadavg } from "node:os";
 import { parseArgs } from "node:util";
-import type { MessageView, ProjectionReader } from "@chatbus/consumer-runtime/materialiser";
+import type { HistoryMessage, ProjectionReader } from "@chatbus/consumer-runtime/materialiser";
 import Fastify from "fastify";
 import pino from "pino";
 import { Registry } from "prom-client";
@@ -36,10 +36,9 @@ const config = validateConfig({
   kafkaBrokers: ["127.0.0.1:9092"],
   databaseUrl: "postgres://127.0.0.1/unused",
 });
-const sentAt = new Date();
+const sentAt = new Date().toISOString();
 /** A page of 50 messages like the socket bench's history (200-character texts). */
-const page: MessageView[] = Array.from({ length: 50 }, (_, i) => ({
-  conversationId: "bench-history",
+const page: HistoryMessage[] = Array.from({ length: 50 }, (_, i) => ({
   seq: i + 1,
   eventId: `0193a0b2-7c1d-7abc-8def-${String(i).padStart(12, "0")}`,
   senderId: "reader",
@@ -47,13 +46,10 @@ const page: MessageView[] = Array.from({ length: 50 }, (_, i) => ({
   content: { type: "text", text: `history ${i} `.padEnd(200, "x") },
   priority: "high",
   sentAt,
-  materialisedAt: sentAt,
   editedAt: null,
   editCount: 0,
   recalledAt: null,
   recalledBy: null,
-  partition: 0,
-  offset: String(i),
 }));
 const projection = {
   isMember: async () => true,

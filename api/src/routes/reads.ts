@@ -1,4 +1,4 @@
-import type { MessageView, ProjectionReader } from "@chatbus/consumer-runtime/materialiser";
+import type { HistoryMessage, ProjectionReader } from "@chatbus/consumer-runtime/materialiser";
 import { Type } from "@sinclair/typebox";
 import type { ApiApp } from "../app.ts";
 import { type Delivery, deliveriesOf } from "../delivery.ts";
@@ -27,7 +27,7 @@ function pageSize(requested: number | undefined, fallback: number, max: number, 
   return requested ?? Math.min(fallback, max);
 }
 
-function messageJson(message: MessageView, delivery: Delivery): MessageResponse {
+function messageJson(message: HistoryMessage, delivery: Delivery): MessageResponse {
   return {
     id: message.eventId,
     seq: message.seq,
@@ -35,10 +35,10 @@ function messageJson(message: MessageView, delivery: Delivery): MessageResponse 
     clientMsgId: message.clientMsgId,
     content: message.content,
     priority: message.priority,
-    sentAt: message.sentAt.toISOString(),
-    editedAt: message.editedAt?.toISOString() ?? null,
+    sentAt: message.sentAt,
+    editedAt: message.editedAt,
     editCount: message.editCount,
-    recalledAt: message.recalledAt?.toISOString() ?? null,
+    recalledAt: message.recalledAt,
     recalledBy: message.recalledBy,
     delivery,
   };

@@ -9,7 +9,12 @@ export { decodeEventCursor, encodeEventCursor, eventsChannel } from "../material
 export type { Materialiser, MaterialiserOptions, MaterialiserState } from "../materialiser/materialiser.ts";
 export { startMaterialiser } from "../materialiser/materialiser.ts";
 export { MaterialiserSettings, materialiserDefaults } from "../materialiser/options.ts";
-export type { HistoryPage, MemberPosition, ProjectionReader } from "../materialiser/projection-reader.ts";
+export type {
+  HistoryMessage,
+  HistoryPage,
+  MemberPosition,
+  ProjectionReader,
+} from "../materialiser/projection-reader.ts";
 export { createProjectionReader } from "../materialiser/projection-reader.ts";
 export type { RebuildOptions, RebuildProgress, RebuildResult } from "../materialiser/rebuild.ts";
 export { RebuildError, rebuildProjection } from "../materialiser/rebuild.ts";

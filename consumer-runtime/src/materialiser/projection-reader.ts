@@ -22,9 +22,31 @@ export interface MemberPosition {
   lastReadSeq: number;
 }
 
+/**
+ * A message of a history page: the fields the API answers with, its times already
+ * ISO 8601 text in UTC with milliseconds, exactly as `Date.prototype.toISOString`
+ * writes them (PostgreSQL formats them; parsing them into Dates in pg was the largest
+ * cost of a page in the API process, issue 16).
+ */
+export interface HistoryMessage {
+  seq: number;
+  /** The message id: `ce_id` of the chat.message.sent event. */
+  eventId: string;
+  senderId: string;
+  clientMsgId: string | null;
+  /** The latest content; null once the message is recalled. */
+  content: MessageContent | null;
+  priority: "high" | "normal" | "low";
+  sentAt: string;
+  editedAt: string | null;
+  editCount: number;
+  recalledAt: string | null;
+  recalledBy: string | null;
+}
+
 /** A page of history with the positions of the conversation's current members, read in one query. */
 export interface HistoryPage {
-  messages: MessageView[];
+  messages: HistoryMessage[];
   /** Current members' positions; empty when the page is (no message needs them). */
   positions: MemberPosition[];
 }
@@ -39,7 +61,7 @@ export interface ProjectionReader {
   members(conversationId: string, options?: { includeFormer?: boolean }): Promise<MemberView[]>;
   /** A page of messages in sequence order (see HistoryOptions). */
   history(conversationId: string, options: HistoryOptions): Promise<MessageView[]>;
-  /** The same page as `history`, and the current members' receipt positions, in one query. */
+  /** The same page as `history` (fewer fields, times as text), and the current members' receipt positions, in one query. */
   historyPage(conversationId: string, options: HistoryOptions): Promise<HistoryPage>;
   /** The user's current conversations, newest activity first, with unread counts and last message. */
   inbox(userId: string, options: { limit: number }): Promise<InboxEntry[]>;
@@ -99,6 +121,21 @@ interface MessageRow {
   recalled_by: string | null;
   partition: number;
   offset: string;
+}
+interface HistoryRow {
+  seq: string;
+  event_id: string;
+  sender_id: string;
+  client_msg_id: string | null;
+  /** Null once recalled. */
+  content: MessageContent | null;
+  priority: "high" | "normal" | "low";
+  sent_at: string;
+  edited_at: string | null;
+  edit_count: number;
+  recalled_at: string | null;
+  recalled_by: string | null;
+  positions: [string, number, number][] | null;
 }
 interface EventRow {
   partition: number;
@@ -179,6 +216,28 @@ function toMessage(r: MessageRow): MessageView {
     offset: String(r.offset),
   };
 }
+function toHistoryMessage(r: HistoryRow): HistoryMessage {
+  return {
+    seq: Number(r.seq),
+    eventId: r.event_id,
+    senderId: r.sender_id,
+    clientMsgId: r.client_msg_id,
+    content: r.content,
+    priority: r.priority,
+    sentAt: r.sent_at,
+    editedAt: r.edited_at,
+    editCount: r.edit_count,
+    recalledAt: r.recalled_at,
+    recalledBy: r.recalled_by,
+  };
+}
+/**
+ * A timestamptz as `Date.prototype.toISOString` writes it: UTC whatever the session's
+ * time zone, milliseconds truncated as pg's Date parsing truncates them (years 0–9999).
+ */
+function isoText(column: string): string {
+  return `to_char(${column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`;
+}
 function toEvent(r: EventRow): LoggedEvent {
   return {
     partition: r.partition,
@@ -232,8 +291,10 @@ function checkLimit(limit: number, max: number): number {
 
 /**
  * The projection's read functions over `pool` (whose search_path names the schema).
- * Plain queries (no named prepared statements) so that a rebuild's table switch is
- * picked up by the next query.
+ * Plain queries, except the history page: a named prepared statement, since planning
+ * it cost PostgreSQL as much as running it (issue 16). A rebuild's table switch is
+ * picked up by it too: moving a table to another schema invalidates the statements
+ * that use it, and PostgreSQL analyses them again under the current search_path.
  */
 export function createProjectionReader(pool: pg.Pool): ProjectionReader {
   return {
@@ -274,20 +335,26 @@ export function createProjectionReader(pool: pg.Pool): ProjectionReader {
       const { text, values } = historyQuery(conversationId, options);
       // The members' positions ride on the page's first row only (an InitPlan, run once):
       // one round trip instead of a second query, without repeating them on every row.
-      const { rows } = await pool.query<MessageRow & { positions: [string, number, number][] | null }>(
-        `WITH page AS (${text})
-         SELECT page.*, CASE WHEN page.seq = (SELECT min(seq) FROM page) THEN (
+      const { rows } = await pool.query<HistoryRow>({
+        // One statement per shape of the query (after and before given or not).
+        name: `chatbus_history_page_${options.after === undefined ? "" : "a"}${options.before === undefined ? "" : "b"}`,
+        text: `WITH page AS (${text})
+         SELECT page.seq, page.event_id, page.sender_id, page.client_msg_id,
+                CASE WHEN page.recalled_at IS NULL THEN page.content END AS content, page.priority,
+                ${isoText("page.sent_at")} AS sent_at, ${isoText("page.edited_at")} AS edited_at, page.edit_count,
+                ${isoText("page.recalled_at")} AS recalled_at, page.recalled_by,
+                CASE WHEN page.seq = (SELECT min(seq) FROM page) THEN (
                   SELECT coalesce(json_agg(json_build_array(m.user_id, m.last_delivered_seq, m.last_read_seq)), '[]')
                     FROM members m WHERE m.conversation_id = $1 AND m.left_at IS NULL) END AS positions
            FROM page ORDER BY page.seq`,
         values,
-      );
+      });
       const positions = (rows[0]?.positions ?? []).map(([userId, lastDeliveredSeq, lastReadSeq]) => ({
         userId,
         lastDeliveredSeq: Number(lastDeliveredSeq),
         lastReadSeq: Number(lastReadSeq),
       }));
-      return { messages: rows.map(toMessage), positions };
+      return { messages: rows.map(toHistoryMessage), positions };
     },
 
     async inbox(userId, options) {

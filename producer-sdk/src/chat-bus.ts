@@ -20,7 +20,7 @@ import {
   openProducerConnection,
   type ProducerConnection,
 } from "./producer-connection.ts";
-import { RecordBatcher } from "./record-batcher.ts";
+import { type PendingRecord, RecordBatcher } from "./record-batcher.ts";
 
 /** Where Kafka stored an event. */
 export interface SendResult {
@@ -92,6 +92,55 @@ function createBatcher(
   });
 }
 
+/**
+ * One send waiting in the batcher: the batcher's record and the caller's promise in
+ * one object. A class rather than a literal with arrow functions: this runs once per
+ * event, and its methods are shared instead of allocating (and naming) two closures
+ * per send; `addedAt` and `settled` are declared so the batcher's writes keep its shape.
+ */
+class PendingSend implements PendingRecord<OutgoingRecord> {
+  readonly message: OutgoingRecord;
+  readonly partition: number;
+  readonly bytes: number;
+  addedAt = 0;
+  settled = false;
+  readonly #prepared: Prepared;
+  readonly #metrics: ProducerMetrics;
+  readonly #startedAt: number;
+  readonly #resolve: (result: SendResult) => void;
+  readonly #reject: (error: unknown) => void;
+
+  constructor(
+    prepared: Prepared,
+    metrics: ProducerMetrics,
+    startedAt: number,
+    resolve: (result: SendResult) => void,
+    reject: (error: unknown) => void,
+  ) {
+    const { record, partition } = prepared;
+    this.message = { key: record.key, value: record.value, headers: record.headers, partition };
+    this.partition = partition;
+    this.bytes = prepared.bytes;
+    this.#prepared = prepared;
+    this.#metrics = metrics;
+    this.#startedAt = startedAt;
+    this.#resolve = resolve;
+    this.#reject = reject;
+  }
+
+  resolve(offset: string): void {
+    const prepared = this.#prepared;
+    this.#metrics.produced(prepared.type);
+    this.#metrics.sendDuration((performance.now() - this.#startedAt) / 1000);
+    this.#resolve({ eventId: prepared.eventId, partition: prepared.partition, offset });
+  }
+
+  reject(error: Error): void {
+    this.#metrics.failed((error as ChatBusError).code ?? "CHATBUS_UNKNOWN");
+    this.#reject(error);
+  }
+}
+
 /** Hands a prepared event to the batcher; settles with its offset or its error, counted. */
 function enqueue(
   batcher: RecordBatcher<OutgoingRecord>,
@@ -99,28 +148,9 @@ function enqueue(
   prepared: Prepared,
   startedAt: number,
 ): Promise<SendResult> {
-  return new Promise<SendResult>((resolve, reject) => {
-    const { record } = prepared;
-    batcher.add({
-      message: {
-        key: record.key,
-        value: record.value,
-        headers: record.headers,
-        partition: prepared.partition,
-      },
-      partition: prepared.partition,
-      bytes: prepared.bytes,
-      resolve: (offset) => {
-        metrics.produced(prepared.type);
-        metrics.sendDuration((performance.now() - startedAt) / 1000);
-        resolve({ eventId: prepared.eventId, partition: prepared.partition, offset });
-      },
-      reject: (error) => {
-        metrics.failed((error as ChatBusError).code ?? "CHATBUS_UNKNOWN");
-        reject(error);
-      },
-    });
-  });
+  return new Promise<SendResult>((resolve, reject) =>
+    batcher.add(new PendingSend(prepared, metrics, startedAt, resolve, reject)),
+  );
 }
 
 /**

@@ -36,8 +36,22 @@ describe("murmur2", () => {
       partitionErrorCode: 0,
     }));
     const ours = createKeyPartitioner(12);
-    for (let i = 0; i < 2000; i++) {
-      const key = `conversation-${i.toString(36)}-${"z".repeat(i % 7)}`;
+    const keys = Array.from(
+      { length: 2000 },
+      (_, i) => `conversation-${i.toString(36)}-${"z".repeat(i % 7)}`,
+    );
+    // Around the 256-unit reused buffer: 3-byte characters that just fit, keys just
+    // past it, surrogate pairs and a lone surrogate, and short keys after long ones.
+    for (const length of [255, 256, 257, 300]) {
+      keys.push(
+        "会".repeat(length),
+        "x".repeat(length),
+        "😀".repeat(length >> 1),
+        `${"y".repeat(length)}\uD800`,
+        "k",
+      );
+    }
+    for (const key of keys) {
       expect(ours(key), key).toBe(kafkajs({ topic: "t", partitionMetadata, message: { key, value: null } }));
     }
   });

@@ -247,6 +247,7 @@ try {
   const listener = new pg.Client({ connectionString: url.toString() });
   await listener.connect();
   const resolvedAt = new Map<string, number>();
+  const sentAt = new Map<string, number>();
   const readableAt = new Map<string, number>();
   const reads: Promise<void>[] = [];
   listener.on("notification", (n) => {
@@ -280,6 +281,7 @@ try {
     const due = rateStarted + i; // one event per millisecond
     const wait = due - performance.now();
     if (wait > 2) await sleep(wait);
+    const sent = performance.now();
     sends.push(
       bus
         .send(conv(i), {
@@ -289,6 +291,7 @@ try {
         })
         .then((r) => {
           resolvedAt.set(r.eventId, performance.now());
+          sentAt.set(r.eventId, sent);
         }),
     );
   }
@@ -316,6 +319,7 @@ try {
   log(
     `ce_time → transaction start (materialised_at): p50/p99 ${inDb.rows[0].q.map((x: number) => x.toFixed(1)).join(" / ")} ms`,
   );
+  await logStages(pool, { sentAt, resolvedAt, readableAt });
   child.kill("SIGTERM");
   await new Promise((resolve) => child.once("exit", resolve));
 
@@ -376,3 +380,37 @@ const line = (r: string[]) => `| ${r.map((c, i) => c.padEnd(widths[i]!)).join(" 
 console.log(line(header));
 console.log(`|${widths.map((w) => "-".repeat(w + 2)).join("|")}|`);
 for (const r of results) console.log(line(r));
+
+/**
+ * Where send → readable goes, per event: `send` called → resolved (SDK, broker), resolved →
+ * the write's transaction start (`materialised_at`: fetch, the partition lane's queue), and
+ * transaction start → readable (the write, commit, NOTIFY, read back). Wall clock from
+ * `performance.timeOrigin`, as PostgreSQL's `now()` is on the same machine.
+ */
+async function logStages(
+  pool: pg.Pool,
+  at: { sentAt: Map<string, number>; resolvedAt: Map<string, number>; readableAt: Map<string, number> },
+): Promise<void> {
+  const { rows } = await pool.query<{ event_id: string; m: number }>(
+    "SELECT event_id, extract(epoch FROM materialised_at) * 1000 AS m FROM event_log WHERE event_id = ANY($1)",
+    [[...at.resolvedAt.keys()]],
+  );
+  const wall = (t: number) => performance.timeOrigin + t;
+  const stages: Record<string, number[]> = {
+    "send → resolved": [],
+    "resolved → tx start": [],
+    "tx start → readable": [],
+  };
+  for (const { event_id: id, m } of rows) {
+    const resolved = at.resolvedAt.get(id)!;
+    const readable = at.readableAt.get(id);
+    stages["send → resolved"]!.push(resolved - at.sentAt.get(id)!);
+    stages["resolved → tx start"]!.push(Number(m) - wall(resolved));
+    if (readable !== undefined) stages["tx start → readable"]!.push(wall(readable) - Number(m));
+  }
+  const summary = Object.entries(stages).map(([name, values]) => {
+    values.sort((a, b) => a - b);
+    return `${name} p50/p99 ${quantile(values, 0.5).toFixed(1)} / ${quantile(values, 0.99).toFixed(1)} ms`;
+  });
+  log(`stages at 1,000 events/s: ${summary.join("; ")}`);
+}

@@ -45,6 +45,8 @@ export async function prepareConnection(pool: pg.Pool, client: pg.PoolClient): P
   // index lookup whatever the parameters (projection-loader.ts), and planning the load
   // afresh for each batch (PostgreSQL's default, custom plans) cost ~1 ms of the
   // server's CPU per transaction, half of its work for a small batch (issue 12).
-  await client.query(`SET statement_timeout = ${Math.floor(timeout)}; SET plan_cache_mode = force_generic_plan`);
+  await client.query(
+    `SET statement_timeout = ${Math.floor(timeout)}; SET plan_cache_mode = force_generic_plan`,
+  );
   prepared.add(client);
 }

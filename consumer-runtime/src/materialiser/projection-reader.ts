@@ -28,21 +28,14 @@ export interface MemberPosition {
  * writes them (PostgreSQL formats them; parsing them into Dates in pg was the largest
  * cost of a page in the API process, issue 16).
  */
-export interface HistoryMessage {
-  seq: number;
-  /** The message id: `ce_id` of the chat.message.sent event. */
-  eventId: string;
-  senderId: string;
-  clientMsgId: string | null;
-  /** The latest content; null once the message is recalled. */
-  content: MessageContent | null;
-  priority: "high" | "normal" | "low";
+export type HistoryMessage = Pick<
+  MessageView,
+  "seq" | "eventId" | "senderId" | "clientMsgId" | "content" | "priority" | "editCount" | "recalledBy"
+> & {
   sentAt: string;
   editedAt: string | null;
-  editCount: number;
   recalledAt: string | null;
-  recalledBy: string | null;
-}
+};
 
 /** A page of history with the positions of the conversation's current members, read in one query. */
 export interface HistoryPage {

@@ -33,7 +33,10 @@ export type { MaterialiserState } from "./materialiser-status.ts";
 
 /** Options of `startMaterialiser`. */
 export interface MaterialiserOptions extends MaterialiserSettings {
-  /** Pool whose search_path is the projection schema (migrated). */
+  /**
+   * Pool whose search_path is the projection schema (migrated), for the materialiser
+   * alone: its connections keep the statement timeout and generic plans it sets.
+   */
   pool: pg.Pool;
   logger?: Logger;
   /** Metrics go here (subscription="materialiser"); none when omitted. */

@@ -2,8 +2,9 @@
  * Every connection the materialiser applies batches on has a statement timeout and TCP
  * keep-alive, so that a hung connection or a silently dropped peer cannot stall a batch
  * for ever: the statement fails (SQLSTATE 57014, a system failure) and the batch is
- * retried. It also plans prepared statements once (`plan_cache_mode`, see below). New connections get both from the pool's options (set here on the caller's
+ * retried. New connections get both from the pool's options (set here on the caller's
  * pool); connections the pool already held get them on their first use for a batch.
+ * On that first use each connection also switches to generic plans (`prepareConnection`).
  */
 import type pg from "pg";
 

@@ -73,6 +73,7 @@ describe("pinned Kafka broker with kafkajs", () => {
     try {
       expect(
         await admin.createTopics({
+          waitForLeaders: false,
           topics: [{ topic, numPartitions: 12, replicationFactor: 1 }],
         }),
       ).toBe(true);

@@ -69,6 +69,7 @@ describe("the chat topic", () => {
     const topic = uniqueName("retention_finite");
     created.push(topic);
     await admin.createTopics({
+      waitForLeaders: false,
       topics: [{ topic, numPartitions: 2, configEntries: [{ name: "retention.ms", value: "604800000" }] }],
     });
     await waitForPartitionLeaders(admin, topic, 2, 30_000);

@@ -47,6 +47,7 @@ describe("broker outage", () => {
     const admin = kafkaClient(brokers).admin();
     await admin.connect();
     await admin.createTopics({
+      waitForLeaders: false,
       topics: [{ topic, numPartitions: 4, replicationFactor: 1 }],
     });
     await waitForPartitionLeaders(admin, topic, 4, 30_000);

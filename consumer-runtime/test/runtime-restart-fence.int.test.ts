@@ -73,6 +73,7 @@ describe("fencing at a consumer restart", () => {
     const admin = kafkaClient(brokers).admin();
     await admin.connect();
     await admin.createTopics({
+      waitForLeaders: false,
       topics: [{ topic, numPartitions: 2, replicationFactor: 1 }],
     });
     await waitForPartitionLeaders(admin, topic, 2, 30_000);

@@ -25,7 +25,12 @@ export async function createTestTopic(prefix: string, partitions = 12): Promise<
   }).admin();
   await admin.connect();
   try {
-    await admin.createTopics({ topics: [{ topic, numPartitions: partitions, replicationFactor: 1 }] });
+    // kafkajs waits for leaders by default and gives up on UNKNOWN_TOPIC_OR_PARTITION
+    // while a busy broker propagates a new topic: wait our way instead.
+    await admin.createTopics({
+      waitForLeaders: false,
+      topics: [{ topic, numPartitions: partitions, replicationFactor: 1 }],
+    });
     await waitForPartitionLeaders(admin, topic, partitions, 30_000);
   } finally {
     await admin.disconnect();

@@ -30,8 +30,7 @@ function given(...events: ChatEvent[]) {
   const fold = (list: ChatEvent[], partition = 0): Changes =>
     evolve(
       state,
-      partition,
-      list.map((e) => ({ offset: String(offset++), event: e })),
+      list.map((e) => ({ partition, offset: String(offset++), event: e })),
     );
   fold(events);
   return {
@@ -82,7 +81,7 @@ describe("clientMsgId dedup", () => {
     const changes = world.when(first, sent("c", "ana", "retry", { clientMsgId: "k" }));
     expect(changes.duplicates).toHaveLength(1);
     expect(changes.duplicates[0]).toMatchObject({ reason: "client_msg_id", original: { eventId: first.id } });
-    expect(changes.duplicateCount).toBe(1);
+    expect(changes.duplicatesBy.get(0)).toBe(1);
     expect(changes.refusals).toEqual([]);
   });
 
@@ -149,7 +148,7 @@ describe("edits and recalls", () => {
       }),
     );
     expect(codes(changes)).toEqual(["CHATBUS_MESSAGE_RECALLED"]);
-    expect(changes.noops).toEqual({ already_recalled: 1 });
+    expect(changes.noopsBy.get(0)).toEqual({ already_recalled: 1 });
   });
 
   it("when an edit names a message of another conversation or none, then it is refused", () => {
@@ -181,7 +180,7 @@ describe("members and roles", () => {
       join(),
     );
     expect(codes(changes)).toEqual([]);
-    expect(changes.noops).toEqual({ already_a_member: 1 });
+    expect(changes.noopsBy.get(0)).toEqual({ already_a_member: 1 });
     expect(changes.eventLog.map((l) => l.event.type)).toEqual([
       "chat.member.joined",
       "chat.member.left",
@@ -195,7 +194,7 @@ describe("members and roles", () => {
       event("d", { type: "chat.conversation.created", kind: "direct", createdBy: members[0]!, members });
     const world = given(direct(["ana", "bob"]));
     const changes = world.when(direct(["bob", "ana"]), direct(["ana", "eve"]));
-    expect(changes.noops).toEqual({ direct_exists: 1 });
+    expect(changes.noopsBy.get(0)).toEqual({ direct_exists: 1 });
     expect(codes(changes)).toEqual(["CHATBUS_CONVERSATION_EXISTS"]);
   });
 
@@ -445,9 +444,9 @@ describe("unread counts (derived: unreadOf)", () => {
         readFrom: 0,
         dbUpTo: 0,
       });
-    evolve(state, 0, [
-      { offset: "100", event: read("c", "bob", 4) },
-      { offset: "101", event: read("c", "cy", 4) },
+    evolve(state, [
+      { partition: 0, offset: "100", event: read("c", "bob", 4) },
+      { partition: 0, offset: "101", event: read("c", "cy", 4) },
     ]);
     expect(state.member("c", "bob")).toMatchObject({
       lastReadSeq: 4,

@@ -87,11 +87,7 @@ describe("loadBatchState", () => {
           return client.query(config);
         },
       } as unknown as pg.PoolClient;
-      const { state } = await loadBatchState(
-        explaining,
-        { topic: "t", partition: 0, schema: db.schema, subscription: "materialiser" },
-        events,
-      );
+      const { state } = await loadBatchState(explaining, "t", [0], events);
       expect(plans).toHaveLength(1);
       expect(plans[0]).not.toContain("Seq Scan");
       // 500 conversations, the members the events name (each conversation's u0), the clientMsgId repeats.

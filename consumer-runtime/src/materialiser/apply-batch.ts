@@ -1,29 +1,37 @@
 /**
- * Applies one partition's batch of records to the projection atomically with the
- * partition's `projection_offsets.next_offset`, in two round trips:
+ * Applies a batch of records (one partition's, or several partitions' at once) to the
+ * projection atomically with each partition's `projection_offsets.next_offset`, in two
+ * round trips:
  *
- * 1. one statement loads the stored offset and every row the batch touches (as JSON);
- *    records below the offset are skipped (applied before a crash, a rebalance or a
- *    redelivery);
+ * 1. one statement loads the stored offsets and every row the batch touches (as JSON);
+ *    records below their partition's offset are skipped (applied before a crash, a
+ *    rebalance or a redelivery);
  * 2. the events are folded in memory in log order (business rules, sequence numbers,
  *    the senders' own-message counts that unread is derived from);
  * 3. ONE statement of data-modifying CTEs writes the final state with one set-based
  *    `INSERT/UPDATE … FROM unnest(…)` per table (not one per event; JSON columns come
  *    from one JSON array parameter each, `json_array_elements`), guarded by the
- *    offset: `guard` moves `next_offset` only if it still is what step 1 saw (taking
- *    the row lock), every other CTE writes only if the guard did, and the NOTIFY is
- *    selected from the guard. A single statement is atomic, so a crash leaves the
- *    batch with its offset or neither; a concurrent writer of the same partition makes
- *    the guard match nothing (OffsetMovedError) and the batch is retried.
+ *    offsets: `guard` moves a partition's `next_offset` only if it still is what step 1
+ *    saw (taking the row lock), every row is written only if the guard moved its
+ *    partition, and the NOTIFY is selected from the guard. A single statement is
+ *    atomic, so a crash leaves the batch with its offsets or neither; a concurrent
+ *    writer of a partition makes the guard skip it (OffsetMovedError for a single
+ *    partition) and that partition's records are retried.
  *
  * Kafka commits are only a hint of where to fetch from.
  */
 
 import { ChatBusError, decodeRecord, type RawRecord } from "@chatbus/producer-sdk";
 import type pg from "pg";
-import { evolve, type PositionedEvent } from "./evolve.ts";
+import { type Changes, evolve, type PositionedEvent } from "./evolve.ts";
 import { loadBatchState } from "./projection-loader.ts";
-import { type DeadLetterRow, headersAsJson, writeBatch } from "./projection-writer.ts";
+import {
+  type DeadLetterRow,
+  headersAsJson,
+  OffsetMovedError,
+  type PartitionOffsets,
+  writeBatch,
+} from "./projection-writer.ts";
 
 export { OffsetMovedError } from "./projection-writer.ts";
 
@@ -110,10 +118,38 @@ export async function applyBatch(
   records: BatchRecord[],
   deadLetterAll?: DeadLetterAll,
 ): Promise<BatchResult> {
-  const result = emptyResult();
-  if (records.length === 0) return result;
-  await fold(client, context, records, result, deadLetterAll);
+  if (records.length === 0) return emptyResult();
+  const { results, moved } = await fold(client, [{ context, records }], deadLetterAll);
+  const result = results.get(context.partition)!;
+  if (result.range && !moved.has(context.partition))
+    throw new OffsetMovedError(context.topic, context.partition, result.expected ?? "0");
   return result;
+}
+
+/** One partition's records in a batch of several partitions. */
+export interface PartitionRecords {
+  /** The partition's context; topic, schema and subscription are the same for all. */
+  context: ApplyContext;
+  /** Ascending offsets, not empty. */
+  records: BatchRecord[];
+}
+
+/**
+ * Applies several partitions' records in one load and one write (one transaction
+ * instead of one per partition: what small batches cost is mostly per transaction).
+ * Returns the result of every partition whose offset the write moved; the others were
+ * moved by another writer meanwhile and must be applied again (their rows were not
+ * written). Throws, with nothing written, on any failure (a gap, a database error):
+ * the caller then applies each partition on its own (applyIsolated), which isolates
+ * bad records and retries system failures per partition.
+ */
+export async function applyPartitions(
+  client: pg.PoolClient,
+  parts: PartitionRecords[],
+): Promise<Map<number, BatchResult>> {
+  const { results, moved } = await fold(client, parts);
+  for (const p of results.keys()) if (!moved.has(p) && results.get(p)!.range) results.delete(p);
+  return results;
 }
 
 /**
@@ -137,75 +173,101 @@ export class OffsetGapError extends ChatBusError<"CHATBUS_OFFSET_GAP"> {
   }
 }
 
+/** A partition's result and the stored offset its write expected. */
+type PartitionResult = BatchResult & { expected?: string | null };
+
+/** Turns a decoded record into a dead letter of the given class. */
+function deadLetterOf(
+  partition: number,
+  record: BatchRecord,
+  outcome: ReturnType<typeof decodeRecord>,
+  all: DeadLetterAll | undefined,
+): DeadLetterRow {
+  if (outcome.ok)
+    return {
+      partition,
+      offset: record.offset,
+      record,
+      eventId: outcome.event.id,
+      eventType: outcome.event.type,
+      conversationId: outcome.event.conversationId,
+      failureClass: all!.failureClass,
+      code: all!.code,
+      message: all!.message,
+      attempts: all!.attempts,
+    };
+  const headers = headersAsJson(record.headers);
+  return {
+    partition,
+    offset: record.offset,
+    record,
+    eventId: headers.ce_id ?? null,
+    eventType: headers.ce_type ?? null,
+    conversationId: record.key?.toString() ?? null,
+    failureClass: "poison",
+    code: outcome.code,
+    message: outcome.reason,
+    attempts: 1,
+  };
+}
+
 /**
- * Decodes, loads, evolves and writes one batch. Records below the stored offset are
- * skipped (applied before a crash, a rebalance or a redelivery); a batch above it is a gap.
+ * Decodes, loads, evolves and writes one batch of one or more partitions. Records below
+ * their partition's stored offset are skipped (applied before a crash, a rebalance or a
+ * redelivery); a partition whose records start above it is a gap (nothing is written).
  */
 async function fold(
   client: pg.PoolClient,
-  context: ApplyContext,
-  records: BatchRecord[],
-  result: BatchResult,
+  parts: PartitionRecords[],
   deadLetterAll?: DeadLetterAll,
-): Promise<void> {
+): Promise<{ results: Map<number, PartitionResult>; moved: Set<number> }> {
+  const target = parts[0]!.context;
   let deadLetters: DeadLetterRow[] = [];
   let decoded: (PositionedEvent & { record: BatchRecord })[] = [];
-  for (const record of records) {
-    const outcome = decodeRecord(record);
-    if (outcome.ok && deadLetterAll) {
-      deadLetters.push({
-        offset: record.offset,
-        record,
-        eventId: outcome.event.id,
-        eventType: outcome.event.type,
-        conversationId: outcome.event.conversationId,
-        failureClass: deadLetterAll.failureClass,
-        code: deadLetterAll.code,
-        message: deadLetterAll.message,
-        attempts: deadLetterAll.attempts,
-      });
-    } else if (outcome.ok) {
-      decoded.push({ record, offset: record.offset, event: outcome.event });
-    } else {
-      const headers = headersAsJson(record.headers);
-      deadLetters.push({
-        offset: record.offset,
-        record,
-        eventId: headers.ce_id ?? null,
-        eventType: headers.ce_type ?? null,
-        conversationId: record.key?.toString() ?? null,
-        failureClass: "poison",
-        code: outcome.code,
-        message: outcome.reason,
-        attempts: 1,
-      });
+  for (const { context, records } of parts)
+    for (const record of records) {
+      const outcome = decodeRecord(record);
+      if (outcome.ok && !deadLetterAll)
+        decoded.push({ partition: context.partition, record, offset: record.offset, event: outcome.event });
+      else deadLetters.push(deadLetterOf(context.partition, record, outcome, deadLetterAll));
     }
-  }
-  const { state, storedOffset } = await loadBatchState(
+  const { state, storedOffsets } = await loadBatchState(
     client,
-    context,
+    target.topic,
+    parts.map((part) => part.context.partition),
     decoded.map((d) => d.event),
   );
-  const nextOffset = BigInt(storedOffset ?? 0);
-  decoded = decoded.filter((d) => BigInt(d.offset) >= nextOffset);
-  deadLetters = deadLetters.filter((d) => BigInt(d.offset) >= nextOffset);
-  const todo = records.filter((r) => BigInt(r.offset) >= nextOffset);
-  result.skipped = records.length - todo.length;
-  if (todo.length === 0) return;
-  // Never apply across a gap: what lies between was never applied (see OffsetGapError).
-  const first = todo[0]!.offset;
-  if (BigInt(first) > nextOffset && context.acceptGap && !context.acceptGap(first, storedOffset))
-    throw new OffsetGapError(context.topic, context.partition, nextOffset.toString(), first);
-  const last = todo[todo.length - 1]!.offset;
-  result.range = { from: first, to: last };
-  result.handled = todo.length;
+  const next = (partition: number) => BigInt(storedOffsets.get(partition) ?? 0);
+  decoded = decoded.filter((d) => BigInt(d.offset) >= next(d.partition));
+  deadLetters = deadLetters.filter((d) => BigInt(d.offset) >= next(d.partition));
+  const results = new Map<number, PartitionResult>();
+  const offsets: PartitionOffsets[] = [];
+  for (const { context, records } of parts) {
+    const result: PartitionResult = emptyResult();
+    results.set(context.partition, result);
+    const stored = storedOffsets.get(context.partition) ?? null;
+    const todo = records.filter((r) => BigInt(r.offset) >= next(context.partition));
+    result.skipped = records.length - todo.length;
+    if (todo.length === 0) continue;
+    // Never apply across a gap: what lies between was never applied (see OffsetGapError).
+    const first = todo[0]!.offset;
+    if (BigInt(first) > next(context.partition) && context.acceptGap && !context.acceptGap(first, stored))
+      throw new OffsetGapError(context.topic, context.partition, next(context.partition).toString(), first);
+    const last = todo[todo.length - 1]!.offset;
+    result.range = { from: first, to: last };
+    result.handled = todo.length;
+    result.expected = stored;
+    offsets.push({ partition: context.partition, first, last, expected: stored });
+  }
+  if (offsets.length === 0) return { results, moved: new Set() };
 
-  const changes = evolve(state, context.partition, decoded);
-  const byOffset = new Map(decoded.map((d) => [d.offset, d.record]));
+  const changes = evolve(state, decoded);
+  const byOffset = new Map(decoded.map((d) => [`${d.partition}:${d.offset}`, d.record]));
   for (const refusal of changes.refusals)
     deadLetters.push({
+      partition: refusal.partition,
       offset: refusal.offset,
-      record: byOffset.get(refusal.offset)!,
+      record: byOffset.get(`${refusal.partition}:${refusal.offset}`)!,
       eventId: refusal.event.id,
       eventType: refusal.event.type,
       conversationId: refusal.event.conversationId,
@@ -214,10 +276,27 @@ async function fold(
       message: refusal.message,
       attempts: 1,
     });
-  result.applied = changes.applied;
-  result.eventTimes = changes.eventTimes;
-  result.duplicates = changes.duplicateCount;
-  result.noops = changes.noops;
-  for (const d of deadLetters) result.deadLettered[d.failureClass]++;
-  await writeBatch(client, context, changes, deadLetters, { first, last, expected: nextOffset.toString() });
+  countChanges(results, changes, deadLetters);
+  const partitionOf = (conversationId: string) => state.conversations.get(conversationId)!.partition;
+  const moved = await writeBatch(client, target, changes, deadLetters, offsets, partitionOf);
+  return { results, moved };
+}
+
+/** Adds what `evolve` decided to each partition's result. */
+function countChanges(
+  results: Map<number, PartitionResult>,
+  changes: Changes,
+  deadLetters: DeadLetterRow[],
+): void {
+  for (const row of changes.eventLog) {
+    const result = results.get(row.partition)!;
+    result.applied[row.event.type] = (result.applied[row.event.type] ?? 0) + 1;
+    result.eventTimes.push(row.event.time);
+  }
+  for (const d of deadLetters) results.get(d.partition)!.deadLettered[d.failureClass]++;
+  for (const [partition, count] of changes.duplicatesBy) results.get(partition)!.duplicates += count;
+  for (const [partition, noops] of changes.noopsBy) {
+    const result = results.get(partition)!;
+    for (const [reason, n] of Object.entries(noops)) result.noops[reason] = (result.noops[reason] ?? 0) + n;
+  }
 }

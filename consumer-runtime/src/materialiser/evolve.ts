@@ -104,6 +104,7 @@ export interface ReceiptRow {
 
 /** A message that is a duplicate of one already applied. */
 export interface DuplicateRow {
+  partition: number;
   offset: string;
   event: ChatEvent<"chat.message.sent">;
   original: MessageState;
@@ -112,6 +113,7 @@ export interface DuplicateRow {
 
 /** An applied event, for `event_log` (seq: the message's, or the receipt's position). */
 export interface LoggedRow {
+  partition: number;
   offset: string;
   event: ChatEvent;
   seq: number | null;
@@ -121,14 +123,16 @@ export interface LoggedRow {
 
 /** An event a business rule refused. */
 export interface Refusal {
+  partition: number;
   offset: string;
   event: ChatEvent;
   code: string;
   message: string;
 }
 
-/** An event in the batch, with its offset. */
+/** An event in the batch, with its partition and offset. */
 export interface PositionedEvent {
+  partition: number;
   offset: string;
   event: ChatEvent;
 }
@@ -190,16 +194,15 @@ export interface Changes {
   duplicates: DuplicateRow[];
   eventLog: LoggedRow[];
   refusals: Refusal[];
-  /** Events skipped as duplicates (same event id, or same clientMsgId). */
-  duplicateCount: number;
-  /** Benign repeats applied as no-ops, by reason (`direct_exists`, `already_a_member`, `already_recalled`). */
-  noops: Record<string, number>;
+  /** Events skipped as duplicates (same event id, or same clientMsgId), by partition. */
+  duplicatesBy: Map<number, number>;
+  /**
+   * Benign repeats applied as no-ops, by partition and reason (`direct_exists`,
+   * `already_a_member`, `already_recalled`).
+   */
+  noopsBy: Map<number, Record<string, number>>;
   /** Messages recalled by this batch: the texts of their earlier edits are scrubbed. */
   recalled: MessageState[];
-  /** Applied events by type. */
-  applied: Record<string, number>;
-  /** `ce_time` of every applied event. */
-  eventTimes: Date[];
 }
 
 /** A business rule the event broke; it is dead-lettered with this code and message. */
@@ -215,7 +218,7 @@ class Benign {
   constructor(readonly reason: string) {}
 }
 
-/** What a handler sees: the state, the batch's partition and the event's position. */
+/** What a handler sees: the state and the event with its position (partition, offset). */
 interface Step<T extends ChatEventType> {
   state: ProjectionState;
   partition: number;
@@ -492,7 +495,13 @@ const handlers: { [T in ChatEventType]: Handler<T> } = {
     const cmid = event.data.clientMsgId;
     const original = cmid ? state.byClientMessageId(c.id, event.data.senderId, cmid) : undefined;
     if (original) {
-      step.duplicates.push({ offset: step.offset, event, original, reason: "client_msg_id" });
+      step.duplicates.push({
+        partition: step.partition,
+        offset: step.offset,
+        event,
+        original,
+        reason: "client_msg_id",
+      });
       return "duplicate";
     }
     c.lastSeq += 1;
@@ -541,47 +550,50 @@ const handlers: { [T in ChatEventType]: Handler<T> } = {
 };
 
 /**
- * Folds `events` (one partition, log order) into `state`. Pure apart from mutating the
- * state it is given: no I/O, deterministic for the same state and events.
+ * Folds `events` (each partition's in log order) into `state`. Events of different
+ * partitions never touch the same conversation (one conversation, one partition: an
+ * event in another partition than its conversation is refused), so a batch may hold
+ * several partitions. Pure apart from mutating the state it is given: no I/O,
+ * deterministic for the same state and events.
  */
-export function evolve(state: ProjectionState, partition: number, events: PositionedEvent[]): Changes {
+export function evolve(state: ProjectionState, events: PositionedEvent[]): Changes {
   const receipts = new Map<string, ReceiptRow>();
   const duplicates: DuplicateRow[] = [];
   const eventLog: LoggedRow[] = [];
   const refusals: Refusal[] = [];
-  const applied: Record<string, number> = {};
-  const eventTimes: Date[] = [];
-  let duplicateCount = 0;
-  const noops: Record<string, number> = {};
+  const duplicatesBy = new Map<number, number>();
+  const noopsBy = new Map<number, Record<string, number>>();
+  const duplicate = (partition: number) =>
+    duplicatesBy.set(partition, (duplicatesBy.get(partition) ?? 0) + 1);
   const recalled: MessageState[] = [];
-  for (const { offset, event } of events) {
+  for (const { partition, offset, event } of events) {
     if (state.seen.has(event.id)) {
-      duplicateCount++;
+      duplicate(partition);
       // The same record produced twice: a message is recorded as a duplicate.
       const original = event.type === "chat.message.sent" ? state.messages.get(event.id) : undefined;
       if (original && event.type === "chat.message.sent")
-        duplicates.push({ offset, event, original, reason: "event_id" });
+        duplicates.push({ partition, offset, event, original, reason: "event_id" });
       continue;
     }
     try {
       const handler = handlers[event.type] as Handler<ChatEventType>;
       const seq = handler({ state, partition, offset, event, receipts, duplicates });
       if (seq === "duplicate") {
-        duplicateCount++;
+        duplicate(partition);
         continue;
       }
-      eventLog.push({ offset, event, seq, scrub: false });
+      eventLog.push({ partition, offset, event, seq, scrub: false });
       if (event.type === "chat.message.recalled") recalled.push(state.messages.get(event.data.messageId)!);
       state.seen.add(event.id);
-      applied[event.type] = (applied[event.type] ?? 0) + 1;
-      eventTimes.push(event.time);
     } catch (error) {
       if (error instanceof Benign) {
+        const noops = noopsBy.get(partition) ?? {};
         noops[error.reason] = (noops[error.reason] ?? 0) + 1;
+        noopsBy.set(partition, noops);
         continue;
       }
       if (!(error instanceof RuleBroken)) throw error;
-      refusals.push({ offset, event, code: error.code, message: error.message });
+      refusals.push({ partition, offset, event, code: error.code, message: error.message });
     }
   }
   // Edits of a message recalled later in the same batch do not store their text.
@@ -596,10 +608,8 @@ export function evolve(state: ProjectionState, partition: number, events: Positi
     duplicates,
     eventLog,
     refusals,
-    duplicateCount,
-    noops,
+    duplicatesBy,
+    noopsBy,
     recalled,
-    applied,
-    eventTimes,
   };
 }

@@ -1,19 +1,18 @@
 /**
- * Loads, in one statement (JSON keeps it one row), the partition's stored offset and
- * everything `evolve` needs for a batch: its conversations, the member rows its rules
- * look at (not every member of a group: see `memberKeys`), the messages its edits and
- * recalls target, the messages its clientMsgIds may repeat, and which of its event ids
- * were applied before.
+ * Loads, in one statement (JSON keeps it one row), the stored offsets of the batch's
+ * partitions and everything `evolve` needs for a batch: its conversations, the member
+ * rows its rules look at (not every member of a group: see `memberKeys`), the messages
+ * its edits and recalls target, the messages its clientMsgIds may repeat, and which of
+ * its event ids were applied before.
  */
 import type { ChatEvent, ChatEventType } from "@chatbus/producer-sdk";
 import type pg from "pg";
-import type { ApplyContext } from "./apply-batch.ts";
 import { ProjectionState } from "./evolve.ts";
 
-/** The loaded state and the partition's stored next offset (null: no row yet). */
+/** The loaded state and each partition's stored next offset (absent: no row yet). */
 export interface Loaded {
   state: ProjectionState;
-  storedOffset: string | null;
+  storedOffsets: Map<number, string>;
 }
 
 type Row = Record<string, unknown>;
@@ -62,10 +61,11 @@ function memberKeys(events: ChatEvent[]) {
 const memberColumns = `m.conversation_id, m.user_id, m.role, m.joined_at, m.joined_offset, m.joined_seq, m.left_at,
                  m.left_offset, m.left_seq, m.last_delivered_seq, m.last_read_seq, m.own_after_read`;
 
-/** Loads what `events` touch. */
+/** Loads what `events` touch and the stored offsets of `partitions` of `topic`. */
 export async function loadBatchState(
   client: pg.PoolClient,
-  context: ApplyContext,
+  topic: string,
+  partitions: number[],
   events: ChatEvent[],
 ): Promise<Loaded> {
   const targetIds: string[] = [];
@@ -90,7 +90,7 @@ export async function loadBatchState(
     members: Row[];
     messages: Row[];
     seen: string[];
-    next_offset: string | null;
+    offsets: Record<string, string>;
   }>({
     name: "chatbus_materialiser_load",
     // Every lookup is driven by the batch's keys (a LATERAL subquery per key, kept
@@ -140,7 +140,8 @@ export async function loadBatchState(
                  AND client_msg_id = k.client_msg_id OFFSET 0) g) g) AS messages,
        (SELECT coalesce(json_agg(e.event_id), '[]') FROM unnest($6::text[]) AS k(id)
           CROSS JOIN LATERAL (SELECT event_id FROM event_log WHERE event_id = k.id OFFSET 0) e) AS seen,
-       (SELECT next_offset FROM projection_offsets WHERE topic = $7 AND partition = $8) AS next_offset`,
+       (SELECT coalesce(json_object_agg(partition, next_offset::text), '{}') FROM projection_offsets
+         WHERE topic = $7 AND partition = ANY($8::int[])) AS offsets`,
     values: [
       [...new Set(events.map((e) => e.conversationId))],
       targetIds,
@@ -148,8 +149,8 @@ export async function loadBatchState(
       clientSender,
       clientIds,
       events.map((e) => e.id),
-      context.topic,
-      context.partition,
+      topic,
+      partitions,
       keys.conversations,
       keys.users,
       keys.ownersOf,
@@ -159,7 +160,7 @@ export async function loadBatchState(
   const loaded = rows[0]!;
   return {
     state: stateOf(loaded),
-    storedOffset: loaded.next_offset === null ? null : String(loaded.next_offset),
+    storedOffsets: new Map(Object.entries(loaded.offsets).map(([p, next]) => [Number(p), next])),
   };
 }
 

@@ -1,24 +1,26 @@
 /**
- * Writes what `evolve` decided, with the partition's offset, in ONE statement of
- * data-modifying CTEs: one set-based `INSERT/UPDATE … FROM ROWS FROM (unnest(…), …)` per
- * table (not one per event; JSON columns as one JSON array, see `SqlParams.unnest`),
- * guarded by the offset. `guard` moves `next_offset` only if it is still what
- * the loader saw (taking the row lock); every other CTE writes only if the guard did; the
- * NOTIFY is selected from the guard. A single statement is atomic, so a crash leaves the
- * batch with its offset or neither; a concurrent writer of the same partition makes the
- * guard match nothing (OffsetMovedError) and the batch is retried.
+ * Writes what `evolve` decided, with the offsets of the batch's partitions, in ONE
+ * statement of data-modifying CTEs: one set-based `INSERT/UPDATE … FROM ROWS FROM
+ * (unnest(…), …)` per table (not one per event; JSON columns as one JSON array, see
+ * `SqlParams.unnest`), guarded by the offsets. `guard` moves a partition's `next_offset`
+ * only if it is still what the loader saw (taking the row lock); every row carries its
+ * partition and is written only if the guard moved that partition; one NOTIFY per moved
+ * partition is selected from the guard. A single statement is atomic, so a crash leaves
+ * each partition's rows with its offset or neither; a concurrent writer of a partition
+ * makes the guard skip it (its rows are not written) and the caller retries it.
  */
 import { createHash } from "node:crypto";
 import { ChatBusError, type RawRecord } from "@chatbus/producer-sdk";
 import type pg from "pg";
 import { storable } from "../dead-letters/storable-text.ts";
-import type { ApplyContext, BatchRecord, DeadLetterClass } from "./apply-batch.ts";
+import type { BatchRecord, DeadLetterClass } from "./apply-batch.ts";
 import { eventsChannel, eventsNotification } from "./events-channel.ts";
 import type { Changes } from "./evolve.ts";
 import { SqlParams } from "./sql-params.ts";
 
 /** A dead letter written in the batch's statement. */
 export interface DeadLetterRow {
+  partition: number;
   offset: string;
   record: BatchRecord;
   eventId: string | null;
@@ -62,24 +64,46 @@ function statementName(text: string): string {
 
 const iso = (d: Date | null) => (d === null ? null : d.toISOString());
 
-const guarded = "EXISTS (SELECT 1 FROM guard)";
+/** A row is written only if the guard moved its partition's offset. */
+const guarded = "x.partition IN (SELECT partition FROM guard)";
 
-/** One CTE per table with rows; each writes only if the guard moved the offset. */
+/** Where the batch is written: the log it comes from and its dead letters' subscription. */
+export interface WriteTarget {
+  topic: string;
+  /** Schema of the projection (for the NOTIFY channel). */
+  schema: string;
+  subscription: string;
+}
+
+/** One partition's share of a batch: its records `first`..`last` (inclusive). */
+export interface PartitionOffsets {
+  partition: number;
+  first: string;
+  last: string;
+  /** The stored next offset the loader saw; null when the partition had no row. */
+  expected: string | null;
+}
+
+/** The partition of every conversation the changes touch (evolve checked that its events are in it). */
+export type PartitionOf = (conversationId: string) => number;
+
+/** One CTE per table with rows; each row is written only if the guard moved its partition. */
 function tableWrites(
   p: SqlParams,
-  context: ApplyContext,
+  target: WriteTarget,
   changes: Changes,
   deadLetters: DeadLetterRow[],
+  partitionOf: PartitionOf,
 ): string[] {
   const ctes: string[] = [];
-  const partition = p.add(context.partition, "int");
   const fresh = changes.conversations.filter((c) => c.isNew);
   if (fresh.length > 0)
     ctes.push(`INSERT INTO conversations (conversation_id, kind, title, created_by, created_at, created_event_id,
                                         partition, last_seq, last_message_at, last_activity_at)
-       SELECT id, kind, title, created_by, created_at, created_event_id, ${partition}, last_seq, last_message_at,
+       SELECT id, kind, title, created_by, created_at, created_event_id, partition, last_seq, last_message_at,
               last_activity_at
          FROM ${p.unnest([
+           [fresh.map((c) => c.partition), "int"],
            [fresh.map((c) => c.id), "text"],
            [fresh.map((c) => c.kind), "text"],
            [fresh.map((c) => c.title), "text"],
@@ -89,39 +113,43 @@ function tableWrites(
            [fresh.map((c) => c.lastSeq), "bigint"],
            [fresh.map((c) => iso(c.lastMessageAt)), "timestamptz"],
            [fresh.map((c) => c.lastActivityAt.toISOString()), "timestamptz"],
-         ])} AS x(id, kind, title, created_by, created_at, created_event_id, last_seq, last_message_at, last_activity_at)
+         ])} AS x(partition, id, kind, title, created_by, created_at, created_event_id, last_seq, last_message_at,
+                last_activity_at)
         WHERE ${guarded}`);
   const changed = changes.conversations.filter((c) => !c.isNew);
   if (changed.length > 0)
     ctes.push(`UPDATE conversations c SET last_seq = x.last_seq, last_message_at = x.last_message_at,
                                   last_activity_at = x.last_activity_at
          FROM ${p.unnest([
+           [changed.map((c) => c.partition), "int"],
            [changed.map((c) => c.id), "text"],
            [changed.map((c) => c.lastSeq), "bigint"],
            [changed.map((c) => iso(c.lastMessageAt)), "timestamptz"],
            [changed.map((c) => c.lastActivityAt.toISOString()), "timestamptz"],
-         ])} AS x(id, last_seq, last_message_at, last_activity_at)
+         ])} AS x(partition, id, last_seq, last_message_at, last_activity_at)
         WHERE c.conversation_id = x.id AND ${guarded}`);
-  ctes.push(...memberWrites(p, changes));
-  ctes.push(...messageWrites(p, changes, partition));
+  ctes.push(...memberWrites(p, changes, partitionOf));
+  ctes.push(...messageWrites(p, changes, partitionOf));
   const rs = changes.receipts;
   if (rs.length > 0)
     ctes.push(`INSERT INTO receipts (conversation_id, user_id, kind, up_to_seq, event_id, receipt_at)
-       SELECT * FROM ${p.unnest([
+       SELECT conversation_id, user_id, kind, up_to_seq, event_id, receipt_at FROM ${p.unnest([
+         [rs.map((r) => partitionOf(r.conversationId)), "int"],
          [rs.map((r) => r.conversationId), "text"],
          [rs.map((r) => r.userId), "text"],
          [rs.map((r) => r.kind), "text"],
          [rs.map((r) => r.upToSeq), "bigint"],
          [rs.map((r) => r.eventId), "text"],
          [rs.map((r) => r.at.toISOString()), "timestamptz"],
-       ])} WHERE ${guarded}
+       ])} AS x(partition, conversation_id, user_id, kind, up_to_seq, event_id, receipt_at) WHERE ${guarded}
        ON CONFLICT (conversation_id, user_id, kind) DO UPDATE SET
          up_to_seq = excluded.up_to_seq, event_id = excluded.event_id, receipt_at = excluded.receipt_at`);
   const ds = changes.duplicates;
   if (ds.length > 0)
     ctes.push(`INSERT INTO duplicate_messages (partition, "offset", event_id, conversation_id, sender_id, client_msg_id,
                                        reason, original_event_id, original_seq, sent_at)
-       SELECT ${partition}, * FROM ${p.unnest([
+       SELECT * FROM ${p.unnest([
+         [ds.map((d) => d.partition), "int"],
          [ds.map((d) => d.offset), "bigint"],
          [ds.map((d) => d.event.id), "text"],
          [ds.map((d) => d.event.conversationId), "text"],
@@ -131,13 +159,16 @@ function tableWrites(
          [ds.map((d) => d.original.eventId), "text"],
          [ds.map((d) => d.original.seq), "bigint"],
          [ds.map((d) => d.event.time.toISOString()), "timestamptz"],
-       ])} WHERE ${guarded}`);
+       ])} AS x(partition, "offset", event_id, conversation_id, sender_id, client_msg_id, reason, original_event_id,
+                original_seq, sent_at)
+        WHERE ${guarded}`);
   const log = changes.eventLog;
   if (log.length > 0)
     ctes.push(`INSERT INTO event_log (partition, "offset", conversation_id, event_id, type, seq, payload, event_time,
                               materialised_at)
-       SELECT ${partition}, "offset", conversation_id, event_id, type, seq, payload::jsonb, event_time, now()
+       SELECT partition, "offset", conversation_id, event_id, type, seq, payload::jsonb, event_time, now()
          FROM ${p.unnest([
+           [log.map((e) => e.partition), "int"],
            [log.map((e) => e.offset), "bigint"],
            [log.map((e) => e.event.conversationId), "text"],
            [log.map((e) => e.event.id), "text"],
@@ -154,7 +185,7 @@ function tableWrites(
              "json",
            ],
            [log.map((e) => e.event.time.toISOString()), "timestamptz"],
-         ])} AS x("offset", conversation_id, event_id, type, seq, payload, event_time)
+         ])} AS x(partition, "offset", conversation_id, event_id, type, seq, payload, event_time)
         WHERE ${guarded}`);
   const recalled = changes.recalled.filter((g) => !g.isNew);
   if (recalled.length > 0)
@@ -162,18 +193,20 @@ function tableWrites(
     // (SSE resume reads it). Edits of this batch are written without text (scrub above).
     ctes.push(`UPDATE event_log e SET payload = e.payload - 'content'
         FROM ${p.unnest([
+          [recalled.map((g) => partitionOf(g.conversationId)), "int"],
           [recalled.map((g) => g.conversationId), "text"],
           [recalled.map((g) => g.eventId), "text"],
-        ])} AS x(conversation_id, message_id)
+        ])} AS x(partition, conversation_id, message_id)
        WHERE e.conversation_id = x.conversation_id AND e.type = 'chat.message.edited'
          AND e.payload->>'messageId' = x.message_id AND e.payload ? 'content' AND ${guarded}`);
-  if (deadLetters.length > 0) ctes.push(deadLetterWrite(p, context, deadLetters, partition));
+  if (deadLetters.length > 0) ctes.push(deadLetterWrite(p, target, deadLetters));
   return ctes;
 }
 
-function memberWrites(p: SqlParams, changes: Changes): string[] {
+function memberWrites(p: SqlParams, changes: Changes, partitionOf: PartitionOf): string[] {
   const ctes: string[] = [];
   const columns = (list: Changes["members"]): [unknown[], string][] => [
+    [list.map((m) => partitionOf(m.conversationId)), "int"],
     [list.map((m) => m.conversationId), "text"],
     [list.map((m) => m.userId), "text"],
     [list.map((m) => m.role), "text"],
@@ -191,7 +224,12 @@ function memberWrites(p: SqlParams, changes: Changes): string[] {
   if (joined.length > 0)
     ctes.push(`INSERT INTO members (conversation_id, user_id, role, joined_at, joined_offset, joined_seq, left_at,
                             left_offset, left_seq, last_delivered_seq, last_read_seq, own_after_read)
-       SELECT * FROM ${p.unnest(columns(joined))} WHERE ${guarded}`);
+       SELECT conversation_id, user_id, role, joined_at, joined_offset, joined_seq, left_at, left_offset, left_seq,
+              last_delivered_seq, last_read_seq, own_after_read
+         FROM ${p.unnest(columns(joined))}
+           AS x(partition, conversation_id, user_id, role, joined_at, joined_offset, joined_seq, left_at, left_offset,
+                left_seq, last_delivered_seq, last_read_seq, own_after_read)
+        WHERE ${guarded}`);
   const updated = changes.members.filter((m) => !m.isNew);
   if (updated.length > 0)
     // A plain UPDATE (not an upsert): cheaper, and HOT when no indexed column changes.
@@ -207,21 +245,22 @@ function memberWrites(p: SqlParams, changes: Changes): string[] {
            [updated.map((m) => m.readFrom), "bigint"],
            [updated.map((m) => m.dbUpTo), "bigint"],
          ])}
-           AS x(conversation_id, user_id, role, joined_at, joined_offset, joined_seq, left_at, left_offset,
+           AS x(partition, conversation_id, user_id, role, joined_at, joined_offset, joined_seq, left_at, left_offset,
                 left_seq, last_delivered_seq, last_read_seq, own_after_read, read_from, db_up_to)
         WHERE m.conversation_id = x.conversation_id AND m.user_id = x.user_id AND ${guarded}`);
   return ctes;
 }
 
-function messageWrites(p: SqlParams, changes: Changes, partition: string): string[] {
+function messageWrites(p: SqlParams, changes: Changes, partitionOf: PartitionOf): string[] {
   const ctes: string[] = [];
   const fresh = changes.messages.filter((g) => g.isNew);
   if (fresh.length > 0)
     ctes.push(`INSERT INTO messages (conversation_id, seq, event_id, sender_id, client_msg_id, content, priority, sent_at,
                              materialised_at, edited_at, edit_count, recalled_at, recalled_by, partition, "offset")
        SELECT conversation_id, seq, event_id, sender_id, client_msg_id, content::jsonb, priority, sent_at,
-              now(), edited_at, edit_count, recalled_at, recalled_by, ${partition}, "offset"
+              now(), edited_at, edit_count, recalled_at, recalled_by, partition, "offset"
          FROM ${p.unnest([
+           [fresh.map((g) => partitionOf(g.conversationId)), "int"],
            [fresh.map((g) => g.conversationId), "text"],
            [fresh.map((g) => g.seq), "bigint"],
            [fresh.map((g) => g.eventId), "text"],
@@ -236,7 +275,7 @@ function messageWrites(p: SqlParams, changes: Changes, partition: string): strin
            [fresh.map((g) => g.recalledBy), "text"],
            [fresh.map((g) => g.offset), "bigint"],
          ])}
-           AS x(conversation_id, seq, event_id, sender_id, client_msg_id, content, priority, sent_at,
+           AS x(partition, conversation_id, seq, event_id, sender_id, client_msg_id, content, priority, sent_at,
                 edited_at, edit_count, recalled_at, recalled_by, "offset")
         WHERE ${guarded}`);
   const edited = changes.messages.filter((g) => !g.isNew);
@@ -244,31 +283,28 @@ function messageWrites(p: SqlParams, changes: Changes, partition: string): strin
     ctes.push(`UPDATE messages g SET content = x.content::jsonb, edited_at = x.edited_at, edit_count = x.edit_count,
                              recalled_at = x.recalled_at, recalled_by = x.recalled_by
          FROM ${p.unnest([
+           [edited.map((g) => partitionOf(g.conversationId)), "int"],
            [edited.map((g) => g.eventId), "text"],
            [edited.map((g) => g.content), "json"],
            [edited.map((g) => iso(g.editedAt)), "timestamptz"],
            [edited.map((g) => g.editCount), "int"],
            [edited.map((g) => iso(g.recalledAt)), "timestamptz"],
            [edited.map((g) => g.recalledBy), "text"],
-         ])} AS x(event_id, content, edited_at, edit_count, recalled_at, recalled_by)
+         ])} AS x(partition, event_id, content, edited_at, edit_count, recalled_at, recalled_by)
         WHERE g.event_id = x.event_id AND ${guarded}`);
   return ctes;
 }
 
-function deadLetterWrite(
-  p: SqlParams,
-  context: ApplyContext,
-  dl: DeadLetterRow[],
-  partition: string,
-): string {
+function deadLetterWrite(p: SqlParams, target: WriteTarget, dl: DeadLetterRow[]): string {
   // Written in the batch's statement so that a dead letter and the offset move together.
   return `INSERT INTO dead_letters (subscription, topic, partition, "offset", record_key, headers, value, event_id,
                                  event_type, conversation_id, failure_class, error_code, error_message, attempts,
                                  first_failed_at, last_failed_at)
-       SELECT ${p.add(context.subscription)}, ${p.add(context.topic)}, ${partition}, "offset", record_key,
+       SELECT ${p.add(target.subscription)}, ${p.add(target.topic)}, partition, "offset", record_key,
               headers::jsonb, decode(value, 'base64'), event_id, event_type, conversation_id, failure_class,
               error_code, error_message, attempts, now(), now()
          FROM ${p.unnest([
+           [dl.map((d) => d.partition), "int"],
            [dl.map((d) => d.offset), "bigint"],
            [
              dl.map((d) =>
@@ -293,47 +329,78 @@ function deadLetterWrite(
            [dl.map((d) => storable(d.message)), "text"],
            [dl.map((d) => d.attempts), "int"],
          ])}
-           AS x("offset", record_key, headers, value, event_id, event_type, conversation_id, failure_class,
+           AS x(partition, "offset", record_key, headers, value, event_id, event_type, conversation_id, failure_class,
                 error_code, error_message, attempts)
         WHERE ${guarded}
        ON CONFLICT (subscription, topic, partition, "offset") DO NOTHING`;
 }
 
-/** Conversations whose membership the batch changes: the API's membership cache drops them. */
-function* membershipChanges(changes: Changes): Iterable<string> {
+/** Conversations whose membership the batch changes in `partition`: the API's membership cache drops them. */
+function* membershipChanges(changes: Changes, partition: number): Iterable<string> {
   for (const row of changes.eventLog) {
     const type = row.event.type;
-    if (type === "chat.conversation.created" || type === "chat.member.joined" || type === "chat.member.left")
+    if (
+      row.partition === partition &&
+      (type === "chat.conversation.created" || type === "chat.member.joined" || type === "chat.member.left")
+    )
       yield row.event.conversationId;
   }
 }
 
-/** Writes the batch's changes and dead letters with its offset (`last` + 1), if the offset is still `expected`. */
+/**
+ * Writes the batch's changes and dead letters with each partition's offset (`last` + 1)
+ * where the stored offset is still `expected`; returns the partitions it moved (the
+ * others' rows were not written: another writer moved them meanwhile).
+ */
 export async function writeBatch(
   client: pg.PoolClient,
-  context: ApplyContext,
+  target: WriteTarget,
   changes: Changes,
   deadLetters: DeadLetterRow[],
-  offsets: { first: string; last: string; expected: string },
-): Promise<void> {
+  parts: PartitionOffsets[],
+  partitionOf: PartitionOf,
+): Promise<Set<number>> {
   const p = new SqlParams();
-  // The guard takes the row lock, so a concurrent writer of the partition waits and
-  // then finds the offset moved.
-  const guard = `guard AS (
-    INSERT INTO projection_offsets AS o (topic, partition, next_offset)
-    VALUES (${p.add(context.topic)}, ${p.add(context.partition)}, ${p.add((BigInt(offsets.last) + 1n).toString())})
-    ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset, updated_at = now()
-    WHERE o.next_offset = ${p.add(offsets.expected)} RETURNING 1)`;
-  const ctes = tableWrites(p, context, changes, deadLetters).map((sql, i) => `w${i} AS (${sql})`);
-  const notify = eventsNotification(
-    context.partition,
-    offsets.first,
-    offsets.last,
-    membershipChanges(changes),
-  );
+  // Partitions in ascending order, so that two writers of the same partitions lock them
+  // in the same order. The UPDATE takes the row lock, so a concurrent writer of a
+  // partition waits and then finds the offset moved; a partition without a row is
+  // created (a concurrent creator makes the insert do nothing).
+  const sorted = [...parts].sort((a, b) => a.partition - b.partition);
+  const topic = p.add(target.topic);
+  const offsets = p.unnest([
+    [sorted.map((o) => o.partition), "int"],
+    [sorted.map((o) => (BigInt(o.last) + 1n).toString()), "bigint"],
+    [sorted.map((o) => o.expected), "bigint"],
+  ]);
+  const guard = `moved AS (
+    UPDATE projection_offsets o SET next_offset = x.next_offset, updated_at = now()
+      FROM ${offsets} AS x(partition, next_offset, expected)
+     WHERE o.topic = ${topic} AND o.partition = x.partition AND o.next_offset = x.expected
+    RETURNING o.partition),
+  created AS (
+    INSERT INTO projection_offsets (topic, partition, next_offset)
+    SELECT ${topic}, partition, next_offset FROM ${offsets} AS x(partition, next_offset, expected)
+     WHERE x.expected IS NULL
+    ON CONFLICT (topic, partition) DO NOTHING RETURNING partition),
+  guard AS (SELECT partition FROM moved UNION ALL SELECT partition FROM created)`;
+  const ctes = tableWrites(p, target, changes, deadLetters, partitionOf).map((sql, i) => `w${i} AS (${sql})`);
+  const notifications = p.unnest([
+    [sorted.map((o) => o.partition), "int"],
+    [
+      sorted.map((o) =>
+        eventsNotification(o.partition, o.first, o.last, membershipChanges(changes, o.partition)),
+      ),
+      "text",
+    ],
+  ]);
   // Data-modifying CTEs run once each whether referenced or not; the NOTIFY is delivered at commit.
   const text = `WITH ${[guard, ...ctes].join(",\n")}
-    SELECT pg_notify(${p.add(eventsChannel(context.schema))}, ${p.add(notify)}) FROM guard`;
-  const done = await client.query({ name: statementName(text), text, values: p.values });
-  if (done.rowCount !== 1) throw new OffsetMovedError(context.topic, context.partition, offsets.expected);
+    SELECT g.partition, pg_notify(${p.add(eventsChannel(target.schema))}, n.payload)
+      FROM guard g JOIN ${notifications} AS n(partition, payload) ON n.partition = g.partition`;
+  const done = await client.query<{ partition: number }>({
+    name: statementName(text),
+    text,
+    values: p.values,
+  });
+  return new Set(done.rows.map((r) => r.partition));
 }

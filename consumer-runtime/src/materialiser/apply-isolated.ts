@@ -18,7 +18,7 @@ import type pg from "pg";
 import type { SkipRequest } from "../status/skips.ts";
 import type { StuckRecord } from "../status/store.ts";
 import { type ApplyContext, applyBatch, type BatchResult, type DeadLetterAll } from "./apply-batch.ts";
-import { prepareConnection } from "./connections.ts";
+import { withBatchConnection } from "./connections.ts";
 import { type ClassifiedFailure, classifyFailure } from "./failure-class.ts";
 
 /** What the caller learns and decides while a batch is applied. */
@@ -110,17 +110,7 @@ async function attempt(
   deadLetterAll?: DeadLetterAll,
 ): Promise<BatchResult> {
   hooks.onAttempt?.(records);
-  const client = await pool.connect();
-  try {
-    await prepareConnection(pool, client);
-    const result = await applyBatch(client, context, records, deadLetterAll);
-    client.release();
-    return result;
-  } catch (error) {
-    // A connection that failed is not reused (it may be mid-transaction or broken).
-    client.release(true);
-    throw error;
-  }
+  return withBatchConnection(pool, (client) => applyBatch(client, context, records, deadLetterAll));
 }
 
 async function applyRange(

@@ -51,3 +51,23 @@ export async function prepareConnection(pool: pg.Pool, client: pg.PoolClient): P
   );
   prepared.add(client);
 }
+
+/**
+ * Runs `work` on a prepared connection of `pool`. A connection whose work failed is
+ * destroyed, not reused: it may be mid-transaction or broken.
+ */
+export async function withBatchConnection<T>(
+  pool: pg.Pool,
+  work: (client: pg.PoolClient) => Promise<T>,
+): Promise<T> {
+  const client = await pool.connect();
+  try {
+    await prepareConnection(pool, client);
+    const result = await work(client);
+    client.release();
+    return result;
+  } catch (error) {
+    client.release(true);
+    throw error;
+  }
+}

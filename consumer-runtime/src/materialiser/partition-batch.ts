@@ -8,6 +8,14 @@
  * fetches on; each lane applies its queue in order on its own (apply-isolated.ts: one
  * atomic applyBatch with the offset per attempt), consecutive queued batches as one.
  *
+ * A lane that gets a connection also takes the queued heads of the lanes that are
+ * free (not applying) into the same transaction (`applyPartitions`): at a low rate
+ * every partition has a record or two per fetch, and a transaction per partition cost
+ * far more than the records (issue 12). Only the happy path is shared: when a shared
+ * transaction fails for any reason, nothing was written and each of its partitions'
+ * records go back to the head of their lane, marked `solo`, and are applied on their
+ * own, where a bad record is isolated and a system failure retried per partition.
+ *
  * The guarantees stay with the stored offset: a lane applies its partition in log order,
  * and a batch above the stored offset is never applied: the consumer seeks back instead,
  * unless Kafka itself holds nothing in between (see `acceptGap` and `onGap`). Records
@@ -21,8 +29,9 @@ import type pg from "pg";
 import type { Logger } from "pino";
 import type { Counter, Histogram } from "prom-client";
 import type { RuntimeMetrics } from "../runtime/metrics.ts";
-import { type ApplyContext, type BatchResult, OffsetGapError } from "./apply-batch.ts";
+import { type ApplyContext, applyPartitions, type BatchResult, OffsetGapError } from "./apply-batch.ts";
 import { applyIsolated } from "./apply-isolated.ts";
+import { withBatchConnection } from "./connections.ts";
 import type { BatchInFlight, MaterialiserStatus } from "./materialiser-status.ts";
 
 /** What the batch handler needs from the running materialiser. */
@@ -76,6 +85,8 @@ interface Queued {
   fetchedOffset: string | undefined;
   /** Which run of the consumer fetched it (a restart or a rejoin starts a new one). */
   generation: number;
+  /** A shared transaction failed with these records: they are applied on their own. */
+  solo: boolean;
 }
 
 /** One partition's queue and its drain loop. */
@@ -84,6 +95,10 @@ interface Lane {
   queue: Queued[];
   queuedRecords: number;
   draining: Promise<void> | null;
+  /** The lane's own loop is applying a batch of it. */
+  active: boolean;
+  /** Another lane's shared transaction holds this lane's head; resolves when it is done. */
+  held: Promise<void> | null;
   /** The log start offset Kafka reported at a gap: records below it are gone (retention), so a gap up to it is accepted. */
   logStart: bigint;
 }
@@ -164,7 +179,6 @@ export function partitionBatchHandler(deps: PartitionBatchDeps): PartitionBatche
   /** Applies one queued run of records. */
   const applyQueued = async (lane: Lane, item: Queued): Promise<Outcome> => {
     const p = lane.partition;
-    await connections.acquire();
     // Where a record's time goes before its transaction (producer, broker, fetch, the
     // lane's queue): the oldest record, by its Kafka timestamp.
     deps.recordWait?.observe(
@@ -196,21 +210,110 @@ export function partitionBatchHandler(deps: PartitionBatchDeps): PartitionBatche
     return "applied";
   };
 
+  /** Applies a lane's run on its own (a connection slot is held). */
+  const applySolo = async (lane: Lane, item: Queued) => {
+    try {
+      let outcome = await applyQueued(lane, item);
+      // A gap Kafka itself has (retention) is accepted from now on: apply the same records again.
+      if (outcome === "again") {
+        await connections.acquire();
+        outcome = await applyQueued(lane, item);
+      }
+      if (outcome !== "applied") clear(lane, item.generation);
+    } catch (error) {
+      clear(lane, item.generation);
+      failure ??= error;
+      deps.log?.error({ err: error, partition: lane.partition }, "materialiser lane failed");
+    }
+  };
+
+  /** The leader's run and the queued heads of the free lanes, up to `maxRecordsPerApply` records. */
+  const gather = (leader: Lane, item: Queued): Shared[] => {
+    const group: Shared[] = [{ lane: leader, item }];
+    if (item.solo) return group;
+    let total = item.records.length;
+    for (const peer of lanes.values()) {
+      if (peer === leader || peer.active || peer.held || peer.queue.length === 0) continue;
+      const head = peer.queue[0]!;
+      if (head.solo || head.generation !== generation) continue;
+      if (total + head.records.length > deps.maxRecordsPerApply) continue;
+      if (!head.payload.isRunning() || head.payload.isStale()) continue;
+      const taken = takeConsecutive(peer, deps.maxRecordsPerApply - total);
+      setQueued(peer, peer.queuedRecords - taken.records.length);
+      total += taken.records.length;
+      group.push({ lane: peer, item: taken });
+    }
+    return group;
+  };
+
+  /**
+   * Applies several lanes' runs in one transaction (a connection slot is held). What it
+   * did not apply goes back to its lane, to be applied on its own.
+   */
+  const applyShared = async (group: Shared[]) => {
+    const peers = group.slice(1);
+    const done: (() => void)[] = [];
+    for (const { lane } of peers) lane.held = new Promise<void>((resolve) => done.push(resolve));
+    try {
+      const results = await applyTogether(deps, group);
+      for (const { lane, item } of group) {
+        const outcome = results?.results.get(lane.partition);
+        if (outcome) {
+          const last = item.records[item.records.length - 1]!.offset;
+          record(deps, outcome, results!.seconds, {
+            partition: lane.partition,
+            lastOffset: last,
+            highWatermark: item.highWatermark,
+          });
+          applied.set(lane.partition, (BigInt(last) + 1n).toString());
+        } else if (item.generation === generation) {
+          lane.queue.unshift({ ...item, solo: true });
+          setQueued(lane, lane.queuedRecords + item.records.length);
+        }
+      }
+    } finally {
+      connections.release();
+      for (const { lane } of peers) lane.held = null;
+      for (const resolve of done) resolve();
+      for (const { lane } of peers) kick(lane);
+    }
+  };
+
   const drain = async (lane: Lane) => {
+    // Let the rest of the fetch reach its lanes first, so that one transaction takes them.
+    await new Promise(setImmediate);
     while (lane.queue.length > 0) {
+      if (lane.held) {
+        await lane.held;
+        continue;
+      }
+      await connections.acquire();
+      if (lane.held || lane.queue.length === 0) {
+        connections.release();
+        continue;
+      }
+      lane.active = true;
       const item = takeConsecutive(lane, deps.maxRecordsPerApply);
       setQueued(lane, lane.queuedRecords - item.records.length);
       try {
-        let outcome = await applyQueued(lane, item);
-        // A gap Kafka itself has (retention) is accepted from now on: apply the same records again.
-        if (outcome === "again") outcome = await applyQueued(lane, item);
-        if (outcome !== "applied") clear(lane, item.generation);
+        const group = gather(lane, item);
+        if (group.length > 1) await applyShared(group);
+        else await applySolo(lane, item);
       } catch (error) {
-        clear(lane, item.generation);
         failure ??= error;
         deps.log?.error({ err: error, partition: lane.partition }, "materialiser lane failed");
+      } finally {
+        lane.active = false;
       }
     }
+  };
+
+  /** Starts the lane's loop unless it runs. */
+  const kick = (lane: Lane) => {
+    if (lane.draining) return;
+    lane.draining = drain(lane).finally(() => {
+      lane.draining = null;
+    });
   };
 
   const eachBatch = async (payload: EachBatchPayload) => {
@@ -225,7 +328,15 @@ export function partitionBatchHandler(deps: PartitionBatchDeps): PartitionBatche
     const p = batch.partition;
     let lane = lanes.get(p);
     if (!lane) {
-      lane = { partition: p, queue: [], queuedRecords: 0, draining: null, logStart: -1n };
+      lane = {
+        partition: p,
+        queue: [],
+        queuedRecords: 0,
+        draining: null,
+        active: false,
+        held: null,
+        logStart: -1n,
+      };
       lanes.set(p, lane);
     }
     lane.queue.push({
@@ -234,17 +345,13 @@ export function partitionBatchHandler(deps: PartitionBatchDeps): PartitionBatche
       payload,
       fetchedOffset: fetchedOffset(batch),
       generation,
+      solo: false,
     });
     setQueued(lane, lane.queuedRecords + batch.messages.length);
     // kafkajs fetches from the resolved offset: resolving now lets it fetch on while the
     // lane applies. Kafka's committed offset comes from applied offsets only (takeApplied).
     payload.resolveOffset(batch.lastOffset());
-    if (!lane.draining) {
-      const current = lane;
-      current.draining = drain(current).finally(() => {
-        current.draining = null;
-      });
-    }
+    kick(lane);
     // Back-pressure: a lane that cannot keep up (or retries a system failure) holds the
     // fetch loop, as every batch did before, instead of queueing without bound.
     while (lane.queuedRecords > deps.maxQueuedRecords && lane.draining && payload.isRunning()) {
@@ -270,19 +377,22 @@ export function partitionBatchHandler(deps: PartitionBatchDeps): PartitionBatche
   };
 }
 
-/** Applies the records, retrying system failures while the partition is ours (null: given up). */
-function apply(
+/** A lane's run in a transaction shared with other lanes. */
+interface Shared {
+  lane: Lane;
+  item: Queued;
+}
+
+/** How the partition's records are applied, with its rule for gaps. */
+function contextOf(
   deps: PartitionBatchDeps,
-  p: number,
-  { records, payload, fetchedOffset: fetched }: Queued,
+  partition: number,
+  fetched: string | undefined,
   logStart: bigint,
-  inFlight: BatchInFlight,
-): Promise<BatchResult | null> {
-  const { heartbeat, isRunning, isStale } = payload;
-  const labels = { subscription: deps.subscription };
-  const context: ApplyContext = {
+): ApplyContext {
+  return {
     topic: deps.topic,
-    partition: p,
+    partition,
     schema: deps.schema,
     subscription: deps.subscription,
     // A gap is accepted only where Kafka holds no record in between: the batch was
@@ -293,6 +403,54 @@ function apply(
       return at >= 0n && (at <= BigInt(stored ?? "0") || at <= logStart);
     },
   };
+}
+
+/**
+ * One attempt at the group's runs in one transaction: the results of the partitions it
+ * applied, or null when it failed (nothing was written; the failure is met again, and
+ * handled, when each partition is applied on its own).
+ */
+async function applyTogether(
+  deps: PartitionBatchDeps,
+  group: Shared[],
+): Promise<{ results: Map<number, BatchResult>; seconds: number } | null> {
+  const started = process.hrtime.bigint();
+  const inFlight = group.map(({ item }) => {
+    deps.recordWait?.observe(
+      { subscription: deps.subscription },
+      Math.max(0, Date.now() - Number(item.records[0]!.timestamp)) / 1000,
+    );
+    return deps.status.batchStarted(item.records.length);
+  });
+  try {
+    const parts = group.map(({ lane, item }) => ({
+      context: contextOf(deps, lane.partition, item.fetchedOffset, lane.logStart),
+      records: item.records,
+    }));
+    const results = await withBatchConnection(deps.pool, (client) => applyPartitions(client, parts));
+    return { results, seconds: Number(process.hrtime.bigint() - started) / 1e9 };
+  } catch (error) {
+    deps.log?.debug(
+      { err: error, partitions: group.map(({ lane }) => lane.partition) },
+      "a shared transaction failed: its partitions are applied one by one",
+    );
+    return null;
+  } finally {
+    group.forEach(({ lane }, i) => deps.status.batchFinished(inFlight[i]!, lane.partition));
+  }
+}
+
+/** Applies the records, retrying system failures while the partition is ours (null: given up). */
+function apply(
+  deps: PartitionBatchDeps,
+  p: number,
+  { records, payload, fetchedOffset: fetched }: Queued,
+  logStart: bigint,
+  inFlight: BatchInFlight,
+): Promise<BatchResult | null> {
+  const { heartbeat, isRunning, isStale } = payload;
+  const labels = { subscription: deps.subscription };
+  const context = contextOf(deps, p, fetched, logStart);
   return applyIsolated(deps.pool, context, records, {
     running: () => deps.running() && isRunning() && !isStale(),
     heartbeat,

@@ -436,7 +436,9 @@ async function applyTogether(
     );
     return null;
   } finally {
-    group.forEach(({ lane }, i) => deps.status.batchFinished(inFlight[i]!, lane.partition));
+    group.forEach(({ lane }, i) => {
+      deps.status.batchFinished(inFlight[i]!, lane.partition);
+    });
   }
 }
 

@@ -32,6 +32,20 @@ export async function createTestTopic(prefix: string, partitions = 12): Promise<
       topics: [{ topic, numPartitions: partitions, replicationFactor: 1 }],
     });
     await waitForPartitionLeaders(admin, topic, partitions, 30_000);
+    // The metadata names a leader before that broker serves the partition: a ListOffsets
+    // right after answered NOT_LEADER_OR_FOLLOWER once (producer-sdk's chat-bus test).
+    // Wait until every partition answers.
+    for (const deadline = Date.now() + 30_000; ; ) {
+      const served = await admin.fetchTopicOffsets(topic).then(
+        () => true,
+        (error: unknown) => {
+          if (!(error as { retriable?: boolean }).retriable || Date.now() > deadline) throw error;
+          return false;
+        },
+      );
+      if (served) break;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
   } finally {
     await admin.disconnect();
   }

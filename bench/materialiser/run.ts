@@ -22,6 +22,7 @@ import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { createProjectionReader, startMaterialiser } from "@chatbus/consumer-runtime/materialiser";
 import { createChatBus, encodeEvent, uuidv7 } from "@chatbus/producer-sdk";
+import { waitForPartitionLeaders } from "@chatbus/producer-sdk/internal";
 import { Kafka, logLevel } from "kafkajs";
 import pg from "pg";
 import { Registry } from "prom-client";
@@ -67,10 +68,13 @@ await migrate(pool);
 const kafka = new Kafka({ clientId: "chatbus-bench", brokers, logLevel: logLevel.NOTHING });
 const kadmin = kafka.admin();
 await kadmin.connect();
+// kafkajs's own wait for leaders gives up on UNKNOWN_TOPIC_OR_PARTITION while the broker
+// propagates a new topic (it failed a CI run's test setup): poll the metadata instead.
 await kadmin.createTopics({
   topics: [{ topic, numPartitions: 12, replicationFactor: 1 }],
-  waitForLeaders: true,
+  waitForLeaders: false,
 });
+await waitForPartitionLeaders(kadmin, topic, 12, 60_000);
 
 const results: string[][] = [];
 const registry = new Registry();

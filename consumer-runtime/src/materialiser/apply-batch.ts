@@ -119,10 +119,10 @@ export async function applyBatch(
   deadLetterAll?: DeadLetterAll,
 ): Promise<BatchResult> {
   if (records.length === 0) return emptyResult();
-  const { results, moved } = await fold(client, [{ context, records }], deadLetterAll);
+  const { results, moved, offsets } = await fold(client, [{ context, records }], deadLetterAll);
   const result = results.get(context.partition)!;
   if (result.range && !moved.has(context.partition))
-    throw new OffsetMovedError(context.topic, context.partition, result.expected ?? "0");
+    throw new OffsetMovedError(context.topic, context.partition, offsets[0]?.expected ?? "0");
   return result;
 }
 
@@ -173,9 +173,6 @@ export class OffsetGapError extends ChatBusError<"CHATBUS_OFFSET_GAP"> {
   }
 }
 
-/** A partition's result and the stored offset its write expected. */
-type PartitionResult = BatchResult & { expected?: string | null };
-
 /** Turns a decoded record into a dead letter of the given class. */
 function deadLetterOf(
   partition: number,
@@ -220,7 +217,7 @@ async function fold(
   client: pg.PoolClient,
   parts: PartitionRecords[],
   deadLetterAll?: DeadLetterAll,
-): Promise<{ results: Map<number, PartitionResult>; moved: Set<number> }> {
+): Promise<{ results: Map<number, BatchResult>; moved: Set<number>; offsets: PartitionOffsets[] }> {
   const target = parts[0]!.context;
   let deadLetters: DeadLetterRow[] = [];
   let decoded: (PositionedEvent & { record: BatchRecord })[] = [];
@@ -240,10 +237,10 @@ async function fold(
   const next = (partition: number) => BigInt(storedOffsets.get(partition) ?? 0);
   decoded = decoded.filter((d) => BigInt(d.offset) >= next(d.partition));
   deadLetters = deadLetters.filter((d) => BigInt(d.offset) >= next(d.partition));
-  const results = new Map<number, PartitionResult>();
+  const results = new Map<number, BatchResult>();
   const offsets: PartitionOffsets[] = [];
   for (const { context, records } of parts) {
-    const result: PartitionResult = emptyResult();
+    const result: BatchResult = emptyResult();
     results.set(context.partition, result);
     const stored = storedOffsets.get(context.partition) ?? null;
     const todo = records.filter((r) => BigInt(r.offset) >= next(context.partition));
@@ -256,10 +253,9 @@ async function fold(
     const last = todo[todo.length - 1]!.offset;
     result.range = { from: first, to: last };
     result.handled = todo.length;
-    result.expected = stored;
     offsets.push({ partition: context.partition, first, last, expected: stored });
   }
-  if (offsets.length === 0) return { results, moved: new Set() };
+  if (offsets.length === 0) return { results, moved: new Set(), offsets };
 
   const changes = evolve(state, decoded);
   const byOffset = new Map(decoded.map((d) => [`${d.partition}:${d.offset}`, d.record]));
@@ -279,12 +275,12 @@ async function fold(
   countChanges(results, changes, deadLetters);
   const partitionOf = (conversationId: string) => state.conversations.get(conversationId)!.partition;
   const moved = await writeBatch(client, target, changes, deadLetters, offsets, partitionOf);
-  return { results, moved };
+  return { results, moved, offsets };
 }
 
 /** Adds what `evolve` decided to each partition's result. */
 function countChanges(
-  results: Map<number, PartitionResult>,
+  results: Map<number, BatchResult>,
   changes: Changes,
   deadLetters: DeadLetterRow[],
 ): void {

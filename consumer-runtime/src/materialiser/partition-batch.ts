@@ -147,44 +147,216 @@ function takeConsecutive(lane: Lane, max: number): Queued {
 
 /** Returns the materialiser's pipelined `eachBatch` and its lanes. */
 export function partitionBatchHandler(deps: PartitionBatchDeps): PartitionBatches {
-  const lanes = new Map<number, Lane>();
-  const applied = new Map<number, string>();
-  const connections = slots(deps.concurrency);
+  return new PartitionLanes(deps);
+}
+
+/** The partitions' lanes: what each queued, what was applied, and who holds a connection. */
+class PartitionLanes implements PartitionBatches {
+  readonly #deps: PartitionBatchDeps;
+  readonly #lanes = new Map<number, Lane>();
+  readonly #applied = new Map<number, string>();
+  readonly #connections: ReturnType<typeof slots>;
+  readonly #labels: { subscription: string };
   // An unexpected failure of a lane crashes the consumer at the next eachBatch (as it
   // would have inside eachBatch), so that the supervisor restarts it.
-  let failure: unknown = null;
-
+  #failure: unknown = null;
   // A restart or a rejoin fetches from the committed offset again: what was queued
   // before is dropped then, and a lane that gives up on a batch drops only the batches
   // of that batch's run, never those a newer run fetched (kafkajs has moved past them
   // and would not deliver them again: they would wait for the next gap to be fetched).
-  let generation = 0;
+  #generation = 0;
+
+  constructor(deps: PartitionBatchDeps) {
+    this.#deps = deps;
+    this.#connections = slots(deps.concurrency);
+    this.#labels = { subscription: deps.subscription };
+  }
+
+  eachBatch = async (payload: EachBatchPayload): Promise<void> => {
+    if (this.#failure !== null) {
+      const error = this.#failure;
+      this.#failure = null;
+      throw error;
+    }
+    const { batch } = payload;
+    if (batch.messages.length === 0) return;
+    this.#deps.beforeBatch?.(batch.partition);
+    const lane = this.#lane(batch.partition);
+    lane.queue.push({
+      records: batch.messages,
+      highWatermark: batch.highWatermark,
+      payload,
+      fetchedOffset: fetchedOffset(batch),
+      generation: this.#generation,
+      solo: false,
+    });
+    this.#setQueued(lane, lane.queuedRecords + batch.messages.length);
+    // kafkajs fetches from the resolved offset: resolving now lets it fetch on while the
+    // lane applies. Kafka's committed offset comes from applied offsets only (takeApplied).
+    payload.resolveOffset(batch.lastOffset());
+    this.#kick(lane);
+    // Back-pressure: a lane that cannot keep up (or retries a system failure) holds the
+    // fetch loop, as every batch did before, instead of queueing without bound.
+    while (lane.queuedRecords > this.#deps.maxQueuedRecords && lane.draining && payload.isRunning()) {
+      await Promise.race([lane.draining, sleep(250)]);
+      await payload.heartbeat().catch(() => {});
+    }
+  };
+
+  dropQueued(): void {
+    this.#generation++;
+    for (const lane of this.#lanes.values()) this.#clear(lane);
+  }
+
+  async idle(): Promise<void> {
+    await Promise.all([...this.#lanes.values()].map((lane) => lane.draining));
+  }
+
+  takeApplied(): Map<number, string> {
+    const taken = new Map(this.#applied);
+    this.#applied.clear();
+    return taken;
+  }
+
+  #lane(partition: number): Lane {
+    let lane = this.#lanes.get(partition);
+    if (!lane) {
+      lane = {
+        partition,
+        queue: [],
+        queuedRecords: 0,
+        draining: null,
+        active: false,
+        held: null,
+        logStart: -1n,
+      };
+      this.#lanes.set(partition, lane);
+    }
+    return lane;
+  }
+
   // Queued records are in flight too (fetched, not finished): `chatbus_events_in_flight`
   // counts them besides the batches being applied (MaterialiserStatus).
-  const labels = { subscription: deps.subscription };
-  const setQueued = (lane: Lane, records: number) => {
+  #setQueued(lane: Lane, records: number): void {
     const change = records - lane.queuedRecords;
-    if (change > 0) deps.metrics?.inFlight.inc(labels, change);
-    else if (change < 0) deps.metrics?.inFlight.dec(labels, -change);
+    if (change > 0) this.#deps.metrics?.inFlight.inc(this.#labels, change);
+    else if (change < 0) this.#deps.metrics?.inFlight.dec(this.#labels, -change);
     lane.queuedRecords = records;
-  };
-  const clear = (lane: Lane, upTo = Number.POSITIVE_INFINITY) => {
+  }
+
+  #clear(lane: Lane, upTo = Number.POSITIVE_INFINITY): void {
     lane.queue = lane.queue.filter((q) => q.generation > upTo);
-    setQueued(
+    this.#setQueued(
       lane,
       lane.queue.reduce((n, q) => n + q.records.length, 0),
     );
-  };
+  }
 
-  /** Applies one queued run of records. */
-  const applyQueued = async (lane: Lane, item: Queued): Promise<Outcome> => {
+  /** Starts the lane's loop unless it runs. */
+  #kick(lane: Lane): void {
+    if (lane.draining) return;
+    lane.draining = this.#drain(lane).finally(() => {
+      lane.draining = null;
+    });
+  }
+
+  async #drain(lane: Lane): Promise<void> {
+    // Let the rest of the fetch reach its lanes first, so that one transaction takes them.
+    await new Promise(setImmediate);
+    while (lane.queue.length > 0) {
+      if (lane.held) {
+        await lane.held;
+        continue;
+      }
+      await this.#connections.acquire();
+      if (lane.held || lane.queue.length === 0) {
+        this.#connections.release();
+        continue;
+      }
+      lane.active = true;
+      const item = takeConsecutive(lane, this.#deps.maxRecordsPerApply);
+      this.#setQueued(lane, lane.queuedRecords - item.records.length);
+      try {
+        const group = this.#gather(lane, item);
+        if (group.length > 1) await this.#applyShared(group);
+        else await this.#applySolo(lane, item);
+      } catch (error) {
+        this.#failure ??= error;
+        this.#deps.log?.error({ err: error, partition: lane.partition }, "materialiser lane failed");
+      } finally {
+        lane.active = false;
+      }
+    }
+  }
+
+  /** The leader's run and the queued heads of the free lanes, up to `maxRecordsPerApply` records. */
+  #gather(leader: Lane, item: Queued): Shared[] {
+    const group: Shared[] = [{ lane: leader, item }];
+    if (item.solo) return group;
+    const max = this.#deps.maxRecordsPerApply;
+    let total = item.records.length;
+    for (const peer of this.#lanes.values()) {
+      if (peer === leader || peer.active || peer.held || peer.queue.length === 0) continue;
+      const head = peer.queue[0]!;
+      if (head.solo || head.generation !== this.#generation || total + head.records.length > max) continue;
+      if (!head.payload.isRunning() || head.payload.isStale()) continue;
+      const taken = takeConsecutive(peer, max - total);
+      this.#setQueued(peer, peer.queuedRecords - taken.records.length);
+      total += taken.records.length;
+      group.push({ lane: peer, item: taken });
+    }
+    return group;
+  }
+
+  /**
+   * Applies several lanes' runs in one transaction (a connection slot is held). What it
+   * did not apply goes back to its lane, to be applied on its own.
+   */
+  async #applyShared(group: Shared[]): Promise<void> {
+    const peers = group.slice(1);
+    const done: (() => void)[] = [];
+    for (const { lane } of peers) lane.held = new Promise<void>((resolve) => done.push(resolve));
+    try {
+      const results = await applyTogether(this.#deps, group);
+      for (const { lane, item } of group) {
+        const outcome = results?.results.get(lane.partition);
+        if (outcome)
+          this.#applied.set(lane.partition, reportApplied(this.#deps, lane, item, outcome, results!.seconds));
+        else if (item.generation === this.#generation) {
+          lane.queue.unshift({ ...item, solo: true });
+          this.#setQueued(lane, lane.queuedRecords + item.records.length);
+        }
+      }
+    } finally {
+      this.#connections.release();
+      for (const { lane } of peers) lane.held = null;
+      for (const resolve of done) resolve();
+      for (const { lane } of peers) this.#kick(lane);
+    }
+  }
+
+  /** Applies a lane's run on its own (a connection slot is held). */
+  async #applySolo(lane: Lane, item: Queued): Promise<void> {
+    try {
+      let outcome = await this.#applyQueued(lane, item);
+      // A gap Kafka itself has (retention) is accepted from now on: apply the same records again.
+      if (outcome === "again") {
+        await this.#connections.acquire();
+        outcome = await this.#applyQueued(lane, item);
+      }
+      if (outcome !== "applied") this.#clear(lane, item.generation);
+    } catch (error) {
+      this.#clear(lane, item.generation);
+      this.#failure ??= error;
+      this.#deps.log?.error({ err: error, partition: lane.partition }, "materialiser lane failed");
+    }
+  }
+
+  /** Applies one queued run of records on its own; releases the connection slot it holds. */
+  async #applyQueued(lane: Lane, item: Queued): Promise<Outcome> {
+    const deps = this.#deps;
     const p = lane.partition;
-    // Where a record's time goes before its transaction (producer, broker, fetch, the
-    // lane's queue): the oldest record, by its Kafka timestamp.
-    deps.recordWait?.observe(
-      { subscription: deps.subscription },
-      Math.max(0, Date.now() - Number(item.records[0]!.timestamp)) / 1000,
-    );
+    observeRecordWait(deps, item);
     const inFlight = deps.status.batchStarted(item.records.length);
     const started = process.hrtime.bigint();
     let result: BatchResult | null = null;
@@ -195,186 +367,43 @@ export function partitionBatchHandler(deps: PartitionBatchDeps): PartitionBatche
       if (!(error instanceof OffsetGapError)) throw error;
       gap = error;
     } finally {
-      connections.release();
+      this.#connections.release();
       deps.status.batchFinished(inFlight, p);
     }
     if (gap) return (await onGap(deps, gap, item.fetchedOffset, lane)) ? "again" : "drop";
     if (result === null) return "drop";
-    const last = item.records[item.records.length - 1]!.offset;
-    record(deps, result, Number(process.hrtime.bigint() - started) / 1e9, {
-      partition: p,
-      lastOffset: last,
-      highWatermark: item.highWatermark,
-    });
-    applied.set(p, (BigInt(last) + 1n).toString());
+    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    this.#applied.set(p, reportApplied(deps, lane, item, result, seconds));
     return "applied";
-  };
+  }
+}
 
-  /** Applies a lane's run on its own (a connection slot is held). */
-  const applySolo = async (lane: Lane, item: Queued) => {
-    try {
-      let outcome = await applyQueued(lane, item);
-      // A gap Kafka itself has (retention) is accepted from now on: apply the same records again.
-      if (outcome === "again") {
-        await connections.acquire();
-        outcome = await applyQueued(lane, item);
-      }
-      if (outcome !== "applied") clear(lane, item.generation);
-    } catch (error) {
-      clear(lane, item.generation);
-      failure ??= error;
-      deps.log?.error({ err: error, partition: lane.partition }, "materialiser lane failed");
-    }
-  };
+/**
+ * Where a record's time goes before its transaction (producer, broker, fetch, the lane's
+ * queue): the oldest record, by its Kafka timestamp.
+ */
+function observeRecordWait(deps: PartitionBatchDeps, item: Queued): void {
+  deps.recordWait?.observe(
+    { subscription: deps.subscription },
+    Math.max(0, Date.now() - Number(item.records[0]!.timestamp)) / 1000,
+  );
+}
 
-  /** The leader's run and the queued heads of the free lanes, up to `maxRecordsPerApply` records. */
-  const gather = (leader: Lane, item: Queued): Shared[] => {
-    const group: Shared[] = [{ lane: leader, item }];
-    if (item.solo) return group;
-    let total = item.records.length;
-    for (const peer of lanes.values()) {
-      if (peer === leader || peer.active || peer.held || peer.queue.length === 0) continue;
-      const head = peer.queue[0]!;
-      if (head.solo || head.generation !== generation) continue;
-      if (total + head.records.length > deps.maxRecordsPerApply) continue;
-      if (!head.payload.isRunning() || head.payload.isStale()) continue;
-      const taken = takeConsecutive(peer, deps.maxRecordsPerApply - total);
-      setQueued(peer, peer.queuedRecords - taken.records.length);
-      total += taken.records.length;
-      group.push({ lane: peer, item: taken });
-    }
-    return group;
-  };
-
-  /**
-   * Applies several lanes' runs in one transaction (a connection slot is held). What it
-   * did not apply goes back to its lane, to be applied on its own.
-   */
-  const applyShared = async (group: Shared[]) => {
-    const peers = group.slice(1);
-    const done: (() => void)[] = [];
-    for (const { lane } of peers) lane.held = new Promise<void>((resolve) => done.push(resolve));
-    try {
-      const results = await applyTogether(deps, group);
-      for (const { lane, item } of group) {
-        const outcome = results?.results.get(lane.partition);
-        if (outcome) {
-          const last = item.records[item.records.length - 1]!.offset;
-          record(deps, outcome, results!.seconds, {
-            partition: lane.partition,
-            lastOffset: last,
-            highWatermark: item.highWatermark,
-          });
-          applied.set(lane.partition, (BigInt(last) + 1n).toString());
-        } else if (item.generation === generation) {
-          lane.queue.unshift({ ...item, solo: true });
-          setQueued(lane, lane.queuedRecords + item.records.length);
-        }
-      }
-    } finally {
-      connections.release();
-      for (const { lane } of peers) lane.held = null;
-      for (const resolve of done) resolve();
-      for (const { lane } of peers) kick(lane);
-    }
-  };
-
-  const drain = async (lane: Lane) => {
-    // Let the rest of the fetch reach its lanes first, so that one transaction takes them.
-    await new Promise(setImmediate);
-    while (lane.queue.length > 0) {
-      if (lane.held) {
-        await lane.held;
-        continue;
-      }
-      await connections.acquire();
-      if (lane.held || lane.queue.length === 0) {
-        connections.release();
-        continue;
-      }
-      lane.active = true;
-      const item = takeConsecutive(lane, deps.maxRecordsPerApply);
-      setQueued(lane, lane.queuedRecords - item.records.length);
-      try {
-        const group = gather(lane, item);
-        if (group.length > 1) await applyShared(group);
-        else await applySolo(lane, item);
-      } catch (error) {
-        failure ??= error;
-        deps.log?.error({ err: error, partition: lane.partition }, "materialiser lane failed");
-      } finally {
-        lane.active = false;
-      }
-    }
-  };
-
-  /** Starts the lane's loop unless it runs. */
-  const kick = (lane: Lane) => {
-    if (lane.draining) return;
-    lane.draining = drain(lane).finally(() => {
-      lane.draining = null;
-    });
-  };
-
-  const eachBatch = async (payload: EachBatchPayload) => {
-    if (failure !== null) {
-      const error = failure;
-      failure = null;
-      throw error;
-    }
-    const { batch } = payload;
-    if (batch.messages.length === 0) return;
-    deps.beforeBatch?.(batch.partition);
-    const p = batch.partition;
-    let lane = lanes.get(p);
-    if (!lane) {
-      lane = {
-        partition: p,
-        queue: [],
-        queuedRecords: 0,
-        draining: null,
-        active: false,
-        held: null,
-        logStart: -1n,
-      };
-      lanes.set(p, lane);
-    }
-    lane.queue.push({
-      records: batch.messages,
-      highWatermark: batch.highWatermark,
-      payload,
-      fetchedOffset: fetchedOffset(batch),
-      generation,
-      solo: false,
-    });
-    setQueued(lane, lane.queuedRecords + batch.messages.length);
-    // kafkajs fetches from the resolved offset: resolving now lets it fetch on while the
-    // lane applies. Kafka's committed offset comes from applied offsets only (takeApplied).
-    payload.resolveOffset(batch.lastOffset());
-    kick(lane);
-    // Back-pressure: a lane that cannot keep up (or retries a system failure) holds the
-    // fetch loop, as every batch did before, instead of queueing without bound.
-    while (lane.queuedRecords > deps.maxQueuedRecords && lane.draining && payload.isRunning()) {
-      await Promise.race([lane.draining, sleep(250)]);
-      await payload.heartbeat().catch(() => {});
-    }
-  };
-
-  return {
-    eachBatch,
-    dropQueued: () => {
-      generation++;
-      for (const lane of lanes.values()) clear(lane);
-    },
-    idle: async () => {
-      await Promise.all([...lanes.values()].map((lane) => lane.draining));
-    },
-    takeApplied: () => {
-      const taken = new Map(applied);
-      applied.clear();
-      return taken;
-    },
-  };
+/** Reports an applied run; returns the partition's next offset (for the Kafka commit hint). */
+function reportApplied(
+  deps: PartitionBatchDeps,
+  lane: Lane,
+  item: Queued,
+  result: BatchResult,
+  seconds: number,
+): string {
+  const last = item.records[item.records.length - 1]!.offset;
+  record(deps, result, seconds, {
+    partition: lane.partition,
+    lastOffset: last,
+    highWatermark: item.highWatermark,
+  });
+  return (BigInt(last) + 1n).toString();
 }
 
 /** A lane's run in a transaction shared with other lanes. */
@@ -416,10 +445,7 @@ async function applyTogether(
 ): Promise<{ results: Map<number, BatchResult>; seconds: number } | null> {
   const started = process.hrtime.bigint();
   const inFlight = group.map(({ item }) => {
-    deps.recordWait?.observe(
-      { subscription: deps.subscription },
-      Math.max(0, Date.now() - Number(item.records[0]!.timestamp)) / 1000,
-    );
+    observeRecordWait(deps, item);
     return deps.status.batchStarted(item.records.length);
   });
   try {

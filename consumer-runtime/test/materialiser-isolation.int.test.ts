@@ -20,8 +20,12 @@ import {
 import type { BatchRecord } from "../src/materialiser/apply-batch.ts";
 import { applyIsolated } from "../src/materialiser/apply-isolated.ts";
 import {
+  addRefuseRule,
+  groupCreated,
+  metricSum,
   produceWorkload,
   sequenceViolations,
+  textMessage,
   type WorkloadEvent,
   waitUntilApplied,
 } from "./materialiser-support.ts";
@@ -29,11 +33,7 @@ import {
 let db: TestSchema;
 beforeAll(async () => {
   db = await createTestSchema("mat_iso");
-  // A rule of this test schema that the database enforces (class 23), independent of
-  // what the event contract accepts: a message whose text is "REFUSE" is refused.
-  await db.pool.query(
-    `ALTER TABLE messages ADD CONSTRAINT test_refuse CHECK (content->>'text' IS DISTINCT FROM 'REFUSE')`,
-  );
+  await addRefuseRule(db.pool);
 });
 afterAll(async () => {
   await db?.cleanup();
@@ -62,17 +62,6 @@ const record = (
     size: 0,
   } as unknown as BatchRecord & KafkaMessage;
 };
-const text = (senderId: string, t: string): ChatEventInput => ({
-  type: "chat.message.sent",
-  senderId,
-  content: { type: "text", text: t },
-});
-const created = (members: string[]): ChatEventInput => ({
-  type: "chat.conversation.created",
-  kind: "group",
-  createdBy: members[0]!,
-  members,
-});
 
 async function countOf(sql: string, values: unknown[] = []): Promise<number> {
   const { rows } = await db.pool.query<{ n: number }>(sql, values);
@@ -82,12 +71,15 @@ async function countOf(sql: string, values: unknown[] = []): Promise<number> {
 describe("per-event isolation by bisect", () => {
   it("dead-letters the one refused event of a batch of 500 in a handful of attempts; its neighbours apply once", async () => {
     const context = { topic: "iso", partition: 0, schema: db.schema, subscription: "materialiser" };
-    const records = [record(0, "b1", created(["ana", "bob"])), record(1, "b2", created(["cy", "dan"]))];
+    const records = [
+      record(0, "b1", groupCreated(["ana", "bob"])),
+      record(1, "b2", groupCreated(["cy", "dan"])),
+    ];
     for (let i = 2; i < 500; i++) {
       const bad = i === 317;
       const conv = i % 2 ? "b1" : "b2";
       const sender = conv === "b1" ? "ana" : "cy";
-      records.push(record(i, conv, text(sender, bad ? "REFUSE" : `m${i}`)));
+      records.push(record(i, conv, textMessage(sender, bad ? "REFUSE" : `m${i}`)));
     }
     let attempts = 0;
     let systemFailures = 0;
@@ -127,10 +119,10 @@ describe("per-event isolation by bisect", () => {
     // event_log is keyed by (partition, offset): another partition than the test above.
     const context = { topic: "iso-nul", partition: 1, schema: db.schema, subscription: "materialiser" };
     const records = [
-      record(0, "n1", created(["ana", "bob"])),
-      record(1, "n1", text("ana", "before")),
-      record(2, "n1", text("bob", "XNULX"), (v) => v.replace("XNULX", "a\\u0000b")),
-      record(3, "n1", text("ana", "after")),
+      record(0, "n1", groupCreated(["ana", "bob"])),
+      record(1, "n1", textMessage("ana", "before")),
+      record(2, "n1", textMessage("bob", "XNULX"), (v) => v.replace("XNULX", "a\\u0000b")),
+      record(3, "n1", textMessage("ana", "after")),
     ];
     const result = await applyIsolated(db.pool, context, records, {
       running: () => true,
@@ -163,9 +155,7 @@ describe("the running materialiser with a refused record", () => {
   it("moves on: later events of the partition are applied and the breaker never opens", async () => {
     const topic = await createTestTopic("mat_iso", 1);
     const own = await createTestSchema("mat_iso_run");
-    await own.pool.query(
-      `ALTER TABLE messages ADD CONSTRAINT test_refuse CHECK (content->>'text' IS DISTINCT FROM 'REFUSE')`,
-    );
+    await addRefuseRule(own.pool);
     const registry = new Registry();
     const ev = (conversationId: string, input: ChatEventInput, n: number): WorkloadEvent => ({
       conversationId,
@@ -174,12 +164,12 @@ describe("the running materialiser with a refused record", () => {
       time: at(1000 + n),
     });
     const events = [
-      ev("r1", created(["ana", "bob"]), 0),
-      ev("r2", created(["cy", "dan"]), 1),
-      ev("r1", text("ana", "one"), 2),
-      ev("r1", text("bob", "REFUSE"), 3),
-      ev("r2", text("cy", "other conversation, same partition"), 4),
-      ev("r1", text("ana", "two"), 5),
+      ev("r1", groupCreated(["ana", "bob"]), 0),
+      ev("r2", groupCreated(["cy", "dan"]), 1),
+      ev("r1", textMessage("ana", "one"), 2),
+      ev("r1", textMessage("bob", "REFUSE"), 3),
+      ev("r2", textMessage("cy", "other conversation, same partition"), 4),
+      ev("r1", textMessage("ana", "two"), 5),
     ];
     await produceWorkload(topic, events);
     const materialiser = await startMaterialiser({
@@ -208,16 +198,11 @@ describe("the running materialiser with a refused record", () => {
       { conversation_id: "r1", seq: "2", t: "two" },
       { conversation_id: "r2", seq: "1", t: "other conversation, same partition" },
     ]);
-    const metrics = await registry.getMetricsAsJSON();
-    const value = (name: string, labels: Record<string, string>) =>
-      metrics
-        .find((m) => m.name === name)
-        ?.values.filter((v) => Object.entries(labels).every(([k, x]) => v.labels[k] === x))
-        .reduce((sum, v) => sum + v.value, 0) ?? 0;
-    expect(value("chatbus_breaker_state", { subscription: "materialiser" })).toBe(0);
-    expect(value("chatbus_breaker_transitions_total", { to: "open" })).toBe(0);
-    expect(value("chatbus_events_failed_total", { failure_class: "system" })).toBe(0);
-    expect(value("chatbus_events_dead_lettered_total", { failure_class: "data" })).toBe(1);
+    const value = (name: string, labels: Record<string, string>) => metricSum(registry, name, labels);
+    expect(await value("chatbus_breaker_state", { subscription: "materialiser" })).toBe(0);
+    expect(await value("chatbus_breaker_transitions_total", { to: "open" })).toBe(0);
+    expect(await value("chatbus_events_failed_total", { failure_class: "system" })).toBe(0);
+    expect(await value("chatbus_events_dead_lettered_total", { failure_class: "data" })).toBe(1);
     await own.cleanup();
   });
 });

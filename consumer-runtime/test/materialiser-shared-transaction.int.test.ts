@@ -27,8 +27,12 @@ import {
 } from "../src/materialiser/apply-batch.ts";
 import { eventsChannel } from "../src/materialiser/events-channel.ts";
 import {
+  addRefuseRule,
+  groupCreated,
+  metricSum,
   produceWorkload,
   sequenceViolations,
+  textMessage,
   type WorkloadEvent,
   waitUntilApplied,
 } from "./materialiser-support.ts";
@@ -36,11 +40,7 @@ import {
 let db: TestSchema;
 beforeAll(async () => {
   db = await createTestSchema("mat_shared");
-  // A rule of this test schema that the database enforces (class 23): a message whose
-  // text is "REFUSE" is refused.
-  await db.pool.query(
-    `ALTER TABLE messages ADD CONSTRAINT test_refuse CHECK (content->>'text' IS DISTINCT FROM 'REFUSE')`,
-  );
+  await addRefuseRule(db.pool);
 });
 afterAll(async () => {
   await db?.cleanup();
@@ -49,17 +49,6 @@ afterAll(async () => {
 const record = (offset: number, conversationId: string, input: ChatEventInput): BatchRecord => ({
   ...encodeEvent(conversationId, input, { source: "/test", id: uuidv7() }).record,
   offset: String(offset),
-});
-const text = (senderId: string, t: string): ChatEventInput => ({
-  type: "chat.message.sent",
-  senderId,
-  content: { type: "text", text: t },
-});
-const created = (members: string[]): ChatEventInput => ({
-  type: "chat.conversation.created",
-  kind: "group",
-  createdBy: members[0]!,
-  members,
 });
 const context = (topic: string, partition: number): ApplyContext => ({
   topic,
@@ -73,8 +62,8 @@ let base = 0;
 const conversation = (topic: string, partition: number, id: string, texts: string[]): PartitionRecords => ({
   context: context(topic, partition),
   records: [
-    record(base, id, created(["ana", "bob"])),
-    ...texts.map((t, i) => record(base + i + 1, id, text("ana", t))),
+    record(base, id, groupCreated(["ana", "bob"])),
+    ...texts.map((t, i) => record(base + i + 1, id, textMessage("ana", t))),
   ],
 });
 const offsets = async (topic: string) =>
@@ -99,8 +88,8 @@ describe("applyPartitions", () => {
       {
         context: context(topic, 2),
         records: [
-          record(0, `${topic}-c`, created(["cy", "dan"])),
-          record(1, `${topic}-c`, text("eve", "no")),
+          record(0, `${topic}-c`, groupCreated(["cy", "dan"])),
+          record(1, `${topic}-c`, textMessage("eve", "no")),
         ],
       },
     ];
@@ -207,9 +196,7 @@ describe("the running materialiser sharing transactions", () => {
   it("isolates a refused record of a shared transaction and keeps sharing afterwards", async () => {
     const topic = await createTestTopic("mat_shared", 3);
     const own = await createTestSchema("mat_shared_run");
-    await own.pool.query(
-      `ALTER TABLE messages ADD CONSTRAINT test_refuse CHECK (content->>'text' IS DISTINCT FROM 'REFUSE')`,
-    );
+    await addRefuseRule(own.pool);
     const ev = (conversationId: string, input: ChatEventInput): WorkloadEvent => ({
       conversationId,
       input,
@@ -220,8 +207,8 @@ describe("the running materialiser sharing transactions", () => {
     // its first fetch holds every partition. One message is refused.
     const ids = Array.from({ length: 30 }, (_, i) => `s${i}`);
     const first = [
-      ...ids.map((id) => ev(id, created(["ana", "bob"]))),
-      ...ids.map((id) => ev(id, text("ana", id === "s7" ? "REFUSE" : `${id} one`))),
+      ...ids.map((id) => ev(id, groupCreated(["ana", "bob"]))),
+      ...ids.map((id) => ev(id, textMessage("ana", id === "s7" ? "REFUSE" : `${id} one`))),
     ];
     await produceWorkload(topic, first);
     const registry = new Registry();
@@ -239,7 +226,7 @@ describe("the running materialiser sharing transactions", () => {
       for (let round = 0; round < 3; round++) {
         await produceWorkload(
           topic,
-          ids.map((id) => ev(id, text("bob", `${id} r${round}`))),
+          ids.map((id) => ev(id, textMessage("bob", `${id} r${round}`))),
         );
         await waitUntilApplied(own.pool, topic, 60_000);
       }
@@ -265,15 +252,10 @@ describe("the running materialiser sharing transactions", () => {
                                          HAVING count(DISTINCT partition) > 1) s`,
     );
     expect(shared.rows[0].n).toBeGreaterThan(0);
-    const metrics = await registry.getMetricsAsJSON();
-    const value = (name: string, labels: Record<string, string>) =>
-      metrics
-        .find((m) => m.name === name)
-        ?.values.filter((v) => Object.entries(labels).every(([k, x]) => v.labels[k] === x))
-        .reduce((sum, v) => sum + v.value, 0) ?? 0;
-    expect(value("chatbus_breaker_state", { subscription: "materialiser" })).toBe(0);
-    expect(value("chatbus_events_failed_total", { failure_class: "system" })).toBe(0);
-    expect(value("chatbus_events_dead_lettered_total", { failure_class: "data" })).toBe(1);
+    const value = (name: string, labels: Record<string, string>) => metricSum(registry, name, labels);
+    expect(await value("chatbus_breaker_state", { subscription: "materialiser" })).toBe(0);
+    expect(await value("chatbus_events_failed_total", { failure_class: "system" })).toBe(0);
+    expect(await value("chatbus_events_dead_lettered_total", { failure_class: "data" })).toBe(1);
     await own.cleanup();
   });
 });

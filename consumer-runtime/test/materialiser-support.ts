@@ -6,6 +6,7 @@
 import { type ChatEventInput, encodeEvent, uuidv7 } from "@chatbus/producer-sdk";
 import { CompressionTypes, Kafka, logLevel } from "kafkajs";
 import type pg from "pg";
+import type { Registry } from "prom-client";
 import { kafkaBrokers } from "../../test/support/env.ts";
 
 /** One event of a workload: its conversation, its input and its fixed id and time. */
@@ -221,4 +222,43 @@ export async function sequenceViolations(pool: pg.Pool): Promise<string[]> {
          OR (c.last_seq > 0 AND (g.lo <> 1 OR g.hi <> c.last_seq))`,
   );
   return rows.map((r) => r.conversation_id);
+}
+
+/** A text message from `senderId`. */
+export const textMessage = (senderId: string, text: string): ChatEventInput => ({
+  type: "chat.message.sent",
+  senderId,
+  content: { type: "text", text },
+});
+
+/** A group created by its first member. */
+export const groupCreated = (members: string[]): ChatEventInput => ({
+  type: "chat.conversation.created",
+  kind: "group",
+  createdBy: members[0]!,
+  members,
+});
+
+/**
+ * A rule of a test schema that the database enforces (class 23), independent of what the
+ * event contract accepts: a message whose text is "REFUSE" is refused.
+ */
+export async function addRefuseRule(pool: pg.Pool): Promise<void> {
+  await pool.query(
+    `ALTER TABLE messages ADD CONSTRAINT test_refuse CHECK (content->>'text' IS DISTINCT FROM 'REFUSE')`,
+  );
+}
+
+/** The sum of a metric's values whose labels include `labels` (0 when absent). */
+export async function metricSum(
+  registry: Registry,
+  name: string,
+  labels: Record<string, string>,
+): Promise<number> {
+  const metric = (await registry.getMetricsAsJSON()).find((m) => m.name === name);
+  return (
+    metric?.values
+      .filter((v) => Object.entries(labels).every(([k, x]) => v.labels[k] === x))
+      .reduce((sum, v) => sum + v.value, 0) ?? 0
+  );
 }

@@ -1,4 +1,5 @@
 import { type ApiApp, type ApiDeps, buildBaseApp } from "./app.ts";
+import { HistoryCache } from "./history-cache.ts";
 import { MembershipCache } from "./membership-cache.ts";
 import { EventHub } from "./realtime/event-hub.ts";
 import { registerConversationRoutes } from "./routes/conversations.ts";
@@ -33,6 +34,12 @@ export async function buildApp(deps: ApiDeps): Promise<ApiApp> {
     maxEntries: config.membershipCacheSize,
     registry: deps.registry,
   });
+  // The same: the newest history pages, used only while realtime's LISTEN is up.
+  const history = new HistoryCache({
+    projection: deps.projection,
+    maxBytes: config.historyCacheBytes,
+    registry: deps.registry,
+  });
   registerConversationRoutes(app, {
     ...deps,
     membership,
@@ -43,6 +50,7 @@ export async function buildApp(deps: ApiDeps): Promise<ApiApp> {
   registerOperatorRoutes(app, deps);
   registerReadRoutes(app, {
     projection: deps.projection,
+    history,
     membership,
     historyMaxLimit: config.historyMaxLimit,
     inboxMaxLimit: config.inboxMaxLimit,
@@ -57,7 +65,7 @@ export async function buildApp(deps: ApiDeps): Promise<ApiApp> {
       logger: deps.logger,
       metrics: app.metrics,
       sse: deps.config.sse,
-      listenObserver: membership,
+      listenObservers: [membership, history],
     });
     await hub.start();
     app.addHook("preClose", async () => {

@@ -116,6 +116,8 @@ export const ApiConfigSchema = Type.Object(
     maxGroupMembers: Type.Integer({ minimum: 2 }),
     /** Entries of the membership cache (a conversation, and each member known, are one each); 0 turns it off. */
     membershipCacheSize: Type.Integer({ minimum: 0 }),
+    /** Estimated bytes of the history cache's newest pages; 0 turns it off. */
+    historyCacheBytes: Type.Integer({ minimum: 0 }),
     /** `POST /v1/dev/login` is served only when this is true (`CHATBUS_DEV_LOGIN=1`). */
     devLogin: Type.Boolean(),
     rateLimits: RateLimitConfigSchema,
@@ -142,6 +144,7 @@ export const configDefaults = {
   inboxMaxLimit: 1000, // conversations per inbox page; a larger `limit` is a 400
   maxGroupMembers: 10_000, // members per group
   membershipCacheSize: 100_000, // entries (conversations + members known), roughly 10–20 MB at most
+  historyCacheBytes: 33_554_432, // 32 MiB of newest pages, ~1,000 pages of 50 short messages
   devLogin: false, // opt-in only: a token for any name must never be on by accident
   rateLimits: {
     enabled: true,
@@ -268,6 +271,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): { config: ApiC
     inboxMaxLimit: integer(env, "CHATBUS_INBOX_MAX_LIMIT", configDefaults.inboxMaxLimit),
     maxGroupMembers: integer(env, "CHATBUS_MAX_GROUP_MEMBERS", configDefaults.maxGroupMembers),
     membershipCacheSize: integer(env, "CHATBUS_MEMBERSHIP_CACHE_SIZE", configDefaults.membershipCacheSize),
+    historyCacheBytes: integer(env, "CHATBUS_HISTORY_CACHE_BYTES", configDefaults.historyCacheBytes),
     rateLimits: rateLimits(env),
     nodeEnv,
     host: env.HOST || configDefaults.host,

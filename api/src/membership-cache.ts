@@ -30,6 +30,7 @@ import type {
   ProjectionReader,
 } from "@chatbus/consumer-runtime/materialiser";
 import { Counter, Gauge, type Registry } from "prom-client";
+import type { ListenObserver } from "./realtime/log-follower.ts";
 
 /** A conversation's kind (`direct` or `group`); it never changes. */
 export type ConversationKind = ConversationView["kind"];
@@ -60,7 +61,7 @@ interface Entry {
 }
 
 /** The membership cache; `connected`/`lost`/`notified` are called by the LISTEN connection's owner. */
-export class MembershipCache implements Membership {
+export class MembershipCache implements Membership, ListenObserver {
   readonly #projection: MembershipCacheOptions["projection"];
   readonly #max: number;
   /** Insertion order is recency order: a hit moves its conversation to the end. */
@@ -162,6 +163,9 @@ export class MembershipCache implements Membership {
     this.#live = false;
     this.#clear();
   }
+
+  /** Membership changes arrive with the notification, before the follower reads the range. */
+  applied(): void {}
 
   /** A committed batch: drop the conversations whose membership it changed (all of them when it does not say). */
   notified(notification: Pick<EventsNotification, "members">): void {

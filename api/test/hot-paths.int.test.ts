@@ -10,7 +10,11 @@
  * is materialised, a lost LISTEN connection admits nobody the cache remembers while
  * notifications cannot arrive, and the bound holds.
  *
- * The LISTEN test runs a second API app whose LISTEN connection goes through a small
+ * The history cache: the newest page is answered from memory, and a new message or a
+ * read receipt is on it within 1 s of being materialised; while LISTEN is down the page
+ * is read from the database.
+ *
+ * The LISTEN tests run a second API app whose LISTEN connection goes through a small
  * TCP proxy: the backend is killed with pg_terminate_backend and the proxy refuses the
  * reconnect until the removal is materialised, so the removal's NOTIFY is surely missed.
  */
@@ -75,14 +79,56 @@ async function token(user: string): Promise<string> {
   return tokens.get(user)!;
 }
 
-async function send(app: ApiApp, user: string, conversationId: string): Promise<number> {
+async function send(app: ApiApp, user: string, conversationId: string, text = "hi"): Promise<number> {
   const res = await app.inject({
     method: "POST",
     url: `/v1/conversations/${conversationId}/messages`,
     headers: { authorization: `Bearer ${await token(user)}` },
-    payload: { content: { type: "text", text: "hi" } },
+    payload: { content: { type: "text", text } },
   });
   return res.statusCode;
+}
+
+interface PageJson {
+  messages: { seq: number; content: { text: string }; delivery: { readBy: number } | null }[];
+}
+
+/** The newest page of 50 as `user` reads it. */
+async function newestPage(app: ApiApp, user: string, conversationId: string): Promise<PageJson> {
+  const res = await app.inject({
+    method: "GET",
+    url: `/v1/conversations/${conversationId}/messages?limit=50`,
+    headers: { authorization: `Bearer ${await token(user)}` },
+  });
+  expect(res.statusCode).toBe(200);
+  return res.json();
+}
+
+/** When the message with `text` was materialised (ms since the epoch), once it is. */
+function messageMaterialisedAt(conversationId: string, text: string): Promise<number> {
+  return eventually(`the message "${text}" materialised`, async () => {
+    const { rows } = await h.schema.pool.query<{ at: number }>(
+      `SELECT extract(epoch FROM materialised_at) * 1000 AS at FROM messages
+        WHERE conversation_id = $1 AND content->>'text' = $2`,
+      [conversationId, text],
+    );
+    return rows[0] ? Number(rows[0].at) : undefined;
+  });
+}
+
+/** Reads the newest page every 10 ms until `ready` holds; when it first did (ms since the epoch). */
+async function pageShows(
+  app: ApiApp,
+  user: string,
+  conversationId: string,
+  ready: (page: PageJson) => boolean,
+): Promise<number> {
+  const deadline = Date.now() + 15_000;
+  while (Date.now() < deadline) {
+    if (ready(await newestPage(app, user, conversationId))) return Date.now();
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  throw new Error(`the newest page of ${conversationId} did not change within 15 s`);
 }
 
 async function createGroup(owner: string, members: string[]): Promise<string> {
@@ -234,6 +280,36 @@ describe("membership cache", () => {
       expect(await metric(b, "chatbus_membership_cache_hits_total")).toBeGreaterThan(again);
     });
 
+    it("history: reads the database while LISTEN is down, so a message then is not missed", async () => {
+      const id = await createGroup("ana", ["ana", "fay"]);
+      await pageShows(b, "fay", id, (p) => p.messages.length > 0); // the group's first message
+      const hits = await metric(b, "chatbus_history_cache_hits_total");
+      const cached = await newestPage(b, "fay", id);
+      expect(await metric(b, "chatbus_history_cache_hits_total")).toBe(hits + 1);
+
+      proxy.refuse(true);
+      try {
+        await h.schema.pool.query(
+          "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1 AND query = $2",
+          [applicationName, `LISTEN "${eventsChannel(h.schema.schema)}"`],
+        );
+        await eventually(
+          "the cache bypassed",
+          async () => (await metric(b, "chatbus_membership_cache_live")) === 0,
+        );
+        expect(await send(h.app, "ana", id, "while b is deaf")).toBe(202);
+        await messageMaterialisedAt(id, "while b is deaf");
+        // Its NOTIFY went to nobody here: a cache that kept the page would not show it.
+        const page = await newestPage(b, "fay", id);
+        expect(page.messages).toHaveLength(cached.messages.length + 1);
+        expect(page.messages.at(-1)!.content.text).toBe("while b is deaf");
+      } finally {
+        proxy.refuse(false);
+      }
+      await eventually("LISTEN back", async () => (await metric(b, "chatbus_membership_cache_live")) === 1);
+      expect((await newestPage(b, "fay", id)).messages.at(-1)!.content.text).toBe("while b is deaf");
+    });
+
     it("holds its bound, evicting the least recently used conversations", async () => {
       const ids: string[] = [];
       for (let i = 0; i < 5; i++) ids.push(await createGroup("eve", ["eve"]));
@@ -254,6 +330,54 @@ describe("membership cache", () => {
       expect(await send(b, "eve", ids[0]!)).toBe(202);
       expect(await metric(b, "chatbus_membership_cache_hits_total")).toBe(hits + 1);
     });
+  });
+});
+
+describe("history cache", () => {
+  it("serves the newest page from memory; a new message is on it within 1 s of being materialised", async () => {
+    const id = await createGroup("ana", ["ana", "ben"]);
+    await pageShows(h.app, "ben", id, (p) => p.messages.length > 0); // the group's first message
+    const first = await newestPage(h.app, "ben", id);
+    const hits = await metric(h.app, "chatbus_history_cache_hits_total");
+    expect(await newestPage(h.app, "ben", id)).toEqual(first);
+    expect(await newestPage(h.app, "ana", id)).toBeDefined();
+    // The check below is meaningful only if the page is answered from the cache.
+    expect(await metric(h.app, "chatbus_history_cache_hits_total")).toBe(hits + 2);
+
+    for (const text of ["second", "third"]) {
+      expect(await send(h.app, "ana", id, text)).toBe(202);
+      const shownAt = await pageShows(h.app, "ben", id, (p) => p.messages.at(-1)?.content.text === text);
+      expect(shownAt - (await messageMaterialisedAt(id, text))).toBeLessThan(1000);
+    }
+    const page = await newestPage(h.app, "ben", id);
+    expect(page.messages.slice(-2).map((m) => m.content.text)).toEqual(["second", "third"]);
+    expect(page.messages.map((m) => m.seq)).toEqual(page.messages.map((_, i) => first.messages[0]!.seq + i));
+  });
+
+  it("shows a read receipt in the sender's delivery status within 1 s of it being materialised", async () => {
+    const id = await createGroup("ana", ["ana", "ben"]);
+    expect(await send(h.app, "ana", id, "read me")).toBe(202);
+    await pageShows(h.app, "ana", id, (p) => p.messages.at(-1)?.content.text === "read me");
+    const before = await newestPage(h.app, "ana", id);
+    expect(before.messages.at(-1)!.delivery?.readBy).toBe(0);
+    const seq = before.messages.at(-1)!.seq;
+    const res = await h.app.inject({
+      method: "POST",
+      url: `/v1/conversations/${id}/read`,
+      headers: { authorization: `Bearer ${await token("ben")}` },
+      payload: { seq },
+    });
+    expect(res.statusCode).toBe(202);
+    const shownAt = await pageShows(h.app, "ana", id, (p) => p.messages.at(-1)?.delivery?.readBy === 1);
+    const readAt = await eventually("ben's read receipt materialised", async () => {
+      const { rows } = await h.schema.pool.query<{ at: number }>(
+        `SELECT extract(epoch FROM materialised_at) * 1000 AS at FROM event_log
+          WHERE conversation_id = $1 AND type = 'chat.receipt.read'`,
+        [id],
+      );
+      return rows[0] ? Number(rows[0].at) : undefined;
+    });
+    expect(shownAt - readAt).toBeLessThan(1000);
   });
 });
 

@@ -290,6 +290,12 @@ const history = await cannon(`GET history (limit 50, ${HISTORY_CONNECTIONS} conn
   url: `${apiUrl}/v1/conversations/${historyConversation}/messages?limit=50`,
   headers: { authorization: `Bearer ${readerToken}` },
 });
+// The same 50 messages through a cursor, which the history cache never holds: every request reads PostgreSQL.
+const historyCursor = await cannon(`GET history by cursor (limit 50, ${HISTORY_CONNECTIONS} connections)`, {
+  connections: HISTORY_CONNECTIONS,
+  url: `${apiUrl}/v1/conversations/${historyConversation}/messages?limit=50&before=${HISTORY_MESSAGES + 1}`,
+  headers: { authorization: `Bearer ${readerToken}` },
+});
 
 // SSE fan-out: a group with STREAMS members, each with one open stream.
 const group = "bench-fanout";
@@ -402,7 +408,8 @@ machine: ${cpus().length} cores, ${Math.round(totalmem() / 2 ** 30)} GiB; load a
 | send / trivial | ${((send.requests.average / noop.requests.average) * 100).toFixed(1)} % |
 | member send (normal priority), shared rate limits on | ${Math.round(limited.requests.average)} req/s, p99 ${limited.latency.p99} ms, non-2xx ${limited.non2xx}, ${limited.cpuMicrosPerRequest.toFixed(0)} µs CPU/request |
 | member send (normal priority), rate limits off | ${Math.round(unlimited.requests.average)} req/s, p99 ${unlimited.latency.p99} ms, non-2xx ${unlimited.non2xx}, ${unlimited.cpuMicrosPerRequest.toFixed(0)} µs CPU/request |
-| history page of 50 (${HISTORY_MESSAGES} messages, ${HISTORY_CONNECTIONS} connections) | ${Math.round(history.requests.average)} req/s, p50 ${history.latency.p50} ms, p99 ${history.latency.p99} ms, ${history.cpuMicrosPerRequest.toFixed(0)} µs CPU/request |
+| history: newest page of 50 (${HISTORY_MESSAGES} messages, ${HISTORY_CONNECTIONS} connections; the history cache) | ${Math.round(history.requests.average)} req/s, p50 ${history.latency.p50} ms, p99 ${history.latency.p99} ms, non-2xx ${history.non2xx}, ${history.cpuMicrosPerRequest.toFixed(0)} µs CPU/request |
+| history: the same page by cursor (\`before\`; never cached, read from PostgreSQL) | ${Math.round(historyCursor.requests.average)} req/s, p50 ${historyCursor.latency.p50} ms, p99 ${historyCursor.latency.p99} ms, non-2xx ${historyCursor.non2xx}, ${historyCursor.cpuMicrosPerRequest.toFixed(0)} µs CPU/request |
 | SSE streams open on one process | ${opened} (opened in ${openSeconds.toFixed(1)} s) |
 | memory per idle stream (API process) | heap ${(perStreamHeap / 1024).toFixed(1)} KiB, rss ${(perStreamRss / 1024).toFixed(1)} KiB |
 | one message to a group of ${STREAMS}, ${ROUNDS} rounds: send → stream | p50 ${pct(received, 50).toFixed(0)} ms, p99 ${pct(received, 99).toFixed(0)} ms, last ${received.at(-1)!.toFixed(0)} ms (${received.length}/${opened * ROUNDS} deliveries) |

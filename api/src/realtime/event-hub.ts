@@ -61,8 +61,8 @@ export interface EventHubOptions {
   logger: Logger;
   metrics: ApiMetrics;
   sse: ApiConfig["sse"];
-  /** Told of the LISTEN connection's notifications and state: the membership cache. */
-  listenObserver?: ListenObserver | undefined;
+  /** Told of the LISTEN connection's notifications, ranges and state: the membership and history caches. */
+  listenObservers: readonly ListenObserver[];
 }
 
 /** How a stream is opened. */
@@ -127,7 +127,7 @@ export class EventHub {
     this.#index = new StreamIndex({ roomBroadcastMaxStreams: options.sse.roomBroadcastMaxStreams });
     this.#follower = new LogFollower({
       ...options,
-      observer: options.listenObserver,
+      observers: options.listenObservers,
       onEvents: (events) => {
         for (const event of events) this.#index.dispatch(event);
       },

@@ -17,8 +17,9 @@
  * offset 0 and could move the cursor backwards). The LISTEN socket has TCP keep-alive
  * so a silently dropped path ends in an error and a reconnect, not a stalled hub.
  *
- * The same connection keeps the membership cache current (`observer`): it hears every
- * notification first, and whether LISTEN is up (the cache is bypassed while it is not).
+ * The same connection keeps the API's caches current (`observers`: the membership and
+ * history caches): they hear every notification first, every range's events before
+ * `onEvents`, and whether LISTEN is up and caught up (a cache is bypassed while it is not).
  */
 import type {
   EventCursor,
@@ -29,14 +30,22 @@ import type {
 import pg from "pg";
 import type { Logger } from "pino";
 
-/** Told of every notification and of whether LISTEN is up: the membership cache (`membership-cache.ts`). */
+/**
+ * Told of every notification, every committed range's events, and whether LISTEN is up:
+ * the membership cache (`membership-cache.ts`) and the history cache (`history-cache.ts`).
+ */
 export interface ListenObserver {
-  /** LISTEN is done on a new connection: every commit from now on is notified. */
+  /**
+   * LISTEN is done on a new connection and the applied position read after it: every
+   * commit from now on is notified, and every one before is visible to a new read.
+   */
   connected(): void;
   /** The LISTEN connection failed or ended: notifications may be missed until `connected` again. */
   lost(): void;
   /** A commit; `members` as in `EventsNotification` (absent: take every membership as changed). */
   notified(notification: Pick<EventsNotification, "members">): void;
+  /** A committed range's events, before `onEvents`; null when a notified range could not be read. */
+  applied(events: readonly LoggedEvent[] | null): void;
 }
 
 /** What the follower needs. */
@@ -52,7 +61,7 @@ export interface LogFollowerOptions {
   logger: Logger;
   /** Called with each range's events, in offset order per partition. */
   onEvents: (events: LoggedEvent[]) => void;
-  observer?: ListenObserver | undefined;
+  observers: readonly ListenObserver[];
 }
 
 /** The applied position of the projection: last applied offset per partition (inclusive). */
@@ -117,19 +126,17 @@ export class LogFollower {
       if (!message.payload) return;
       try {
         const n = JSON.parse(message.payload) as EventsNotification;
-        this.#options.observer?.notified(n);
+        for (const o of this.#options.observers) o.notified(n);
         if (this.#early) this.#early.push(n);
         else this.#enqueue(n.partition, n.to);
       } catch (error) {
-        this.#options.observer?.notified({}); // what changed is unknown: everything may have
+        for (const o of this.#options.observers) o.notified({}); // what changed is unknown: everything may have
         this.#options.logger.warn({ err: error, payload: message.payload }, "unreadable events notification");
       }
     });
     await client.connect();
     await client.query(`LISTEN "${this.#options.channel.replaceAll('"', '""')}"`);
     this.#listener = client;
-    this.#observed = client;
-    this.#options.observer?.connected();
     // After LISTEN: anything committed later arrives as a notification; the head covers the rest.
     const head = await this.head();
     const first = this.#early;
@@ -139,15 +146,20 @@ export class LogFollower {
       Object.assign(this.cursor, head);
       this.#early = null;
       for (const n of first) this.#enqueue(n.partition, n.to);
-      return;
+    } else {
+      for (const [p, offset] of Object.entries(head)) this.#enqueue(Number(p), offset); // missed while reconnecting
     }
-    for (const [p, offset] of Object.entries(head)) this.#enqueue(Number(p), offset); // missed while reconnecting
+    // Only now: a commit at or below the head whose notification came early is read by
+    // nobody, so a cache must not keep what it read before the head was known.
+    if (this.#listener !== client) return; // lost while the head was read; the reconnect tells them
+    this.#observed = client;
+    for (const o of this.#options.observers) o.connected();
   }
 
   #lost(client: pg.Client): void {
-    if (this.#observed !== client) return; // an older connection ending late
+    if (this.#observed !== client) return; // an older connection ending late (or not yet caught up)
     this.#observed = undefined;
-    this.#options.observer?.lost();
+    for (const o of this.#options.observers) o.lost();
   }
 
   #scheduleReconnect(client: pg.Client): void {
@@ -174,9 +186,11 @@ export class LogFollower {
       const from = known === undefined ? "0" : (BigInt(known) + 1n).toString();
       try {
         const events = await this.#options.projection.eventsInRange(partition, from, to);
+        for (const o of this.#options.observers) o.applied(events);
         this.#options.onEvents(events);
         this.cursor[partition] = to;
       } catch (error) {
+        for (const o of this.#options.observers) o.applied(null); // what changed is unknown
         // The position did not move: a retry (or the next notification) reads the same range again.
         this.#options.logger.warn({ err: error, partition }, "could not read the event log; retrying in 1 s");
         if (!this.#stopped) setTimeout(() => this.#enqueue(partition, to), 1000).unref();

@@ -3,6 +3,7 @@ import { Type } from "@sinclair/typebox";
 import type { ApiApp } from "../app.ts";
 import { type Delivery, deliveriesOf } from "../delivery.ts";
 import { invalidField } from "../errors.ts";
+import type { HistoryCache } from "../history-cache.ts";
 import type { Membership } from "../membership-cache.ts";
 import { actingUser, requireMember } from "./conversations.ts";
 import {
@@ -49,12 +50,14 @@ export function registerReadRoutes(
   app: ApiApp,
   deps: {
     projection: ProjectionReader;
+    /** Newest pages; every other page goes through it to the projection. */
+    history: Pick<HistoryCache, "page">;
     membership: Membership;
     historyMaxLimit: number;
     inboxMaxLimit: number;
   },
 ): void {
-  const { projection, membership, historyMaxLimit, inboxMaxLimit } = deps;
+  const { projection, history, membership, historyMaxLimit, inboxMaxLimit } = deps;
 
   app.get(
     "/v1/conversations/:id",
@@ -112,9 +115,10 @@ export function registerReadRoutes(
         throw invalidField("before", "query parameter `before` must be greater than `after` + 1.");
       }
       const limit = pageSize(request.query.limit, 50, historyMaxLimit, "CHATBUS_HISTORY_MAX_LIMIT");
-      // Membership from the cache; the page and the members' receipt positions in one query (issue 16).
+      // Membership from its cache; the page and the members' receipt positions in one query,
+      // the newest page from the history cache (issue 16).
       await requireMember(membership, request.params.id, userId);
-      const { messages, positions } = await projection.historyPage(request.params.id, {
+      const { messages, positions } = await history.page(request.params.id, {
         limit,
         ...(after === undefined ? {} : { after }),
         ...(before === undefined ? {} : { before }),

@@ -103,6 +103,7 @@ describe("gaps the materialiser refuses", () => {
       retryMaxMs: 100,
       stuckAfterMs: 60_000,
       concurrency: 1,
+      transactions: 1,
       maxQueuedRecords: 1000,
       maxRecordsPerApply: 1000,
       running: () => true,

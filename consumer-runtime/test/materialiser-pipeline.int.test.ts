@@ -3,7 +3,9 @@
  * database. kafkajs fetches again only after every batch of a fetch finished; the
  * materialiser's partition lanes apply each partition on its own, so records of another
  * partition produced while one partition's transaction hangs are applied meanwhile.
- * Then it counts: every event applied once, per conversation order kept. And a lane that
+ * Then it counts: every event applied once, per conversation order kept. A transaction
+ * that hangs gives its turn up (`transactionsAtOnce`), so three hanging partitions do not
+ * hold a fourth. And a lane that
  * gives up on a batch of a consumer run that ended (PostgreSQL failing, then a restart)
  * keeps the batches the new run fetched: kafkajs has moved past them.
  */
@@ -45,22 +47,42 @@ const created = (id: string) =>
 const text = (id: string, t: string) =>
   ev(id, { type: "chat.message.sent", senderId: "ana", content: { type: "text", text: t } });
 
+/**
+ * A message "SLOW" holds its partition's transaction for 8 s. The sequence counts the
+ * transactions that started sleeping (nextval is not transactional, so others see it at
+ * once; pg_stat_activity would also count other test files' sleeps).
+ */
+async function addSlowTrigger(schema: TestSchema): Promise<void> {
+  await schema.pool.query(`
+    CREATE SEQUENCE test_pipe_slow_started;
+    CREATE FUNCTION test_pipe_slow() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      IF NEW.content->>'text' = 'SLOW' THEN
+        PERFORM nextval('test_pipe_slow_started');
+        PERFORM pg_sleep(8);
+      END IF;
+      RETURN NEW;
+    END $$`);
+  await schema.pool.query(
+    "CREATE TRIGGER test_pipe_slow BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION test_pipe_slow()",
+  );
+}
+
+/** How many SLOW transactions started sleeping (see `addSlowTrigger`). */
+async function slowStarted(schema: TestSchema): Promise<number> {
+  const { rows } = await schema.pool.query<{ n: string }>(
+    "SELECT CASE WHEN is_called THEN last_value ELSE 0 END AS n FROM test_pipe_slow_started",
+  );
+  return Number(rows[0]!.n);
+}
+
 describe("partition lanes", () => {
   it("apply another partition while one partition's transaction hangs, and count every event once in order", async () => {
     const topic = await createTestTopic("mat_pipe", 2);
     const registry = new Registry();
     const inFlight = async () =>
       (await registry.getSingleMetric("chatbus_events_in_flight")!.get()).values[0]?.value ?? 0;
-    // A message "SLOW" holds its partition's transaction for 8 s.
-    await db.pool.query(`
-      CREATE FUNCTION test_pipe_slow() RETURNS trigger LANGUAGE plpgsql AS $$
-      BEGIN
-        IF NEW.content->>'text' = 'SLOW' THEN PERFORM pg_sleep(8); END IF;
-        RETURN NEW;
-      END $$`);
-    await db.pool.query(
-      "CREATE TRIGGER test_pipe_slow BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION test_pipe_slow()",
-    );
+    await addSlowTrigger(db);
     const materialiser = await startMaterialiser({
       pool: db.pool,
       topic,
@@ -80,14 +102,7 @@ describe("partition lanes", () => {
 
       await produceWorkload(topic, [text(slow, "SLOW"), text(slow, "after")]);
       // Wait until the slow partition's transaction is inside the trigger's sleep.
-      for (let i = 0; ; i++) {
-        const { rowCount } = await db.pool.query(
-          "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'PgSleep'",
-        );
-        if (rowCount) break;
-        if (i > 100) throw new Error("the slow transaction never started");
-        await sleep(50);
-      }
+      await expect.poll(() => slowStarted(db), { timeout: 5000, interval: 50 }).toBe(1);
       // Produced after the slow batch was fetched: they come in a later fetch.
       await produceWorkload(
         topic,
@@ -141,6 +156,69 @@ describe("partition lanes", () => {
       expect(dead).toBe(0);
     } finally {
       await materialiser.stop();
+    }
+  });
+
+  it("lets a fourth partition through while three partitions' transactions hang (more than the turns)", async () => {
+    const topic = await createTestTopic("mat_pipe_turns", 4);
+    // A schema of its own: a projection follows one topic (event_log's key has no topic).
+    const own = await createTestSchema("mat_pipe_turns");
+    await addSlowTrigger(own);
+    const materialiser = await startMaterialiser({
+      pool: own.pool,
+      topic,
+      brokers: kafkaBrokers(),
+      groupId: uniqueName("mat-pipe-turns"),
+      registry: new Registry(),
+      transactionsAtOnce: 2,
+    });
+    try {
+      const ids = Array.from({ length: 40 }, (_, i) => `turns-${i}`);
+      await produceWorkload(topic, ids.map(created));
+      await waitUntilApplied(own.pool, topic, 60_000);
+      const { rows: placed } = await own.pool.query<{ conversation_id: string; partition: number }>(
+        "SELECT conversation_id, partition FROM event_log WHERE conversation_id LIKE 'turns-%'",
+      );
+      const on = (p: number) => placed.find((r) => r.partition === p)!.conversation_id;
+      const started = Date.now();
+      // One at a time, so that each is a transaction of its own (not gathered into one).
+      for (const p of [0, 1, 2]) {
+        await produceWorkload(topic, [text(on(p), "SLOW")]);
+        await expect.poll(() => slowStarted(own), { timeout: 6000, interval: 20 }).toBe(p + 1);
+      }
+      // The third started while the first two still slept: they gave their turns up.
+      expect(Date.now() - started).toBeLessThan(8000);
+      await produceWorkload(
+        topic,
+        Array.from({ length: 20 }, (_, i) => text(on(3), `fast-${i + 1}`)),
+      );
+      await expect
+        .poll(
+          async () =>
+            (
+              await own.pool.query<{ n: number; slow: number }>(
+                `SELECT count(*) FILTER (WHERE conversation_id = $1)::int AS n,
+                        count(*) FILTER (WHERE content->>'text' = 'SLOW' AND conversation_id LIKE 'turns-%')::int AS slow
+                   FROM messages`,
+                [on(3)],
+              )
+            ).rows[0],
+          { timeout: 6000, interval: 20 },
+        )
+        .toEqual({ n: 20, slow: 0 });
+      await waitUntilApplied(own.pool, topic, 60_000);
+      const { rows } = await own.pool.query<{ t: string }>(
+        "SELECT content->>'text' AS t FROM messages WHERE conversation_id = $1 ORDER BY seq",
+        [on(3)],
+      );
+      expect(rows.map((r) => r.t)).toEqual(Array.from({ length: 20 }, (_, i) => `fast-${i + 1}`));
+      const { rows: slow } = await own.pool.query<{ n: number }>(
+        "SELECT count(*)::int AS n FROM messages WHERE content->>'text' = 'SLOW' AND conversation_id LIKE 'turns-%'",
+      );
+      expect(slow[0]!.n).toBe(3);
+    } finally {
+      await materialiser.stop();
+      await own.cleanup();
     }
   });
 });
@@ -203,6 +281,7 @@ describe("a lane that gives up on a batch of a consumer run that ended", () => {
       retryMaxMs: 50,
       stuckAfterMs: 60_000,
       concurrency: 2,
+      transactions: 2,
       maxQueuedRecords: 1000,
       maxRecordsPerApply: 1000,
       running: () => true,

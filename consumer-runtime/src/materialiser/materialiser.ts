@@ -175,6 +175,7 @@ function resolveSettings(settings: MaterialiserSettings) {
     replayIntervalMs: settings.replayIntervalMs ?? d.replayIntervalMs,
     partitionsConsumedConcurrently:
       settings.partitionsConsumedConcurrently ?? d.partitionsConsumedConcurrently,
+    transactionsAtOnce: settings.transactionsAtOnce ?? d.transactionsAtOnce,
     maxBytesPerPartition: settings.maxBytesPerPartition ?? d.maxBytesPerPartition,
     sessionTimeoutMs: settings.sessionTimeoutMs ?? d.sessionTimeoutMs,
   };
@@ -304,6 +305,7 @@ export async function startMaterialiser(options: MaterialiserOptions): Promise<M
     retryMaxMs: s.retryMaxMs,
     stuckAfterMs: s.stuckAfterMs,
     concurrency: s.partitionsConsumedConcurrently,
+    transactions: s.transactionsAtOnce,
     maxQueuedRecords: materialiserDefaults.maxQueuedRecordsPerPartition,
     maxRecordsPerApply: materialiserDefaults.maxRecordsPerApply,
     running: () => running,

@@ -16,6 +16,7 @@ export const MaterialiserSettings = Type.Object(
     statusIntervalMs: Type.Optional(Type.Integer({ minimum: 100 })),
     replayIntervalMs: Type.Optional(Type.Integer({ minimum: 50 })),
     partitionsConsumedConcurrently: Type.Optional(Type.Integer({ minimum: 1, maximum: 64 })),
+    transactionsAtOnce: Type.Optional(Type.Integer({ minimum: 1, maximum: 64 })),
     maxBytesPerPartition: Type.Optional(Type.Integer({ minimum: 1024 })),
     sessionTimeoutMs: Type.Optional(Type.Integer({ minimum: 6000 })),
     measureLatency: Type.Optional(Type.Boolean()),
@@ -39,6 +40,9 @@ export const materialiserDefaults = {
   statusIntervalMs: 2_000, // 2 s between subscription_status upserts
   replayIntervalMs: 1_000, // 1 s between polls for dead letters to replay
   partitionsConsumedConcurrently: 12, // partition batches applied at once (one connection each)
+  // Transactions on the happy path at once (each may take several partitions); a
+  // partition retrying a failure, or a transaction slower than 1 s, gives its turn up.
+  transactionsAtOnce: 2,
   maxBytesPerPartition: 4 * 1024 * 1024, // 4 MiB per partition fetch
   sessionTimeoutMs: 30_000, // 30 s
   // A partition lane holding more fetched records than this holds the fetch loop

@@ -10,6 +10,7 @@ import type { HistoryPage, LoggedEvent } from "@chatbus/consumer-runtime/materia
 import { Registry } from "prom-client";
 import { describe, expect, it } from "vitest";
 import { HistoryCache } from "../src/history-cache.ts";
+import { ReadGate } from "./read-gate.ts";
 
 function setup(maxBytes = 1_000_000) {
   /** The "database": the text of each conversation's newest message. */
@@ -18,14 +19,14 @@ function setup(maxBytes = 1_000_000) {
     ["c2", "two"],
   ]);
   const reads: string[] = [];
-  let hold: Promise<void> | undefined;
+  const gate = new ReadGate();
   const projection = {
     async historyPage(conversationId: string, options: { limit: number; after?: number }) {
       reads.push(
         `${conversationId}/${options.limit}${options.after === undefined ? "" : `/a${options.after}`}`,
       );
       const text = latest.get(conversationId) ?? "";
-      await hold;
+      await gate.passed();
       return {
         messages: [
           { seq: 1, eventId: "e", senderId: "ana", clientMsgId: null, content: { type: "text", text } },
@@ -46,16 +47,7 @@ function setup(maxBytes = 1_000_000) {
     reads,
     text,
     event,
-    holdReads() {
-      let release!: () => void;
-      hold = new Promise((resolve) => {
-        release = resolve;
-      });
-      return () => {
-        hold = undefined;
-        release();
-      };
-    },
+    holdReads: () => gate.hold(),
   };
 }
 

@@ -9,16 +9,17 @@ import { Registry } from "prom-client";
 import { describe, expect, it } from "vitest";
 import { eventsNotification } from "../../consumer-runtime/src/materialiser/events-channel.ts";
 import { MembershipCache } from "../src/membership-cache.ts";
+import { ReadGate } from "./read-gate.ts";
 
 function setup(maxEntries = 100) {
   const members = new Set(["c1/ana", "c1/ben", "c2/ana"]);
   const reads = { isMember: 0, conversation: 0 };
-  let hold: Promise<void> | undefined;
+  const gate = new ReadGate();
   const projection = {
     async isMember(conversationId: string, userId: string) {
       reads.isMember++;
       const answer = members.has(`${conversationId}/${userId}`);
-      await hold;
+      await gate.passed();
       return answer;
     },
     async conversation(id: string) {
@@ -31,16 +32,7 @@ function setup(maxEntries = 100) {
     cache,
     members,
     reads,
-    holdReads() {
-      let release!: () => void;
-      hold = new Promise((resolve) => {
-        release = resolve;
-      });
-      return () => {
-        hold = undefined;
-        release();
-      };
-    },
+    holdReads: () => gate.hold(),
   };
 }
 

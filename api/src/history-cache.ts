@@ -50,7 +50,14 @@ interface Cached {
 interface Read {
   page: Promise<HistoryPage>;
   current: boolean;
+  startedAt: number;
 }
+
+/**
+ * A read in flight longer than this is not joined: the API's pool has no statement
+ * timeout, and one read that never returns must not hold every later reader of the page.
+ */
+const joinReadsForMs = 1000;
 
 /** Rough heap bytes of a page: the strings it holds plus a fixed cost per object. */
 function pageBytes(page: HistoryPage): number {
@@ -128,18 +135,22 @@ export class HistoryCache implements ListenObserver {
     }
     this.#misses.inc();
     const inFlight = this.#reads.get(conversationId)?.get(limit);
-    if (inFlight?.current) return inFlight.page;
+    if (inFlight?.current && Date.now() - inFlight.startedAt < joinReadsForMs) return inFlight.page;
     return this.#read(conversationId, limit);
   }
 
   #read(conversationId: string, limit: number): Promise<HistoryPage> {
-    const read: Read = { page: this.#projection.historyPage(conversationId, { limit }), current: true };
+    const read: Read = {
+      page: this.#projection.historyPage(conversationId, { limit }),
+      current: true,
+      startedAt: Date.now(),
+    };
     const reads = this.#reads.get(conversationId) ?? new Map<number, Read>();
     this.#reads.set(conversationId, reads);
     reads.set(limit, read);
     const settled = () => {
       const now = this.#reads.get(conversationId);
-      if (now?.get(limit) !== read) return; // dropped by a change; a newer read may be there
+      if (now?.get(limit) !== read) return; // dropped by a change, or a newer read took its place
       now.delete(limit);
       if (now.size === 0) this.#reads.delete(conversationId);
     };

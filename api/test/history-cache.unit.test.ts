@@ -8,7 +8,7 @@
  */
 import type { HistoryPage, LoggedEvent } from "@chatbus/consumer-runtime/materialiser";
 import { Registry } from "prom-client";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { HistoryCache } from "../src/history-cache.ts";
 import { ReadGate } from "./read-gate.ts";
 
@@ -118,6 +118,24 @@ describe("HistoryCache", () => {
     release();
     expect([await before, await after]).toEqual(["one", "one, edited"]);
     expect(reads).toHaveLength(3);
+  });
+
+  it("does not join a read that has been in flight for a second or more (one that never returns)", async () => {
+    const { cache, reads, text, holdReads } = setup();
+    cache.connected();
+    const release = holdReads();
+    const stuck = text("c1");
+    const now = Date.now();
+    const clock = vi.spyOn(Date, "now").mockReturnValue(now + 1000);
+    try {
+      release();
+      const later = text("c1");
+      expect(await later).toBe("one");
+    } finally {
+      clock.mockRestore();
+    }
+    await stuck;
+    expect(reads).toHaveLength(2);
   });
 
   it("bypasses and forgets while LISTEN is lost, and drops everything for an unreadable range", async () => {

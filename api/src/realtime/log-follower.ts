@@ -1,8 +1,8 @@
 /**
  * The log follower: one LISTEN connection per API process on the materialiser's
- * channel; for each committed range `{partition, from, to}` it reads the events once
- * (`eventsInRange`) and hands them to `onEvents`, each partition strictly in offset
- * order.
+ * channel; it reads each committed range `{partition, from, to}` once (`eventsInRanges`,
+ * one query for every range notified since the last read) and hands the events to
+ * `onEvents`, each partition strictly in offset order.
  *
  * Its position is the materialiser's *applied* position (`projection_offsets`), not
  * the highest offset in `event_log`: a committed batch can end in records that never
@@ -25,6 +25,7 @@ import type {
   EventCursor,
   EventsNotification,
   LoggedEvent,
+  OffsetRange,
   ProjectionReader,
 } from "@chatbus/consumer-runtime/materialiser";
 import pg from "pg";
@@ -44,7 +45,7 @@ export interface ListenObserver {
   lost(): void;
   /** A commit; `members` as in `EventsNotification` (absent: take every membership as changed). */
   notified(notification: Pick<EventsNotification, "members">): void;
-  /** A committed range's events, before `onEvents`; null when a notified range could not be read. */
+  /** A read's events (of one or more committed ranges), before `onEvents`; null when a read failed. */
   applied(events: readonly LoggedEvent[] | null): void;
 }
 
@@ -59,7 +60,7 @@ export interface LogFollowerOptions {
   pool: pg.Pool;
   projection: ProjectionReader;
   logger: Logger;
-  /** Called with each range's events, in offset order per partition. */
+  /** Called with each read's events, in offset order per partition. */
   onEvents: (events: LoggedEvent[]) => void;
   observers: readonly ListenObserver[];
 }
@@ -83,7 +84,10 @@ export function cursorAhead(cursor: EventCursor, head: EventCursor): boolean {
 export class LogFollower {
   /** Highest offset handed to `onEvents` per partition (inclusive). */
   readonly cursor: EventCursor = {};
-  readonly #chains = new Map<number, Promise<void>>();
+  /** Highest notified offset per partition, until a read hands it over. */
+  readonly #wanted = new Map<number, string>();
+  #reading: Promise<void> | undefined;
+  #retry: NodeJS.Timeout | undefined;
   readonly #options: LogFollowerOptions;
   #listener: pg.Client | undefined;
   /** The connection the observer was told is up. */
@@ -177,33 +181,69 @@ export class LogFollower {
     }, 1000);
   }
 
-  /** Reads and hands over partition `p` up to offset `to`, after whatever is queued for it. */
+  /** Wants partition `p` read up to offset `to`: in the read in flight's successor, or now. */
   #enqueue(partition: number, to: string): void {
-    const previous = this.#chains.get(partition) ?? Promise.resolve();
-    const next = previous.then(async () => {
+    const wanted = this.#wanted.get(partition);
+    if (wanted === undefined || BigInt(to) > BigInt(wanted)) this.#wanted.set(partition, to);
+    this.#read();
+  }
+
+  /**
+   * Reads every wanted range in one query, unless a read is in flight or waits to be
+   * retried: the notifications that arrive meanwhile join the next read. One query per
+   * commit at most, however many partitions it moved (it was one per partition and
+   * notification: 640 queries/s at 1,000 events/s, six times the materialiser's commits).
+   */
+  #read(): void {
+    if (this.#reading || this.#retry || this.#stopped || this.#wanted.size === 0) return;
+    // After a microtask: the other notifications of the same socket read (one commit's
+    // partitions) are wanted by then and join this read.
+    this.#reading = Promise.resolve()
+      .then(() => this.#readRanges(this.#wantedRanges()))
+      .finally(() => {
+        this.#reading = undefined;
+        this.#read();
+      });
+  }
+
+  /** What is wanted beyond the cursor; forgets what the cursor already covers. */
+  #wantedRanges(): OffsetRange[] {
+    const ranges: OffsetRange[] = [];
+    for (const [partition, to] of this.#wanted) {
       const known = this.cursor[partition];
-      if (known !== undefined && BigInt(to) <= BigInt(known)) return;
-      const from = known === undefined ? "0" : (BigInt(known) + 1n).toString();
-      try {
-        const events = await this.#options.projection.eventsInRange(partition, from, to);
-        for (const o of this.#options.observers) o.applied(events);
-        this.#options.onEvents(events);
-        this.cursor[partition] = to;
-      } catch (error) {
-        for (const o of this.#options.observers) o.applied(null); // what changed is unknown
-        // The position did not move: a retry (or the next notification) reads the same range again.
-        this.#options.logger.warn({ err: error, partition }, "could not read the event log; retrying in 1 s");
-        if (!this.#stopped) setTimeout(() => this.#enqueue(partition, to), 1000).unref();
+      if (known !== undefined && BigInt(to) <= BigInt(known)) this.#wanted.delete(partition);
+      else ranges.push({ partition, from: known === undefined ? "0" : (BigInt(known) + 1n).toString(), to });
+    }
+    return ranges;
+  }
+
+  async #readRanges(ranges: OffsetRange[]): Promise<void> {
+    if (ranges.length === 0) return;
+    try {
+      const events = await this.#options.projection.eventsInRanges(ranges);
+      for (const o of this.#options.observers) o.applied(events);
+      this.#options.onEvents(events);
+      for (const r of ranges) {
+        this.cursor[r.partition] = r.to;
+        if (this.#wanted.get(r.partition) === r.to) this.#wanted.delete(r.partition);
       }
-    });
-    this.#chains.set(partition, next);
+    } catch (error) {
+      for (const o of this.#options.observers) o.applied(null); // what changed is unknown
+      // The position did not move: the retry (with what was notified meanwhile) reads the same ranges again.
+      this.#options.logger.warn({ err: error, ranges }, "could not read the event log; retrying in 1 s");
+      this.#retry = setTimeout(() => {
+        this.#retry = undefined;
+        this.#read();
+      }, 1000).unref();
+    }
   }
 
   /** Stops listening after the ranges being read are handed over. */
   async stop(): Promise<void> {
     this.#stopped = true;
     clearTimeout(this.#reconnect);
-    await Promise.allSettled([...this.#chains.values()]);
+    clearTimeout(this.#retry);
+    await this.#reading;
     const listener = this.#listener;
     this.#listener = undefined;
     if (listener) this.#lost(listener);

@@ -13,6 +13,7 @@ export type {
   HistoryMessage,
   HistoryPage,
   MemberPosition,
+  OffsetRange,
   ProjectionReader,
 } from "../materialiser/projection-reader.ts";
 export { createProjectionReader } from "../materialiser/projection-reader.ts";

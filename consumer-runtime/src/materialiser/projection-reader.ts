@@ -22,6 +22,13 @@ export interface MemberPosition {
   lastReadSeq: number;
 }
 
+/** Offsets `from..to` (inclusive) of one partition: what a NOTIFY names. */
+export interface OffsetRange {
+  partition: number;
+  from: string;
+  to: string;
+}
+
 /**
  * A message of a history page: the fields the API answers with, its times already
  * ISO 8601 text in UTC with milliseconds, exactly as `Date.prototype.toISOString`
@@ -69,10 +76,11 @@ export interface ProjectionReader {
     limit: number,
   ): Promise<{ events: LoggedEvent[]; cursor: EventCursor }>;
   /**
-   * The events of one partition with `from <= offset <= to` (the range a NOTIFY
-   * names), of every conversation: the API fans them out to its streams.
+   * The events with `from <= offset <= to` in each range's partition (the ranges that
+   * NOTIFYs name), of every conversation, in (partition, offset) order: the API fans
+   * them out to its streams. One query for all ranges, however many partitions.
    */
-  eventsInRange(partition: number, from: string, to: string): Promise<LoggedEvent[]>;
+  eventsInRanges(ranges: readonly OffsetRange[]): Promise<LoggedEvent[]>;
   /** A message by its id (the eventId of its chat.message.sent), or null. */
   messageByEventId(eventId: string): Promise<MessageView | null>;
 }
@@ -410,11 +418,15 @@ export function createProjectionReader(pool: pg.Pool): ProjectionReader {
       return { events, cursor: next };
     },
 
-    async eventsInRange(partition, from, to) {
+    async eventsInRanges(ranges) {
+      if (ranges.length === 0) return [];
+      // LATERAL: one index range scan per range, whatever the planner thinks unnest returns.
       const { rows } = await pool.query<EventRow>(
-        `SELECT ${eventColumns} FROM event_log e ${sentJoin}
-          WHERE e.partition = $1 AND e."offset" BETWEEN $2 AND $3 ORDER BY e."offset"`,
-        [partition, from, to],
+        `SELECT x.* FROM unnest($1::int[], $2::bigint[], $3::bigint[]) AS r(partition, lo, hi)
+          CROSS JOIN LATERAL (SELECT ${eventColumns} FROM event_log e ${sentJoin}
+            WHERE e.partition = r.partition AND e."offset" BETWEEN r.lo AND r.hi) x
+          ORDER BY x.partition, x."offset"`,
+        [ranges.map((r) => r.partition), ranges.map((r) => r.from), ranges.map((r) => r.to)],
       );
       return rows.map(toEvent);
     },

@@ -19,6 +19,7 @@ import pg from "pg";
 import { ensureDatabase } from "../../consumer-runtime/src/database/migrate.ts";
 import { databaseUrl, kafkaBrokers } from "../../test/support/env.ts";
 import { createTestSchema, createTestTopic } from "../../test/support/isolation.ts";
+import { machineCpuMs } from "../machine-cpu.ts";
 
 const root = join(import.meta.dirname, "..", "..");
 const args = process.argv.slice(2);
@@ -149,7 +150,10 @@ try {
     const started = performance.now();
     let sent = 0;
     const pending: Promise<void>[] = [];
+    // The whole machine's CPU from the end of the first 5 s to the end of sending (this process included).
+    let steadyFrom: { cpuMs: number; sent: number } | undefined;
     while (performance.now() - started < seconds * 1000) {
+      if (!steadyFrom && performance.now() - started >= coldMs) steadyFrom = { cpuMs: machineCpuMs(), sent };
       const due = Math.floor(((performance.now() - started) / 1000) * rate);
       while (sent < due) {
         const id = conversations[sent % conversations.length]!;
@@ -172,6 +176,9 @@ try {
       }
       await new Promise((r) => setTimeout(r, 10));
     }
+    const cpuMicrosPerEvent = steadyFrom
+      ? ((machineCpuMs() - steadyFrom.cpuMs) * 1000) / (sent - steadyFrom.sent)
+      : Number.NaN;
     await Promise.all(pending);
     const achieved = resolvedAt.size / ((performance.now() - started) / 1000);
     await new Promise((r) => setTimeout(r, 5000)); // let the tail arrive
@@ -224,7 +231,7 @@ try {
     ] as const) {
       const sorted = [...samples].sort((a, b) => a - b);
       rows.push(
-        `| ${rate} | ${Math.round(achieved)} | ${what} | ${sorted.length} / ${resolvedAt.size} | ${percentile(sorted, 50).toFixed(1)} | ${percentile(sorted, 99).toFixed(1)} | ${percentile(sorted, 99.9).toFixed(1)} | ${p99(cold[key])} / ${p99(steady[key])} |`,
+        `| ${rate} | ${Math.round(achieved)} | ${what} | ${sorted.length} / ${resolvedAt.size} | ${percentile(sorted, 50).toFixed(1)} | ${percentile(sorted, 99).toFixed(1)} | ${percentile(sorted, 99.9).toFixed(1)} | ${p99(cold[key])} / ${p99(steady[key])} | ${cpuMicrosPerEvent.toFixed(0)} |`,
       );
     }
     process.stderr.write(
@@ -239,8 +246,8 @@ console.log(
   `\nEnd-to-end latency from send resolved, ${seconds} s per rate, 1 KiB text, ${conversations.length} conversations, one SSE client\n`,
 );
 console.log(
-  `| target events/s | achieved events/s | to | measured | p50 ms | p99 ms | p99.9 ms | p99 ms, sent in the first ${coldMs / 1000} s / after |`,
+  `| target events/s | achieved events/s | to | measured | p50 ms | p99 ms | p99.9 ms | p99 ms, sent in the first ${coldMs / 1000} s / after | machine CPU µs/event after ${coldMs / 1000} s |`,
 );
-console.log("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |");
+console.log("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
 for (const r of rows) console.log(r);
 process.exit(0);

@@ -21,7 +21,7 @@
  */
 import { execFileSync, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { readFileSync, rmSync, writeFileSync } from "node:fs";
+import { rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
@@ -32,6 +32,7 @@ import { Kafka, logLevel } from "kafkajs";
 import pg from "pg";
 import { Registry } from "prom-client";
 import { migrate } from "../../consumer-runtime/src/database/migrate.ts";
+import { machineCpuMs } from "../machine-cpu.ts";
 
 const { values } = parseArgs({
   options: {
@@ -60,13 +61,6 @@ const quantile = (sorted: number[], q: number) =>
   sorted.length === 0 ? Number.NaN : sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const log = (line: string) => process.stderr.write(`${line}\n`);
-/** CPU time of the whole machine in ms, all cores, from /proc/stat (user + nice + system + irq + softirq). */
-const machineCpuMs = () => {
-  const [, user, nice, system, , , irq, softirq] = readFileSync("/proc/stat", "utf8")
-    .split("\n")[0]!
-    .split(/\s+/);
-  return (Number(user) + Number(nice) + Number(system) + Number(irq) + Number(softirq)) * 10;
-};
 
 const admin = new pg.Client({ connectionString: baseUrl });
 await admin.connect();

@@ -13,7 +13,10 @@
  * With PostgreSQL on this machine, each also reports the CPU µs per page of the pool's
  * server processes (from /proc): on a small machine they share its cores with the API.
  *
- *   npx tsx --conditions=@chatbus/source bench/api/history.ts [--rounds 3] [--seconds 5] [--log warn]
+ *   npx tsx --conditions=@chatbus/source bench/api/history.ts [--rounds 3] [--seconds 5] [--log warn] [--before 2001]
+ *
+ * `--before SEQ` asks for the page below SEQ instead of the newest (2001: the same 50
+ * messages), which the history cache never holds: every page is read from PostgreSQL.
  *
  * Uses DATABASE_URL; its schema is its own (dropped at the end).
  */
@@ -36,6 +39,8 @@ const { values } = parseArgs({
     seconds: { type: "string", default: "5" },
     requests: { type: "string", default: "4000" },
     log: { type: "string", default: "warn" },
+    // A page by cursor (`before`), which the history cache never holds: read from PostgreSQL every time.
+    before: { type: "string" },
   },
 });
 const ROUNDS = Number(values.rounds);
@@ -93,7 +98,7 @@ try {
   });
   const url = await app.listen({ port: 3320, host: "127.0.0.1" });
   const token = app.jwt.sign({ sub: "reader" });
-  const path = `/v1/conversations/${conversation}/messages?limit=50`;
+  const path = `/v1/conversations/${conversation}/messages?limit=50${values.before === undefined ? "" : `&before=${values.before}`}`;
 
   const first = await app.inject({ method: "GET", url: path, headers: { authorization: `Bearer ${token}` } });
   if (first.statusCode !== 200) throw new Error(`history answered ${first.statusCode}: ${first.body}`);

@@ -62,10 +62,7 @@ const joinReadsForMs = 1000;
 /** Rough heap bytes of a page: the strings it holds plus a fixed cost per object. */
 function pageBytes(page: HistoryPage): number {
   let bytes = 200 + page.positions.length * 120;
-  for (const m of page.messages) {
-    bytes += 400 + 2 * (m.eventId.length + m.senderId.length + (m.clientMsgId?.length ?? 0));
-    if (m.content !== null) bytes += 2 * JSON.stringify(m.content).length;
-  }
+  for (const m of page.messages) bytes += 100 + 2 * (m.senderId.length + m.json.length);
   return bytes;
 }
 

@@ -27,18 +27,19 @@ function setup(maxBytes = 1_000_000) {
       );
       const text = latest.get(conversationId) ?? "";
       await gate.passed();
-      return {
+      const page: HistoryPage = {
         messages: [
-          { seq: 1, eventId: "e", senderId: "ana", clientMsgId: null, content: { type: "text", text } },
+          { seq: 1, senderId: "ana", json: JSON.stringify({ id: "e", content: { type: "text", text } }) },
         ],
         positions: [],
-      } as unknown as HistoryPage;
+      };
+      return page;
     },
   };
   const cache = new HistoryCache({ projection, maxBytes, registry: new Registry() });
   const text = async (conversationId: string, limit = 50) => {
     const page = await cache.page(conversationId, { limit });
-    return (page.messages[0]!.content as { text: string }).text;
+    return (JSON.parse(page.messages[0]!.json) as { content: { text: string } }).content.text;
   };
   const event = (conversationId: string) => ({ conversationId }) as LoggedEvent;
   return {

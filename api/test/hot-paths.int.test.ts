@@ -2,7 +2,9 @@
  * The API's hot paths (issue 16) on a real stack (Kafka, PostgreSQL, materialiser).
  *
  * The history page, read in one query with the members' receipt positions, answers
- * exactly what the page and the members read apart would.
+ * exactly what the page and the members read apart would, each message's JSON (built by
+ * PostgreSQL) byte for byte what `JSON.stringify` wrote: texts that JSON escapes, custom
+ * content, edits and recalls.
  *
  * The membership cache:
  * a removed member is refused within 1 s of the removal being materialised (measured
@@ -384,8 +386,35 @@ describe("history cache", () => {
 describe("history page", () => {
   it("reads the page and the members' positions in one query, as the two reads apart", async () => {
     const id = await createGroup("ana", ["ana", "ben", "cy", "dee"]);
-    for (let i = 0; i < 4; i++) expect(await send(h.app, "ana", id)).toBe(202);
-    expect(await send(h.app, "ben", id)).toBe(202);
+    // Texts that JSON escapes (PostgreSQL writes plain text content into the page's JSON).
+    const texts = [
+      "hi",
+      "hi",
+      'a "quote", a \\ and a /',
+      "lines\nand\ttabs\r\b\f, \u0001, \u001f, \u007f; é, 😀 and \u2028",
+    ];
+    for (const text of texts) expect(await send(h.app, "ana", id, text)).toBe(202);
+    // Custom content, with a client message id: the page's JSON gets it from JSON.stringify.
+    const custom = await h.app.inject({
+      method: "POST",
+      url: `/v1/conversations/${id}/messages`,
+      headers: { authorization: `Bearer ${await token("ben")}` },
+      payload: {
+        content: {
+          type: "custom",
+          customType: "red_packet",
+          data: {
+            amount: 888.5,
+            currency: "CNY",
+            greeting: "恭喜发财",
+            nested: { list: [1, "two", null, true] },
+          },
+          description: "[Red packet]",
+        },
+        clientMsgId: "ben-1",
+      },
+    });
+    expect(custom.statusCode).toBe(202);
     const reader = createProjectionReader(h.schema.pool);
     await eventually("6 messages", async () => (await reader.conversation(id))?.lastSeq === 6);
     // An edited and a recalled message: every time column of a page has a value somewhere.
@@ -395,7 +424,7 @@ describe("history page", () => {
       method: "PATCH",
       url: `/v1/conversations/${id}/messages/${second!.eventId}`,
       headers: auth,
-      payload: { content: { type: "text", text: "edited" } },
+      payload: { content: { type: "text", text: 'edited, "quoted"\n' } },
     });
     expect(edit.statusCode).toBe(202);
     const recall = await h.app.inject({
@@ -440,20 +469,24 @@ describe("history page", () => {
         reader.history(id, o),
         reader.members(id),
       ]);
-      // The same messages, its times as the text `toISOString` writes (PostgreSQL formats them).
+      // The same messages, byte for byte as JSON.stringify wrote them (times as `toISOString` writes them).
       expect(page.messages).toEqual(
         history.map((m) => ({
           seq: m.seq,
-          eventId: m.eventId,
           senderId: m.senderId,
-          clientMsgId: m.clientMsgId,
-          content: m.content,
-          priority: m.priority,
-          sentAt: m.sentAt.toISOString(),
-          editedAt: m.editedAt?.toISOString() ?? null,
-          editCount: m.editCount,
-          recalledAt: m.recalledAt?.toISOString() ?? null,
-          recalledBy: m.recalledBy,
+          json: JSON.stringify({
+            id: m.eventId,
+            seq: m.seq,
+            senderId: m.senderId,
+            clientMsgId: m.clientMsgId,
+            content: m.content,
+            priority: m.priority,
+            sentAt: m.sentAt.toISOString(),
+            editedAt: m.editedAt?.toISOString() ?? null,
+            editCount: m.editCount,
+            recalledAt: m.recalledAt?.toISOString() ?? null,
+            recalledBy: m.recalledBy,
+          }),
         })),
       );
       if (history.length === 0) expect(page.positions).toEqual([]);
@@ -501,6 +534,14 @@ describe("history page", () => {
         prevBefore: all[0]!.seq,
       }),
     );
+    // The same page by cursor (never from the history cache): the same bytes.
+    const byCursor = await h.app.inject({
+      method: "GET",
+      url: `/v1/conversations/${id}/messages?limit=50&before=7`,
+      headers: { authorization: `Bearer ${await token("ana")}` },
+    });
+    expect(byCursor.headers["content-type"]).toBe(res.headers["content-type"]);
+    expect(byCursor.body).toBe(res.body);
     // Not all alike: ben read 3 of ana's 5 messages, cy all of them; dee left and counts for nobody.
     const counts = expected.slice(0, 5).map(([, d]) => {
       const { readBy, recipients } = d as { readBy: number; recipients: number };

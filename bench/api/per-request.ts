@@ -37,19 +37,23 @@ const config = validateConfig({
   databaseUrl: "postgres://127.0.0.1/unused",
 });
 const sentAt = new Date().toISOString();
-/** A page of 50 messages like the socket bench's history (200-character texts). */
+/** A page of 50 messages like the socket bench's history (200-character texts), as PostgreSQL writes them. */
 const page: HistoryMessage[] = Array.from({ length: 50 }, (_, i) => ({
   seq: i + 1,
-  eventId: `0193a0b2-7c1d-7abc-8def-${String(i).padStart(12, "0")}`,
   senderId: "reader",
-  clientMsgId: null,
-  content: { type: "text", text: `history ${i} `.padEnd(200, "x") },
-  priority: "high",
-  sentAt,
-  editedAt: null,
-  editCount: 0,
-  recalledAt: null,
-  recalledBy: null,
+  json: JSON.stringify({
+    id: `0193a0b2-7c1d-7abc-8def-${String(i).padStart(12, "0")}`,
+    seq: i + 1,
+    senderId: "reader",
+    clientMsgId: null,
+    content: { text: `history ${i} `.padEnd(200, "x"), type: "text" },
+    priority: "high",
+    sentAt,
+    editedAt: null,
+    editCount: 0,
+    recalledAt: null,
+    recalledBy: null,
+  }),
 }));
 const projection = {
   isMember: async () => true,

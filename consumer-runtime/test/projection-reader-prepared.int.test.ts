@@ -49,7 +49,7 @@ describe("the history page's prepared statement", () => {
     const reader = createProjectionReader(single);
     const texts = async () =>
       (await reader.historyPage("c", { limit: 50 })).messages.map(
-        (m) => (m.content as { text: string }).text,
+        (m) => (JSON.parse(m.json) as { content: { text: string } }).content.text,
       );
     // More than five runs: PostgreSQL may then keep a generic plan for the statement.
     for (let i = 0; i < 7; i++) expect(await texts()).toEqual(["live-1", "live-2", "live-3"]);

@@ -30,19 +30,19 @@ export interface OffsetRange {
 }
 
 /**
- * A message of a history page: the fields the API answers with, its times already
- * ISO 8601 text in UTC with milliseconds, exactly as `Date.prototype.toISOString`
- * writes them (PostgreSQL formats them; parsing them into Dates in pg was the largest
- * cost of a page in the API process, issue 16).
+ * A message of a history page: its JSON as the API answers it, built by PostgreSQL
+ * (`{"id", "seq", "senderId", "clientMsgId", "content", "priority", "sentAt", "editedAt",
+ * "editCount", "recalledAt", "recalledBy"}`, without `delivery`), byte for byte what
+ * `JSON.stringify` wrote of those fields: times as `Date.prototype.toISOString` writes
+ * them, content compact. pg no longer parses a dozen fields and the content of every
+ * row for the API to serialise them again (the largest costs of a page, issue 16).
+ * Its seq and sender, which the delivery status is computed from, ride along.
  */
-export type HistoryMessage = Pick<
-  MessageView,
-  "seq" | "eventId" | "senderId" | "clientMsgId" | "content" | "priority" | "editCount" | "recalledBy"
-> & {
-  sentAt: string;
-  editedAt: string | null;
-  recalledAt: string | null;
-};
+export interface HistoryMessage {
+  seq: number;
+  senderId: string;
+  json: string;
+}
 
 /** A page of history with the positions of the conversation's current members, read in one query. */
 export interface HistoryPage {
@@ -61,7 +61,7 @@ export interface ProjectionReader {
   members(conversationId: string, options?: { includeFormer?: boolean }): Promise<MemberView[]>;
   /** A page of messages in sequence order (see HistoryOptions). */
   history(conversationId: string, options: HistoryOptions): Promise<MessageView[]>;
-  /** The same page as `history` (fewer fields, times as text), and the current members' receipt positions, in one query. */
+  /** The same page as `history`, each message as the API's JSON, and the current members' receipt positions, in one query. */
   historyPage(conversationId: string, options: HistoryOptions): Promise<HistoryPage>;
   /** The user's current conversations, newest activity first, with unread counts and last message. */
   inbox(userId: string, options: { limit: number }): Promise<InboxEntry[]>;
@@ -125,17 +125,10 @@ interface MessageRow {
 }
 interface HistoryRow {
   seq: string;
-  event_id: string;
   sender_id: string;
-  client_msg_id: string | null;
-  /** Null once recalled. */
-  content: MessageContent | null;
-  priority: "high" | "normal" | "low";
-  sent_at: string;
-  edited_at: string | null;
-  edit_count: number;
-  recalled_at: string | null;
-  recalled_by: string | null;
+  json: string;
+  /** The content when PostgreSQL could not write it compact (not plain text): `json` has null there. */
+  custom: MessageContent | null;
   positions: [string, number, number][] | null;
 }
 interface EventRow {
@@ -218,19 +211,14 @@ function toMessage(r: MessageRow): MessageView {
   };
 }
 function toHistoryMessage(r: HistoryRow): HistoryMessage {
-  return {
-    seq: Number(r.seq),
-    eventId: r.event_id,
-    senderId: r.sender_id,
-    clientMsgId: r.client_msg_id,
-    content: r.content,
-    priority: r.priority,
-    sentAt: r.sent_at,
-    editedAt: r.edited_at,
-    editCount: r.edit_count,
-    recalledAt: r.recalled_at,
-    recalledBy: r.recalled_by,
-  };
+  let json = r.json;
+  if (r.custom !== null) {
+    // Its key order kept: content is set where the null stands.
+    const message = JSON.parse(json) as { content: MessageContent | null };
+    message.content = r.custom;
+    json = JSON.stringify(message);
+  }
+  return { seq: Number(r.seq), senderId: r.sender_id, json };
 }
 /**
  * A timestamptz as `Date.prototype.toISOString` writes it: UTC whatever the session's
@@ -255,16 +243,18 @@ function toEvent(r: EventRow): LoggedEvent {
 
 /**
  * The query of a history page: `after` reads oldest first, otherwise newest first
- * (`newestFirst`; the caller puts the page back in sequence order).
+ * (`newestFirst`; the caller puts the page back in sequence order). `columns` of
+ * `messages g`: all of them by default.
  */
 function historyQuery(
   conversationId: string,
   options: HistoryOptions,
+  columns = messageColumns,
 ): { text: string; values: unknown[]; newestFirst: boolean } {
   const limit = checkLimit(options.limit, 1000);
   if (options.after !== undefined) {
     return {
-      text: `SELECT ${messageColumns} FROM messages g
+      text: `SELECT ${columns} FROM messages g
             WHERE g.conversation_id = $1 AND g.seq > $2 ${options.before !== undefined ? "AND g.seq < $4" : ""}
             ORDER BY g.seq LIMIT $3`,
       values:
@@ -275,12 +265,46 @@ function historyQuery(
     };
   }
   return {
-    text: `SELECT ${messageColumns} FROM messages g
+    text: `SELECT ${columns} FROM messages g
           WHERE g.conversation_id = $1 ${options.before !== undefined ? "AND g.seq < $3" : ""}
           ORDER BY g.seq DESC LIMIT $2`,
     values: options.before !== undefined ? [conversationId, limit, options.before] : [conversationId, limit],
     newestFirst: true,
   };
+}
+
+/**
+ * What a history page reads of a message, and whether its content is plain text (a
+ * string `text` and `type: "text"`, nothing else), whose compact JSON PostgreSQL can
+ * write: its `jsonb` text has a space after every colon and comma. The CASE keeps `-`
+ * away from content that is not an object.
+ */
+const historyColumns = `g.seq, g.event_id, g.sender_id, g.client_msg_id, g.content, g.priority, g.sent_at,
+  g.edited_at, g.edit_count, g.recalled_at, g.recalled_by,
+  CASE WHEN jsonb_typeof(g.content -> 'text') = 'string' THEN g.content - 'text' = '{"type": "text"}' ELSE false END AS plain`;
+
+/**
+ * A history page: each message's JSON (row_to_json writes it compact, its strings
+ * escaped as JSON.stringify escapes them), plain text content written into it, other
+ * content apart (`custom`, null in the JSON) for the reader to put in; the members'
+ * positions ride on the first row only (an InitPlan, run once): one round trip instead
+ * of a second query, without repeating them on every row.
+ */
+function historyPageQuery(text: string): string {
+  return `WITH page AS (${text})
+   SELECT page.seq, page.sender_id, row_to_json(msg)::text AS json,
+          CASE WHEN page.recalled_at IS NULL AND NOT page.plain THEN page.content END AS custom,
+          CASE WHEN page.seq = (SELECT min(seq) FROM page) THEN (
+            SELECT coalesce(json_agg(json_build_array(m.user_id, m.last_delivered_seq, m.last_read_seq)), '[]')
+              FROM members m WHERE m.conversation_id = $1 AND m.left_at IS NULL) END AS positions
+     FROM page CROSS JOIN LATERAL (
+       SELECT page.event_id AS id, page.seq, page.sender_id AS "senderId", page.client_msg_id AS "clientMsgId",
+              CASE WHEN page.recalled_at IS NULL AND page.plain
+                   THEN ('{"text":' || to_json(page.content ->> 'text') || ',"type":"text"}')::json END AS content,
+              page.priority, ${isoText("page.sent_at")} AS "sentAt", ${isoText("page.edited_at")} AS "editedAt",
+              page.edit_count AS "editCount", ${isoText("page.recalled_at")} AS "recalledAt",
+              page.recalled_by AS "recalledBy") msg
+    ORDER BY page.seq`;
 }
 
 function checkLimit(limit: number, max: number): number {
@@ -333,21 +357,11 @@ export function createProjectionReader(pool: pg.Pool): ProjectionReader {
     },
 
     async historyPage(conversationId, options) {
-      const { text, values } = historyQuery(conversationId, options);
-      // The members' positions ride on the page's first row only (an InitPlan, run once):
-      // one round trip instead of a second query, without repeating them on every row.
+      const { text, values } = historyQuery(conversationId, options, historyColumns);
       const { rows } = await pool.query<HistoryRow>({
         // One statement per shape of the query (after and before given or not).
         name: `chatbus_history_page_${options.after === undefined ? "" : "a"}${options.before === undefined ? "" : "b"}`,
-        text: `WITH page AS (${text})
-         SELECT page.seq, page.event_id, page.sender_id, page.client_msg_id,
-                CASE WHEN page.recalled_at IS NULL THEN page.content END AS content, page.priority,
-                ${isoText("page.sent_at")} AS sent_at, ${isoText("page.edited_at")} AS edited_at, page.edit_count,
-                ${isoText("page.recalled_at")} AS recalled_at, page.recalled_by,
-                CASE WHEN page.seq = (SELECT min(seq) FROM page) THEN (
-                  SELECT coalesce(json_agg(json_build_array(m.user_id, m.last_delivered_seq, m.last_read_seq)), '[]')
-                    FROM members m WHERE m.conversation_id = $1 AND m.left_at IS NULL) END AS positions
-           FROM page ORDER BY page.seq`,
+        text: historyPageQuery(text),
         values,
       });
       const positions = (rows[0]?.positions ?? []).map(([userId, lastDeliveredSeq, lastReadSeq]) => ({

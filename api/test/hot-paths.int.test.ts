@@ -25,6 +25,7 @@ import {
   createProjectionReader,
   eventsChannel,
   type HistoryOptions,
+  type MessageView,
 } from "@chatbus/consumer-runtime/materialiser";
 import pino from "pino";
 import { Registry } from "prom-client";
@@ -79,6 +80,23 @@ const tokens = new Map<string, string>();
 async function token(user: string): Promise<string> {
   if (!tokens.has(user)) tokens.set(user, await h.login(user));
   return tokens.get(user)!;
+}
+
+/** A message as the history route answers it, without `delivery`: as `JSON.stringify` wrote it when the route built objects. */
+function messageResponse(m: MessageView) {
+  return {
+    id: m.eventId,
+    seq: m.seq,
+    senderId: m.senderId,
+    clientMsgId: m.clientMsgId,
+    content: m.content,
+    priority: m.priority,
+    sentAt: m.sentAt.toISOString(),
+    editedAt: m.editedAt?.toISOString() ?? null,
+    editCount: m.editCount,
+    recalledAt: m.recalledAt?.toISOString() ?? null,
+    recalledBy: m.recalledBy,
+  };
 }
 
 async function send(app: ApiApp, user: string, conversationId: string, text = "hi"): Promise<number> {
@@ -474,19 +492,7 @@ describe("history page", () => {
         history.map((m) => ({
           seq: m.seq,
           senderId: m.senderId,
-          json: JSON.stringify({
-            id: m.eventId,
-            seq: m.seq,
-            senderId: m.senderId,
-            clientMsgId: m.clientMsgId,
-            content: m.content,
-            priority: m.priority,
-            sentAt: m.sentAt.toISOString(),
-            editedAt: m.editedAt?.toISOString() ?? null,
-            editCount: m.editCount,
-            recalledAt: m.recalledAt?.toISOString() ?? null,
-            recalledBy: m.recalledBy,
-          }),
+          json: JSON.stringify(messageResponse(m)),
         })),
       );
       if (history.length === 0) expect(page.positions).toEqual([]);
@@ -515,20 +521,7 @@ describe("history page", () => {
     const all = await reader.history(id, { limit: 50 });
     expect(res.body).toBe(
       JSON.stringify({
-        messages: all.map((m) => ({
-          id: m.eventId,
-          seq: m.seq,
-          senderId: m.senderId,
-          clientMsgId: m.clientMsgId,
-          content: m.content,
-          priority: m.priority,
-          sentAt: m.sentAt.toISOString(),
-          editedAt: m.editedAt?.toISOString() ?? null,
-          editCount: m.editCount,
-          recalledAt: m.recalledAt?.toISOString() ?? null,
-          recalledBy: m.recalledBy,
-          delivery: deliveryOf(m, members),
-        })),
+        messages: all.map((m) => ({ ...messageResponse(m), delivery: deliveryOf(m, members) })),
         limit: 50,
         nextAfter: all.at(-1)!.seq,
         prevBefore: all[0]!.seq,

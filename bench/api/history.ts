@@ -32,6 +32,9 @@ import { Registry } from "prom-client";
 import { buildApp } from "../../api/src/build-app.ts";
 import { configDefaults, validateConfig } from "../../api/src/config.ts";
 import { createTestSchema } from "../../test/support/isolation.ts";
+import { helpFromHeader } from "../usage.ts";
+
+helpFromHeader(import.meta.url);
 
 const { values } = parseArgs({
   options: {
@@ -41,17 +44,8 @@ const { values } = parseArgs({
     log: { type: "string", default: "warn" },
     // A page by cursor (`before`), which the history cache never holds: read from PostgreSQL every time.
     before: { type: "string" },
-    help: { type: "boolean", default: false },
   },
 });
-if (values.help) {
-  console.log(`usage: npx tsx --conditions=@chatbus/source bench/api/history.ts [--rounds 3] [--seconds 5] [--requests 4000] [--log warn] [--before SEQ]
-
-The history page alone over real PostgreSQL (DATABASE_URL), without Kafka: CPU µs per page of the
-API (inject) and of PostgreSQL's backends, pages/s and p50/p99 from autocannon (8 connections).
---before SEQ reads the page below SEQ (2001: the same 50 messages), which the history cache never holds.`);
-  process.exit(0);
-}
 const ROUNDS = Number(values.rounds);
 const SECONDS = Number(values.seconds);
 const REQUESTS = Number(values.requests);

@@ -15,6 +15,9 @@ import pino from "pino";
 import { configDefaults } from "../../api/src/config.ts";
 import { bucketsOf, createWriteLimiter, type WriteRequest } from "../../api/src/write-limits.ts";
 import { createTestSchema } from "../../test/support/isolation.ts";
+import { helpFromHeader } from "../usage.ts";
+
+helpFromHeader(import.meta.url);
 
 const { values } = parseArgs({
   options: {

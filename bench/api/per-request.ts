@@ -18,6 +18,9 @@ import pino from "pino";
 import { Registry } from "prom-client";
 import { buildApp } from "../../api/src/build-app.ts";
 import { configDefaults, validateConfig } from "../../api/src/config.ts";
+import { helpFromHeader } from "../usage.ts";
+
+helpFromHeader(import.meta.url);
 
 const { values } = parseArgs({
   options: { requests: { type: "string", default: "20000" }, rounds: { type: "string", default: "3" } },

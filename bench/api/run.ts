@@ -42,6 +42,9 @@ import { Registry } from "prom-client";
 import { buildApp } from "../../api/src/build-app.ts";
 import { configDefaults, validateConfig } from "../../api/src/config.ts";
 import { createTestSchema, createTestTopic, uniqueName } from "../../test/support/isolation.ts";
+import { helpFromHeader } from "../usage.ts";
+
+helpFromHeader(import.meta.url);
 
 const { values } = parseArgs({
   options: {

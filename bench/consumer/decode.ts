@@ -25,6 +25,9 @@ import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 import { type ChatEventInput, decodeRecord, encodeEvent, type RawRecord } from "@chatbus/producer-sdk";
+import { helpFromHeader } from "../usage.ts";
+
+helpFromHeader(import.meta.url);
 
 const { values } = parseArgs({
   options: {

@@ -35,6 +35,9 @@ import { Kafka, logLevel } from "kafkajs";
 import { pino } from "pino";
 import { kafkaBrokers } from "../../test/support/env.ts";
 import { createTestSchema, createTestTopic, uniqueName } from "../../test/support/isolation.ts";
+import { helpFromHeader } from "../usage.ts";
+
+helpFromHeader(import.meta.url);
 
 const { values } = parseArgs({
   options: {

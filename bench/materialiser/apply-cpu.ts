@@ -19,6 +19,9 @@ import type { KafkaMessage } from "kafkajs";
 import pg from "pg";
 import { migrate } from "../../consumer-runtime/src/database/migrate.ts";
 import { applyIsolated } from "../../consumer-runtime/src/materialiser/apply-isolated.ts";
+import { helpFromHeader } from "../usage.ts";
+
+helpFromHeader(import.meta.url);
 
 const { values } = parseArgs({
   options: {

@@ -33,6 +33,9 @@ import pg from "pg";
 import { Registry } from "prom-client";
 import { migrate } from "../../consumer-runtime/src/database/migrate.ts";
 import { machineCpuMs } from "../machine-cpu.ts";
+import { helpFromHeader } from "../usage.ts";
+
+helpFromHeader(import.meta.url);
 
 const { values } = parseArgs({
   options: {

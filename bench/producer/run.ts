@@ -29,6 +29,9 @@ import { createChatBus, type EncodedRecord, uuidv7 } from "@chatbus/producer-sdk
 import { Kafka, logLevel, Partitioners } from "kafkajs";
 import { installKafka } from "../../scripts/kafka.ts";
 import { linkPlatformatic, loadPlatformatic } from "../../scripts/platformatic-kafka.ts";
+import { helpFromHeader } from "../usage.ts";
+
+helpFromHeader(import.meta.url);
 
 const brokers = (process.env.KAFKA_BROKERS ?? "127.0.0.1:9092").split(",");
 const events = Number(process.env.BENCH_EVENTS ?? 60_000);

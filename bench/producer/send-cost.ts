@@ -21,6 +21,9 @@ import { loadavg } from "node:os";
 import { parseArgs } from "node:util";
 import { type EncodedRecord, encodeEvent, uuidv7 } from "@chatbus/producer-sdk";
 import { RecordBatcher } from "../../producer-sdk/src/record-batcher.ts";
+import { helpFromHeader } from "../usage.ts";
+
+helpFromHeader(import.meta.url);
 
 /** kafkajs's own record encoder (v0 records, as a produce request writes them). */
 const encodeKafkaRecord = createRequire(import.meta.url)(

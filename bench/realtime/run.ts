@@ -43,6 +43,9 @@ import {
   startBalancer,
 } from "../../api/test/realtime-cluster.ts";
 import { createTestSchema, createTestTopic, uniqueName } from "../../test/support/isolation.ts";
+import { helpFromHeader } from "../usage.ts";
+
+helpFromHeader(import.meta.url);
 
 const { values } = parseArgs({
   options: {

@@ -92,6 +92,19 @@ export function stillRunning(process: ProcessInfo): boolean {
   return now !== undefined && now.started === process.started && now.state !== "Z";
 }
 
+/**
+ * Free ports for the API, the runtime's metrics and Kafka, all different: the kernel can
+ * hand the same free port out twice (a CI run once gave Kafka and the metrics server
+ * both 40899), and none may be Kafka's controller port (one above Kafka's).
+ */
+async function distinctFreePorts(): Promise<{ api: number; metrics: number; kafka: number }> {
+  for (;;) {
+    const ports = { api: await freePort(), metrics: await freePort(), kafka: await freeKafkaPort() };
+    const taken = [ports.api, ports.metrics, ports.kafka, ports.kafka + 1];
+    if (new Set(taken).size === taken.length) return ports;
+  }
+}
+
 export interface StartedStack {
   npm: ChildProcess;
   ports: { api: number; metrics: number; kafka: number };
@@ -112,7 +125,7 @@ export async function startStack(
   timeoutMs = 240_000,
   cwd = repoRoot,
 ): Promise<StartedStack> {
-  const ports = { api: await freePort(), metrics: await freePort(), kafka: await freeKafkaPort() };
+  const ports = await distinctFreePorts();
   const childEnv: NodeJS.ProcessEnv = {
     ...process.env,
     PORT: String(ports.api),

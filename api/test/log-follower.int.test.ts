@@ -130,6 +130,26 @@ describe("LogFollower", () => {
     expect(follower.cursor).toMatchObject({ 0: "8", 3: "8", 5: "4" });
   });
 
+  it("ignores a hostile notification and keeps delivering every partition", async () => {
+    for (const payload of [
+      '{"partition":0,"from":"0","to":"99999999999999999999"}',
+      '{"partition":"x","from":"0","to":"1"}',
+      '{"partition":1,"from":"0","to":""}',
+      "not json",
+    ]) {
+      await schema.pool.query("SELECT pg_notify($1, $2)", [eventsChannel(schema.schema), payload]);
+    }
+    await commit([0, 1], 2);
+    await eventually("4 events", () => handed.length >= 4, 10_000);
+    expectEachOnceInOrder(
+      new Map([
+        [0, 2],
+        [1, 2],
+      ]),
+    );
+    expect(failedReads).toBe(0);
+  });
+
   it("retries a failed read with what was notified meanwhile, losing and repeating nothing", async () => {
     await commit([0, 1], 3);
     await eventually("6 events", () => handed.length === 6, 10_000);

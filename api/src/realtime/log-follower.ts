@@ -130,6 +130,11 @@ export class LogFollower {
       if (!message.payload) return;
       try {
         const n = JSON.parse(message.payload) as EventsNotification;
+        // One read covers every partition: a range PostgreSQL cannot take (not a bigint)
+        // would fail it, and every partition's delivery with it, on every retry.
+        if (!Number.isSafeInteger(n.partition) || n.partition < 0 || !/^\d{1,18}$/.test(String(n.to))) {
+          throw new Error("a notification without an integer partition and a bigint offset");
+        }
         for (const o of this.#options.observers) o.notified(n);
         if (this.#early) this.#early.push(n);
         else this.#enqueue(n.partition, n.to);
